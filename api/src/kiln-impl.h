@@ -1,0 +1,122 @@
+/*
+ * kiln-impl.h - libkiln's private definitions of the public opaque types and
+ * the internal helpers shared between its files. Never installed.
+ *
+ * Internal non-static functions are named kiln__*.
+ */
+#ifndef KILN_IMPL_H
+#define KILN_IMPL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kiln/kiln.h"
+#include "kiln/plugin.h"
+
+/* True if a size-prefixed table `t` (with struct_size) contains `member`. */
+#define KILN__HAS_MEMBER(t, type, member) \
+  ((t)->struct_size >= offsetof(type, member) + sizeof(((type *)0)->member))
+
+/* ---- errors (error.c) ---------------------------------------------------- */
+
+/* Sets the thread's last error to the formatted message and returns status,
+ * so callers can write `return kiln__error(KILN_SHAPE_MISMATCH, "...")`. */
+kiln_status kiln__error(kiln_status status, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+kiln_status kiln__verror(kiln_status status, const char *fmt, va_list ap);
+/* Formats a shape as "[2, 3, 4]" into buf (returns buf). */
+char *kiln__shape_str(char *buf, size_t size, int ndim, const int64_t *shape);
+/* Checked allocation helpers: set KILN_OUT_OF_MEMORY's message on failure. */
+void *kiln__malloc(size_t size);
+void *kiln__calloc(size_t n, size_t size);
+void *kiln__realloc(void *p, size_t size);
+char *kiln__strdup(const char *s);
+
+/* The host table given to plugins (error.c). */
+extern const kiln_host_api kiln__host_api;
+
+/* ---- context, plugins, devices, tensors (context.c, loader.c, ...) ------- */
+
+struct kiln_plugin {
+  kiln_context *ctx;
+  void *handle;                          /* dlopen handle */
+  char *path;
+  const kiln_plugin_entry_info *entry;
+  const kiln_plugin_api *api;
+  uint32_t abi_version;
+};
+
+typedef struct kiln__report {
+  kiln_load_result result;
+  char *path;
+  char *name;
+  uint32_t abi_version;
+  char *message;
+} kiln__report;
+
+struct kiln_context {
+  kiln_plugin **plugins;
+  size_t n_plugins, cap_plugins;
+  kiln__report *reports;
+  size_t n_reports, cap_reports;
+};
+
+struct kiln_device {
+  kiln_context *ctx;
+  kiln_plugin *plugin;
+  uint32_t index;
+  kiln_plugin_device *pdev;
+  kiln_device_info info;
+};
+
+struct kiln_tensor {
+  kiln_device *dev;
+  kiln_plugin_buffer *buf;
+  uint64_t offset;
+  kiln_dtype dtype;
+  int ndim;
+  int64_t shape[KILN_MAX_DIMS];
+  int64_t numel;
+  size_t nbytes;
+};
+
+/* ---- graphs (graph.c, autodiff.c, compile.c) ---------------------------- */
+
+typedef enum kiln__node_kind {
+  KILN__NODE_OP = 0,      /* computed by op */
+  KILN__NODE_INPUT = 1,   /* fed by the host */
+  KILN__NODE_PARAM = 2,   /* persistent, trainable (storage) */
+  KILN__NODE_STATE = 3    /* persistent, not trainable (storage) */
+} kiln__node_kind;
+
+struct kiln_node {
+  kiln_graph *graph;
+  uint32_t id;                           /* index in graph->nodes = run order */
+  kiln__node_kind kind;
+  kiln_op op;                            /* KILN_OP_NONE for leaves */
+  kiln_dtype dtype;
+  int ndim;
+  int64_t shape[KILN_MAX_DIMS];
+  int n_inputs;
+  kiln_node *inputs[KILN_OP_MAX_INPUTS];
+  int64_t ip[KILN_OP_MAX_IPARAMS];
+  float fp[KILN_OP_MAX_FPARAMS];
+  char *name;                            /* inputs, params, state; else NULL */
+  kiln_tensor *storage;                  /* params and state */
+  kiln_node *inplace;                    /* in-place ops: the param/state written */
+  kiln_node *grad;                       /* params: gradient after backward */
+  int is_output;
+};
+
+struct kiln_graph {
+  kiln_node **nodes;
+  uint32_t n_nodes, cap_nodes;
+  kiln_status status;                    /* first build error */
+  char error[1024];
+  int has_backward;
+};
+
+int64_t kiln__numel(int ndim, const int64_t *shape);
+
+#endif /* KILN_IMPL_H */

@@ -1,0 +1,16 @@
+/* Helpers shared by the test suites. */
+#ifndef KILN_TESTUTIL_H
+#define KILN_TESTUTIL_H
+
+#include <stdint.h>
+#include "kiln/kiln.h"
+
+/* Creates a context with plugin discovery (finds B/lib/kiln) and opens the
+ * CPU device; aborts the test with the kiln error on failure. */
+void tu_open_cpu(kiln_context **ctx, kiln_device **dev);
+/* Deterministic uniform floats in [lo, hi) from a 64-bit seed. */
+void tu_fill_uniform(float *x, int64_t n, uint64_t seed, float lo, float hi);
+/* Path of a file under the shared test data directory (static buffer). */
+const char *tu_data_path(const char *rel);
+
+#endif
