@@ -1,15 +1,675 @@
 /*
- * conv.c - conv2d forward and both backward passes (im2col + GEMM).
- * Work in progress: definitions exist so the plugin links.
+ * conv.c - 2-D convolution, NCHW: forward and both backward passes.
+ *
+ * Shapes (kiln/ops.h): x [N, C, H, W], w [O, C/G, KH, KW], bias [O],
+ * y [N, O, OH, OW]. For one image and one group g, with Cg = C/G input and
+ * Og = O/G output channels, K = Cg*KH*KW and P = OH*OW:
+ *
+ *   forward          y[g] [Og, P]  = w[g] [Og, K] @ cols [K, P]  (+ bias)
+ *   backward input   cols [K, P]   = w[g]^T @ dy[g] [Og, P];  dx[g] = col2im(cols)
+ *   backward weight  dw[g] [Og, K] = sum over images of dy[g] @ cols^T
+ *
+ * where cols = im2col(x[g]): row (c, kh, kw), column (oh, ow) holds
+ * x[c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw], zero in the padding.
+ * Columns are built in tiles of `pt` output pixels so a tile stays in L2;
+ * a 1x1, stride-1, unpadded convolution uses x itself as cols.
+ *
+ * Depthwise-style convolutions (one input channel per group) gain nothing
+ * from a GEMM with K = KH*KW and use direct loops instead; the same loops
+ * are the fallback when scratch memory cannot be allocated (the kernels
+ * return nothing, so they must not fail).
+ *
+ * Threads: with at least as many images as threads the batch is split
+ * across the pool and each image runs single-threaded GEMMs (kcpu_sgemm
+ * with a NULL pool); with fewer images they run one after another with
+ * pooled GEMMs. The weight gradient sums per-chunk partials, with chunks
+ * fixed by the batch size and thread count, in chunk order. Nothing depends
+ * on scheduling, so a fixed thread count gives bitwise-identical results.
  */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "cpu-impl.h"
 
-kiln_status kcpu_conv2d_validate(const kcpu_node *n) {
-  (void)n;
-  kcpu_host->set_error("cpu: conv2d: not yet available in this build");
-  return KILN_UNSUPPORTED;
+/* Floats in one im2col tile: 128 KiB keeps a tile and the GEMM's packed
+ * panels within a core's L2. Tiles never go below CONV_MIN_TILE pixels. */
+#define CONV_TILE_FLOATS (32 * 1024)
+#define CONV_MIN_TILE 16
+
+/* ---- geometry ------------------------------------------------------------ */
+
+typedef struct conv_geom {
+  int64_t N, C, H, W;       /* x */
+  int64_t O, KH, KW;        /* w [O, Cg, KH, KW] */
+  int64_t OH, OW;           /* y */
+  int64_t sh, sw, ph, pw, dh, dw;
+  int64_t G, Cg, Og;        /* groups and channels per group */
+  int64_t K, P;             /* Cg*KH*KW and OH*OW */
+  int64_t pt;               /* output pixels per im2col tile */
+  int pointwise;            /* 1x1, stride 1, no padding: cols is x itself */
+  int direct;               /* one input channel per group: direct loops */
+} conv_geom;
+
+static void conv_geom_init(conv_geom *g, const kcpu_node *n, const int64_t *xs, const int64_t *ws,
+                           const int64_t *ys) {
+  g->N = xs[0], g->C = xs[1], g->H = xs[2], g->W = xs[3];
+  g->O = ws[0], g->KH = ws[2], g->KW = ws[3];
+  g->OH = ys[2], g->OW = ys[3];
+  g->sh = n->ip[0], g->sw = n->ip[1], g->ph = n->ip[2], g->pw = n->ip[3];
+  g->dh = n->ip[4], g->dw = n->ip[5], g->G = n->ip[6];
+  g->Cg = g->C / g->G, g->Og = g->O / g->G;
+  g->K = g->Cg * g->KH * g->KW;
+  g->P = g->OH * g->OW;
+  g->pointwise = g->KH == 1 && g->KW == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0;
+  g->direct = g->Cg == 1 && !g->pointwise;
+  int64_t pt = CONV_TILE_FLOATS / (g->K > 0 ? g->K : 1);
+  if (pt < CONV_MIN_TILE) pt = CONV_MIN_TILE;
+  g->pt = pt < g->P ? pt : g->P;
 }
 
-void kcpu_conv2d(kcpu_pool *pool, const kcpu_node *n) { (void)pool; (void)n; }
-void kcpu_conv2d_backward_input(kcpu_pool *pool, const kcpu_node *n) { (void)pool; (void)n; }
-void kcpu_conv2d_backward_weight(kcpu_pool *pool, const kcpu_node *n) { (void)pool; (void)n; }
+/* Output positions o in [0, n_out) whose input index o*stride + off lies in
+ * [0, limit) form one interval [*lo, *hi). */
+static void conv_valid_range(int64_t off, int64_t stride, int64_t limit, int64_t n_out, int64_t *lo,
+                             int64_t *hi) {
+  int64_t l = off >= 0 ? 0 : (-off + stride - 1) / stride;
+  int64_t h = limit - 1 - off < 0 ? 0 : (limit - 1 - off) / stride + 1;
+  if (h > n_out) h = n_out;
+  if (l > h) l = h;
+  *lo = l;
+  *hi = h;
+}
+
+/* ---- im2col / col2im ----------------------------------------------------- */
+
+/* cols [K, pt] = the im2col columns p0 .. p0+pt-1 of xg [Cg, H, W]. */
+static void im2col_tile(const conv_geom *g, const float *xg, int64_t p0, int64_t pt, float *cols) {
+  for (int64_t c = 0; c < g->Cg; c++) {
+    const float *xc = xg + c * g->H * g->W;
+    for (int64_t kh = 0; kh < g->KH; kh++) {
+      int64_t ih_off = kh * g->dh - g->ph;
+      for (int64_t kw = 0; kw < g->KW; kw++) {
+        int64_t iw_off = kw * g->dw - g->pw, lo, hi;
+        conv_valid_range(iw_off, g->sw, g->W, g->OW, &lo, &hi);
+        float *row = cols + ((c * g->KH + kh) * g->KW + kw) * pt;
+        for (int64_t p = p0; p < p0 + pt;) {
+          int64_t oh = p / g->OW, ow0 = p % g->OW;
+          int64_t ow1 = g->OW < ow0 + (p0 + pt - p) ? g->OW : ow0 + (p0 + pt - p);
+          float *dst = row + (p - p0); /* dst[ow - ow0] for ow in [ow0, ow1) */
+          int64_t ih = oh * g->sh + ih_off;
+          /* [ow0, a) and [b, ow1) read padding, [a, b) reads row ih. */
+          int64_t a = lo < ow0 ? ow0 : lo > ow1 ? ow1 : lo;
+          int64_t b = hi < a ? a : hi > ow1 ? ow1 : hi;
+          if (ih < 0 || ih >= g->H) a = b = ow1;
+          for (int64_t ow = ow0; ow < a; ow++) dst[ow - ow0] = 0.0f;
+          if (b > a) {
+            const float *src = xc + ih * g->W + a * g->sw + iw_off;
+            float *d = dst + (a - ow0);
+            if (g->sw == 1) memcpy(d, src, (size_t)(b - a) * sizeof(float));
+            else for (int64_t i = 0; i < b - a; i++) d[i] = src[i * g->sw];
+          }
+          for (int64_t ow = b; ow < ow1; ow++) dst[ow - ow0] = 0.0f;
+          p += ow1 - ow0;
+        }
+      }
+    }
+  }
+}
+
+/* dxg [Cg, H, W] += col2im of cols [K, pt] holding columns p0 .. p0+pt-1. */
+static void col2im_tile(const conv_geom *g, const float *cols, int64_t p0, int64_t pt, float *dxg) {
+  for (int64_t c = 0; c < g->Cg; c++) {
+    float *dxc = dxg + c * g->H * g->W;
+    for (int64_t kh = 0; kh < g->KH; kh++) {
+      int64_t ih_off = kh * g->dh - g->ph;
+      for (int64_t kw = 0; kw < g->KW; kw++) {
+        int64_t iw_off = kw * g->dw - g->pw, lo, hi;
+        conv_valid_range(iw_off, g->sw, g->W, g->OW, &lo, &hi);
+        const float *row = cols + ((c * g->KH + kh) * g->KW + kw) * pt;
+        for (int64_t p = p0; p < p0 + pt;) {
+          int64_t oh = p / g->OW, ow0 = p % g->OW;
+          int64_t ow1 = g->OW < ow0 + (p0 + pt - p) ? g->OW : ow0 + (p0 + pt - p);
+          int64_t ih = oh * g->sh + ih_off;
+          if (ih >= 0 && ih < g->H) {
+            const float *src = row + (p - p0); /* src[ow - ow0] for ow in [ow0, ow1) */
+            int64_t a = lo > ow0 ? lo : ow0, b = hi < ow1 ? hi : ow1;
+            if (b > a) {
+              float *d = dxc + ih * g->W + a * g->sw + iw_off;
+              const float *s = src + (a - ow0);
+              if (g->sw == 1) {
+                for (int64_t i = 0; i < b - a; i++) d[i] += s[i];
+              } else {
+                for (int64_t i = 0; i < b - a; i++) d[i * g->sw] += s[i];
+              }
+            }
+          }
+          p += ow1 - ow0;
+        }
+      }
+    }
+  }
+}
+
+/* ---- direct loops (depthwise, and the fallback without scratch) ---------- */
+
+/* y[n, o] [OH, OW] = bias[o] + sum over c, kh, kw of w[o, c, kh, kw] * x[n, g*Cg + c, ...]. */
+static void conv_forward_direct_plane(const conv_geom *g, const float *x, const float *w,
+                                      const float *bias, float *y, int64_t n, int64_t o) {
+  int64_t grp = o / g->Og;
+  float *yo = y + (n * g->O + o) * g->P;
+  float b0 = bias ? bias[o] : 0.0f;
+  for (int64_t p = 0; p < g->P; p++) yo[p] = b0;
+  for (int64_t c = 0; c < g->Cg; c++) {
+    const float *xc = x + (n * g->C + grp * g->Cg + c) * g->H * g->W;
+    for (int64_t kh = 0; kh < g->KH; kh++) {
+      for (int64_t kw = 0; kw < g->KW; kw++) {
+        float wv = w[((o * g->Cg + c) * g->KH + kh) * g->KW + kw];
+        int64_t iw_off = kw * g->dw - g->pw, lo, hi;
+        conv_valid_range(iw_off, g->sw, g->W, g->OW, &lo, &hi);
+        for (int64_t oh = 0; oh < g->OH; oh++) {
+          int64_t ih = oh * g->sh + kh * g->dh - g->ph;
+          if (ih < 0 || ih >= g->H) continue;
+          const float *src = xc + ih * g->W;
+          float *dst = yo + oh * g->OW;
+          for (int64_t ow = lo; ow < hi; ow++) dst[ow] += wv * src[ow * g->sw + iw_off];
+        }
+      }
+    }
+  }
+}
+
+/* dx[n, ci] [H, W] = sum over the group's o, kh, kw of w[o, c, kh, kw] * dy[n, o]
+ * scattered back through the window (the transposed convolution). */
+static void conv_backward_input_direct_plane(const conv_geom *g, const float *dy, const float *w,
+                                             float *dx, int64_t n, int64_t ci) {
+  int64_t grp = ci / g->Cg, c = ci % g->Cg;
+  float *dxc = dx + (n * g->C + ci) * g->H * g->W;
+  memset(dxc, 0, (size_t)(g->H * g->W) * sizeof(float));
+  for (int64_t o = grp * g->Og; o < (grp + 1) * g->Og; o++) {
+    const float *dyo = dy + (n * g->O + o) * g->P;
+    for (int64_t kh = 0; kh < g->KH; kh++) {
+      for (int64_t kw = 0; kw < g->KW; kw++) {
+        float wv = w[((o * g->Cg + c) * g->KH + kh) * g->KW + kw];
+        int64_t iw_off = kw * g->dw - g->pw, lo, hi;
+        conv_valid_range(iw_off, g->sw, g->W, g->OW, &lo, &hi);
+        for (int64_t oh = 0; oh < g->OH; oh++) {
+          int64_t ih = oh * g->sh + kh * g->dh - g->ph;
+          if (ih < 0 || ih >= g->H) continue;
+          float *dst = dxc + ih * g->W;
+          const float *src = dyo + oh * g->OW;
+          for (int64_t ow = lo; ow < hi; ow++) dst[ow * g->sw + iw_off] += wv * src[ow];
+        }
+      }
+    }
+  }
+}
+
+/* dw_row [K] (row o of dw) = sum over images n0 .. n1-1 and output pixels of
+ * dy[n, o, oh, ow] * x[n, g*Cg + c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw]. */
+static void conv_backward_weight_direct_row(const conv_geom *g, const float *dy, const float *x,
+                                            float *dw_row, int64_t o, int64_t n0, int64_t n1) {
+  int64_t grp = o / g->Og;
+  for (int64_t c = 0; c < g->Cg; c++) {
+    for (int64_t kh = 0; kh < g->KH; kh++) {
+      for (int64_t kw = 0; kw < g->KW; kw++) {
+        int64_t iw_off = kw * g->dw - g->pw, lo, hi;
+        conv_valid_range(iw_off, g->sw, g->W, g->OW, &lo, &hi);
+        float sum = 0.0f;
+        for (int64_t n = n0; n < n1; n++) {
+          const float *dyo = dy + (n * g->O + o) * g->P;
+          const float *xc = x + (n * g->C + grp * g->Cg + c) * g->H * g->W;
+          for (int64_t oh = 0; oh < g->OH; oh++) {
+            int64_t ih = oh * g->sh + kh * g->dh - g->ph;
+            if (ih < 0 || ih >= g->H) continue;
+            const float *src = xc + ih * g->W;
+            const float *d = dyo + oh * g->OW;
+            float row = 0.0f;
+            for (int64_t ow = lo; ow < hi; ow++) row += d[ow] * src[ow * g->sw + iw_off];
+            sum += row;
+          }
+        }
+        dw_row[(c * g->KH + kh) * g->KW + kw] = sum;
+      }
+    }
+  }
+}
+
+/* ---- GEMM paths, one image ----------------------------------------------- */
+
+/* y[n] = conv(x[n], w) + bias with GEMMs on `gp` (NULL: this thread only).
+ * scratch holds K*pt floats (unused when pointwise). */
+static void conv_forward_image(const conv_geom *g, kcpu_pool *gp, const float *x, const float *w,
+                               const float *bias, float *y, int64_t n, float *scratch) {
+  const float *xn = x + n * g->C * g->H * g->W;
+  float *yn = y + n * g->O * g->P;
+  for (int64_t grp = 0; grp < g->G; grp++) {
+    const float *xg = xn + grp * g->Cg * g->H * g->W;
+    const float *wg = w + grp * g->Og * g->K;
+    float *yg = yn + grp * g->Og * g->P;
+    if (g->pointwise) {
+      kcpu_sgemm(gp, 0, 0, g->Og, g->P, g->K, 1.0f, wg, g->K, xg, g->P, 0.0f, yg, g->P);
+      continue;
+    }
+    for (int64_t p0 = 0; p0 < g->P; p0 += g->pt) {
+      int64_t pt = g->P - p0 < g->pt ? g->P - p0 : g->pt;
+      im2col_tile(g, xg, p0, pt, scratch);
+      kcpu_sgemm(gp, 0, 0, g->Og, pt, g->K, 1.0f, wg, g->K, scratch, pt, 0.0f, yg + p0, g->P);
+    }
+  }
+  if (bias) {
+    for (int64_t o = 0; o < g->O; o++) {
+      float *yo = yn + o * g->P;
+      for (int64_t p = 0; p < g->P; p++) yo[p] += bias[o];
+    }
+  }
+}
+
+/* dx[n] = the transposed convolution of dy[n] with w. */
+static void conv_backward_input_image(const conv_geom *g, kcpu_pool *gp, const float *dy,
+                                      const float *w, float *dx, int64_t n, float *scratch) {
+  const float *dyn = dy + n * g->O * g->P;
+  float *dxn = dx + n * g->C * g->H * g->W;
+  if (!g->pointwise) memset(dxn, 0, (size_t)(g->C * g->H * g->W) * sizeof(float));
+  for (int64_t grp = 0; grp < g->G; grp++) {
+    const float *dyg = dyn + grp * g->Og * g->P;
+    const float *wg = w + grp * g->Og * g->K;
+    float *dxg = dxn + grp * g->Cg * g->H * g->W;
+    if (g->pointwise) {
+      kcpu_sgemm(gp, 1, 0, g->K, g->P, g->Og, 1.0f, wg, g->K, dyg, g->P, 0.0f, dxg, g->P);
+      continue;
+    }
+    for (int64_t p0 = 0; p0 < g->P; p0 += g->pt) {
+      int64_t pt = g->P - p0 < g->pt ? g->P - p0 : g->pt;
+      kcpu_sgemm(gp, 1, 0, g->K, pt, g->Og, 1.0f, wg, g->K, dyg + p0, g->P, 0.0f, scratch, pt);
+      col2im_tile(g, scratch, p0, pt, dxg);
+    }
+  }
+}
+
+/* acc [O, K] += the weight gradient of image n. */
+static void conv_backward_weight_image(const conv_geom *g, kcpu_pool *gp, const float *dy,
+                                       const float *x, float *acc, int64_t n, float *scratch) {
+  const float *dyn = dy + n * g->O * g->P;
+  const float *xn = x + n * g->C * g->H * g->W;
+  for (int64_t grp = 0; grp < g->G; grp++) {
+    const float *dyg = dyn + grp * g->Og * g->P;
+    const float *xg = xn + grp * g->Cg * g->H * g->W;
+    float *accg = acc + grp * g->Og * g->K;
+    if (g->pointwise) {
+      kcpu_sgemm(gp, 0, 1, g->Og, g->K, g->P, 1.0f, dyg, g->P, xg, g->P, 1.0f, accg, g->K);
+      continue;
+    }
+    for (int64_t p0 = 0; p0 < g->P; p0 += g->pt) {
+      int64_t pt = g->P - p0 < g->pt ? g->P - p0 : g->pt;
+      im2col_tile(g, xg, p0, pt, scratch);
+      kcpu_sgemm(gp, 0, 1, g->Og, g->K, pt, 1.0f, dyg + p0, g->P, scratch, pt, 1.0f, accg, g->K);
+    }
+  }
+}
+
+/* ---- scheduling ---------------------------------------------------------- */
+
+static int conv_threads(const kcpu_pool *pool) {
+  return pool ? kcpu_pool_size(pool) : 1;
+}
+
+/* kcpu_parallel_for, or an inline call without a pool. */
+static void conv_parallel(kcpu_pool *pool, int64_t n, int64_t grain, kcpu_range_fn fn, void *arg) {
+  if (n <= 0) return;
+  if (conv_threads(pool) <= 1) fn(arg, 0, n);
+  else kcpu_parallel_for(pool, n, grain, fn, arg);
+}
+
+/* Scratch for one im2col tile, or NULL when none is needed or none could be
+ * had (*failed says which). */
+static float *conv_scratch(const conv_geom *g, int *failed) {
+  *failed = 0;
+  if (g->pointwise) return NULL;
+  float *s = malloc((size_t)(g->K * g->pt) * sizeof(float));
+  if (!s) {
+    *failed = 1;
+    kcpu_host->log(1, "cpu: conv2d: no memory for a %lld-float im2col tile; using direct loops",
+                   (long long)(g->K * g->pt));
+  }
+  return s;
+}
+
+typedef struct conv_job {
+  conv_geom g;
+  const float *a;     /* x (forward, backward weight) or dy (backward input) */
+  const float *b;     /* w (forward, backward input) or dy (backward weight) */
+  const float *bias;  /* forward only, may be NULL */
+  float *out;         /* y, dx, or the weight-gradient partials */
+  int64_t n_chunks;   /* backward weight: batch chunks */
+} conv_job;
+
+static void conv_forward_direct_range(void *arg, int64_t begin, int64_t end) {
+  const conv_job *j = arg;
+  for (int64_t i = begin; i < end; i++)
+    conv_forward_direct_plane(&j->g, j->a, j->b, j->bias, j->out, i / j->g.O, i % j->g.O);
+}
+
+static void conv_forward_images_range(void *arg, int64_t begin, int64_t end) {
+  const conv_job *j = arg;
+  int failed;
+  float *scratch = conv_scratch(&j->g, &failed);
+  if (failed) {
+    conv_forward_direct_range(arg, begin * j->g.O, end * j->g.O);
+    return;
+  }
+  for (int64_t n = begin; n < end; n++)
+    conv_forward_image(&j->g, NULL, j->a, j->b, j->bias, j->out, n, scratch);
+  free(scratch);
+}
+
+/* x = in[0] [N, C, H, W], w = in[1] [O, C/G, KH, KW], bias = in[2] [O]
+ * (optional); y = out [N, O, OH, OW] = conv2d(x, w) + bias. */
+void kcpu_conv2d(kcpu_pool *pool, const kcpu_node *n) {
+  conv_job j = {0};
+  conv_geom_init(&j.g, n, n->in[0].shape, n->in[1].shape, n->out.shape);
+  j.a = n->in[0].data;
+  j.b = n->in[1].data;
+  j.bias = n->n_inputs > 2 ? n->in[2].data : NULL;
+  j.out = n->out.data;
+  const conv_geom *g = &j.g;
+
+  if (g->direct) {
+    conv_parallel(pool, g->N * g->O, 1, conv_forward_direct_range, &j);
+    return;
+  }
+  if (g->N >= conv_threads(pool)) {
+    conv_parallel(pool, g->N, 1, conv_forward_images_range, &j);
+    return;
+  }
+  int failed;
+  float *scratch = conv_scratch(g, &failed);
+  if (failed) {
+    conv_parallel(pool, g->N * g->O, 1, conv_forward_direct_range, &j);
+    return;
+  }
+  for (int64_t i = 0; i < g->N; i++) conv_forward_image(g, pool, j.a, j.b, j.bias, j.out, i, scratch);
+  free(scratch);
+}
+
+static void conv_backward_input_direct_range(void *arg, int64_t begin, int64_t end) {
+  const conv_job *j = arg;
+  for (int64_t i = begin; i < end; i++)
+    conv_backward_input_direct_plane(&j->g, j->a, j->b, j->out, i / j->g.C, i % j->g.C);
+}
+
+static void conv_backward_input_images_range(void *arg, int64_t begin, int64_t end) {
+  const conv_job *j = arg;
+  int failed;
+  float *scratch = conv_scratch(&j->g, &failed);
+  if (failed) {
+    conv_backward_input_direct_range(arg, begin * j->g.C, end * j->g.C);
+    return;
+  }
+  for (int64_t n = begin; n < end; n++)
+    conv_backward_input_image(&j->g, NULL, j->a, j->b, j->out, n, scratch);
+  free(scratch);
+}
+
+/* dy = in[0] [N, O, OH, OW], w = in[1] [O, C/G, KH, KW]; dx = out [N, C, H, W]
+ * with dx[n, c, ih, iw] = sum of w[o, c%Cg, kh, kw] * dy[n, o, oh, ow] over the
+ * group's o and every (oh, ow, kh, kw) whose window tap lands on (ih, iw). */
+void kcpu_conv2d_backward_input(kcpu_pool *pool, const kcpu_node *n) {
+  conv_job j = {0};
+  conv_geom_init(&j.g, n, n->out.shape, n->in[1].shape, n->in[0].shape);
+  j.a = n->in[0].data;
+  j.b = n->in[1].data;
+  j.out = n->out.data;
+  const conv_geom *g = &j.g;
+
+  if (g->direct) {
+    conv_parallel(pool, g->N * g->C, 1, conv_backward_input_direct_range, &j);
+    return;
+  }
+  if (g->N >= conv_threads(pool)) {
+    conv_parallel(pool, g->N, 1, conv_backward_input_images_range, &j);
+    return;
+  }
+  int failed;
+  float *scratch = conv_scratch(g, &failed);
+  if (failed) {
+    conv_parallel(pool, g->N * g->C, 1, conv_backward_input_direct_range, &j);
+    return;
+  }
+  for (int64_t i = 0; i < g->N; i++) conv_backward_input_image(g, pool, j.a, j.b, j.out, i, scratch);
+  free(scratch);
+}
+
+/* Rows o of dw (= out) over the whole batch, by direct loops. */
+static void conv_backward_weight_direct_range(void *arg, int64_t begin, int64_t end) {
+  const conv_job *j = arg;
+  for (int64_t o = begin; o < end; o++)
+    conv_backward_weight_direct_row(&j->g, j->b, j->a, j->out + o * j->g.K, o, 0, j->g.N);
+}
+
+/* Chunk c of the batch into its partial sum out + c*O*K. */
+static void conv_backward_weight_chunks_range(void *arg, int64_t begin, int64_t end) {
+  const conv_job *j = arg;
+  const conv_geom *g = &j->g;
+  int failed;
+  float *scratch = conv_scratch(g, &failed);
+  for (int64_t c = begin; c < end; c++) {
+    int64_t n0 = c * g->N / j->n_chunks, n1 = (c + 1) * g->N / j->n_chunks;
+    float *acc = j->out + c * g->O * g->K;
+    if (failed) {
+      for (int64_t o = 0; o < g->O; o++)
+        conv_backward_weight_direct_row(g, j->b, j->a, acc + o * g->K, o, n0, n1);
+      continue;
+    }
+    memset(acc, 0, (size_t)(g->O * g->K) * sizeof(float));
+    for (int64_t i = n0; i < n1; i++) conv_backward_weight_image(g, NULL, j->b, j->a, acc, i, scratch);
+  }
+  free(scratch);
+}
+
+typedef struct conv_reduce_job {
+  float *dst;
+  const float *parts;
+  int64_t n_parts, stride;
+} conv_reduce_job;
+
+/* dst[i] = parts[0][i] + parts[1][i] + ... in part order. */
+static void conv_reduce_range(void *arg, int64_t begin, int64_t end) {
+  const conv_reduce_job *r = arg;
+  for (int64_t i = begin; i < end; i++) {
+    float s = r->parts[i];
+    for (int64_t c = 1; c < r->n_parts; c++) s += r->parts[c * r->stride + i];
+    r->dst[i] = s;
+  }
+}
+
+/* dy = in[0] [N, O, OH, OW], x = in[1] [N, C, H, W]; dw = out [O, C/G, KH, KW]
+ * with dw[o, c, kh, kw] = sum over n, oh, ow of dy[n, o, oh, ow] *
+ * x[n, g*Cg + c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw] (zero in the padding). */
+void kcpu_conv2d_backward_weight(kcpu_pool *pool, const kcpu_node *n) {
+  conv_job j = {0};
+  conv_geom_init(&j.g, n, n->in[1].shape, n->out.shape, n->in[0].shape);
+  j.a = n->in[1].data;
+  j.b = n->in[0].data;
+  float *dw = n->out.data;
+  const conv_geom *g = &j.g;
+  int64_t OK = g->O * g->K;
+  float *parts = NULL;
+
+  j.out = dw;
+  if (g->direct) goto direct;
+
+  int64_t n_chunks = g->N < conv_threads(pool) ? g->N : conv_threads(pool);
+  if (n_chunks <= 1) {
+    /* One chunk: accumulate straight into dw, GEMMs on the whole pool. */
+    int failed;
+    float *scratch = conv_scratch(g, &failed);
+    if (failed) goto direct;
+    memset(dw, 0, (size_t)OK * sizeof(float));
+    for (int64_t i = 0; i < g->N; i++) conv_backward_weight_image(g, pool, j.b, j.a, dw, i, scratch);
+    free(scratch);
+    return;
+  }
+  parts = malloc((size_t)(n_chunks * OK) * sizeof(float));
+  if (!parts) {
+    kcpu_host->log(1, "cpu: conv2d_backward_weight: no memory for %lld partial sums; using direct loops",
+                   (long long)n_chunks);
+    goto direct;
+  }
+  j.out = parts;
+  j.n_chunks = n_chunks;
+  conv_parallel(pool, n_chunks, 1, conv_backward_weight_chunks_range, &j);
+  conv_reduce_job r = {.dst = dw, .parts = parts, .n_parts = n_chunks, .stride = OK};
+  conv_parallel(pool, OK, 4096, conv_reduce_range, &r);
+  free(parts);
+  return;
+
+direct:
+  conv_parallel(pool, g->O, 1, conv_backward_weight_direct_range, &j);
+}
+
+/* ---- validation ---------------------------------------------------------- */
+
+static const char *conv_op_name(uint32_t op) {
+  switch (op) {
+    case KILN_OP_CONV2D: return "conv2d";
+    case KILN_OP_CONV2D_BACKWARD_INPUT: return "conv2d_backward_input";
+    case KILN_OP_CONV2D_BACKWARD_WEIGHT: return "conv2d_backward_weight";
+    default: return "conv2d(?)";
+  }
+}
+
+static const char *conv_dtype_name(uint32_t dt) {
+  switch (dt) {
+    case KILN_F32: return "f32";
+    case KILN_F16: return "f16";
+    case KILN_BF16: return "bf16";
+    case KILN_I32: return "i32";
+    case KILN_U8: return "u8";
+    default: return "unknown";
+  }
+}
+
+/* "[64, 1, 28, 28]" into buf. */
+static const char *conv_shape_str(const kcpu_tensor *t, char *buf, size_t cap) {
+  size_t len = 0;
+  int w = snprintf(buf, cap, "[");
+  len = w > 0 ? (size_t)w : 0;
+  for (int i = 0; i < t->ndim && len < cap; i++) {
+    w = snprintf(buf + len, cap - len, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+    len += w > 0 ? (size_t)w : 0;
+  }
+  if (len < cap) snprintf(buf + len, cap - len, "]");
+  return buf;
+}
+
+kiln_status kcpu_conv2d_validate(const kcpu_node *n) {
+  const char *op = conv_op_name(n->op);
+  char s0[128], s1[128], s2[128];
+  int fwd = n->op == KILN_OP_CONV2D;
+
+  if (fwd ? (n->n_inputs < 2 || n->n_inputs > 3) : n->n_inputs != 2) {
+    kcpu_host->set_error("cpu: %s: expects %s inputs, got %d", op,
+                         fwd ? "2 or 3 (x, w[, bias])"
+                         : n->op == KILN_OP_CONV2D_BACKWARD_INPUT ? "2 (dy, w)" : "2 (dy, x)",
+                         n->n_inputs);
+    return KILN_INVALID_ARGUMENT;
+  }
+  for (int i = 0; i <= n->n_inputs; i++) {
+    const kcpu_tensor *t = i < n->n_inputs ? &n->in[i] : &n->out;
+    if (t->dtype != KILN_F32) {
+      char idx[24];
+      snprintf(idx, sizeof idx, "input %d", i);
+      kcpu_host->set_error("cpu: %s: %s %s has dtype %s; only f32 is supported", op,
+                           i < n->n_inputs ? idx : "the output", conv_shape_str(t, s0, sizeof s0),
+                           conv_dtype_name(t->dtype));
+      return KILN_DTYPE_MISMATCH;
+    }
+  }
+
+  /* Name each tensor by its role: x, w and y shapes, whichever are given. */
+  const kcpu_tensor *x, *w, *y;
+  const char *xn, *wn, *yn;
+  if (fwd) {
+    x = &n->in[0], w = &n->in[1], y = &n->out, xn = "x", wn = "w", yn = "y";
+  } else if (n->op == KILN_OP_CONV2D_BACKWARD_INPUT) {
+    x = &n->out, w = &n->in[1], y = &n->in[0], xn = "dx", wn = "w", yn = "dy";
+  } else {
+    x = &n->in[1], w = &n->out, y = &n->in[0], xn = "x", wn = "dw", yn = "dy";
+  }
+  const kcpu_tensor *ranked[3] = {x, w, y};
+  const char *names[3] = {xn, wn, yn};
+  for (int i = 0; i < 3; i++) {
+    const kcpu_tensor *t = ranked[i];
+    if (t->ndim != 4) {
+      kcpu_host->set_error("cpu: %s: %s %s has rank %d; expected rank 4 (%s)", op, names[i],
+                           conv_shape_str(t, s0, sizeof s0), t->ndim,
+                           i == 0 ? "N, C, H, W" : i == 1 ? "O, C/groups, KH, KW" : "N, O, OH, OW");
+      return KILN_SHAPE_MISMATCH;
+    }
+    for (int d = 0; d < 4; d++) {
+      if (t->shape[d] < 1) {
+        kcpu_host->set_error("cpu: %s: %s %s has an empty dimension %d", op, names[i],
+                             conv_shape_str(t, s0, sizeof s0), d);
+        return KILN_SHAPE_MISMATCH;
+      }
+    }
+  }
+
+  const int64_t *ip = n->ip;
+  if (ip[0] < 1 || ip[1] < 1 || ip[2] < 0 || ip[3] < 0 || ip[4] < 1 || ip[5] < 1 || ip[6] < 1) {
+    kcpu_host->set_error("cpu: %s: bad parameters stride [%lld, %lld], padding [%lld, %lld], "
+                         "dilation [%lld, %lld], groups %lld: stride, dilation and groups must be "
+                         ">= 1 and padding >= 0",
+                         op, (long long)ip[0], (long long)ip[1], (long long)ip[2], (long long)ip[3],
+                         (long long)ip[4], (long long)ip[5], (long long)ip[6]);
+    return KILN_INVALID_ARGUMENT;
+  }
+  int64_t G = ip[6];
+  int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+  int64_t O = w->shape[0], KH = w->shape[2], KW = w->shape[3];
+  conv_shape_str(x, s0, sizeof s0);
+  conv_shape_str(w, s1, sizeof s1);
+  if (C % G != 0) {
+    kcpu_host->set_error("cpu: %s: %s %s has %lld channels, not divisible by groups %lld", op, xn,
+                         s0, (long long)C, (long long)G);
+    return KILN_SHAPE_MISMATCH;
+  }
+  if (O % G != 0) {
+    kcpu_host->set_error("cpu: %s: %s %s has %lld output channels, not divisible by groups %lld", op,
+                         wn, s1, (long long)O, (long long)G);
+    return KILN_SHAPE_MISMATCH;
+  }
+  if (w->shape[1] != C / G) {
+    kcpu_host->set_error("cpu: %s: %s %s and %s %s: %s expects %lld input channels per group, "
+                         "%s has %lld (groups %lld)",
+                         op, xn, s0, wn, s1, wn, (long long)w->shape[1], xn, (long long)(C / G),
+                         (long long)G);
+    return KILN_SHAPE_MISMATCH;
+  }
+  if (fwd && n->n_inputs == 3 &&
+      (n->in[2].ndim != 1 || n->in[2].shape[0] != O)) {
+    kcpu_host->set_error("cpu: %s: bias %s does not match w %s: expected [%lld]", op,
+                         conv_shape_str(&n->in[2], s2, sizeof s2), s1, (long long)O);
+    return KILN_SHAPE_MISMATCH;
+  }
+  int64_t ekh = ip[4] * (KH - 1) + 1, ekw = ip[5] * (KW - 1) + 1;
+  if (H + 2 * ip[2] < ekh || W + 2 * ip[3] < ekw) {
+    kcpu_host->set_error("cpu: %s: %s %s padded by [%lld, %lld] is %lldx%lld, smaller than the "
+                         "kernel of %s %s, %lldx%lld with dilation [%lld, %lld]",
+                         op, xn, s0, (long long)ip[2], (long long)ip[3],
+                         (long long)(H + 2 * ip[2]), (long long)(W + 2 * ip[3]), wn, s1,
+                         (long long)ekh, (long long)ekw, (long long)ip[4], (long long)ip[5]);
+    return KILN_SHAPE_MISMATCH;
+  }
+  int64_t OH = (H + 2 * ip[2] - ekh) / ip[0] + 1, OW = (W + 2 * ip[3] - ekw) / ip[1] + 1;
+  if (y->shape[0] != N || y->shape[1] != O || y->shape[2] != OH || y->shape[3] != OW) {
+    kcpu_host->set_error("cpu: %s: %s is %s, expected [%lld, %lld, %lld, %lld] for %s %s and %s %s "
+                         "(stride [%lld, %lld], padding [%lld, %lld], dilation [%lld, %lld])",
+                         op, yn, conv_shape_str(y, s2, sizeof s2), (long long)N, (long long)O,
+                         (long long)OH, (long long)OW, xn, s0, wn, s1, (long long)ip[0],
+                         (long long)ip[1], (long long)ip[2], (long long)ip[3], (long long)ip[4],
+                         (long long)ip[5]);
+    return KILN_SHAPE_MISMATCH;
+  }
+  return KILN_OK;
+}

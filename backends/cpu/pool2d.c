@@ -1,16 +1,314 @@
 /*
- * pool2d.c - max and average pooling, forward and backward.
- * Work in progress: definitions exist so the plugin links.
+ * pool2d.c - 2-D max and average pooling, NCHW, forward and backward.
+ *
+ * Shapes (kiln/ops.h): x [N, C, H, W], y [N, C, OH, OW] with
+ * OH = (H + 2*ph - KH) / sh + 1 (OW likewise). Window (oh, ow) covers rows
+ * oh*sh - ph .. +KH-1 and columns ow*sw - pw .. +KW-1, clipped to the input.
+ * ip[0] KH, ip[1] KW, ip[2] sh, ip[3] sw, ip[4] ph, ip[5] pw,
+ * ip[6] count_include_pad (average pooling only).
+ *
+ * Max pooling ignores padding and sends the gradient to the first maximum
+ * of a window in row-major order (a NaN counts as the maximum, as in
+ * PyTorch). Each padding must be smaller than its kernel size, so every
+ * window holds at least one input element.
+ *
+ * Every (n, c) plane is independent: the kernels run planes in parallel
+ * and each plane in a fixed order, so results never depend on scheduling.
  */
+#include <stdio.h>
+#include <string.h>
+
 #include "cpu-impl.h"
 
-kiln_status kcpu_pool2d_validate(const kcpu_node *n) {
-  (void)n;
-  kcpu_host->set_error("cpu: pool2d: not yet available in this build");
-  return KILN_UNSUPPORTED;
+typedef struct pool_geom {
+  int64_t planes, H, W, OH, OW;   /* planes = N*C */
+  int64_t KH, KW, sh, sw, ph, pw;
+  int include_pad;
+} pool_geom;
+
+typedef struct pool_job {
+  pool_geom g;
+  const float *a;   /* x (forward) or dy (backward) */
+  const float *b;   /* x (max backward) */
+  float *out;
+} pool_job;
+
+/* xs is x's shape [N, C, H, W], ys y's [N, C, OH, OW]. */
+static void pool_geom_init(pool_geom *g, const kcpu_node *n, const int64_t *xs, const int64_t *ys) {
+  g->planes = xs[0] * xs[1];
+  g->H = xs[2], g->W = xs[3], g->OH = ys[2], g->OW = ys[3];
+  g->KH = n->ip[0], g->KW = n->ip[1], g->sh = n->ip[2], g->sw = n->ip[3];
+  g->ph = n->ip[4], g->pw = n->ip[5];
+  g->include_pad = n->ip[6] != 0;
 }
 
-void kcpu_maxpool2d(kcpu_pool *pool, const kcpu_node *n) { (void)pool; (void)n; }
-void kcpu_maxpool2d_backward(kcpu_pool *pool, const kcpu_node *n) { (void)pool; (void)n; }
-void kcpu_avgpool2d(kcpu_pool *pool, const kcpu_node *n) { (void)pool; (void)n; }
-void kcpu_avgpool2d_backward(kcpu_pool *pool, const kcpu_node *n) { (void)pool; (void)n; }
+/* The window of (oh, ow) clipped to the input: rows [*h0, *h1), cols [*w0, *w1). */
+static void pool_window(const pool_geom *g, int64_t oh, int64_t ow, int64_t *h0, int64_t *h1,
+                        int64_t *w0, int64_t *w1) {
+  int64_t hs = oh * g->sh - g->ph, ws = ow * g->sw - g->pw;
+  *h0 = hs < 0 ? 0 : hs;
+  *h1 = hs + g->KH > g->H ? g->H : hs + g->KH;
+  *w0 = ws < 0 ? 0 : ws;
+  *w1 = ws + g->KW > g->W ? g->W : ws + g->KW;
+}
+
+/* Index within the plane xp [H, W] of the first maximum of window (oh, ow). */
+static int64_t pool_argmax(const pool_geom *g, const float *xp, int64_t oh, int64_t ow) {
+  int64_t h0, h1, w0, w1;
+  pool_window(g, oh, ow, &h0, &h1, &w0, &w1);
+  int64_t best = h0 * g->W + w0;
+  float m = xp[best];
+  for (int64_t ih = h0; ih < h1; ih++) {
+    for (int64_t iw = w0; iw < w1; iw++) {
+      float v = xp[ih * g->W + iw];
+      if (v > m || (v != v && m == m)) {
+        m = v;
+        best = ih * g->W + iw;
+      }
+    }
+  }
+  return best;
+}
+
+/* The divisor of window (oh, ow): KH*KW with count_include_pad, else the
+ * number of input elements in it. */
+static float pool_divisor(const pool_geom *g, int64_t oh, int64_t ow) {
+  if (g->include_pad) return (float)(g->KH * g->KW);
+  int64_t h0, h1, w0, w1;
+  pool_window(g, oh, ow, &h0, &h1, &w0, &w1);
+  return (float)((h1 - h0) * (w1 - w0));
+}
+
+/* ---- kernels ------------------------------------------------------------- */
+
+/* y[p, oh, ow] = max of x[p] over window (oh, ow), for planes p in [begin, end). */
+static void maxpool_range(void *arg, int64_t begin, int64_t end) {
+  const pool_job *j = arg;
+  const pool_geom *g = &j->g;
+  for (int64_t p = begin; p < end; p++) {
+    const float *xp = j->a + p * g->H * g->W;
+    float *yp = j->out + p * g->OH * g->OW;
+    for (int64_t oh = 0; oh < g->OH; oh++)
+      for (int64_t ow = 0; ow < g->OW; ow++) yp[oh * g->OW + ow] = xp[pool_argmax(g, xp, oh, ow)];
+  }
+}
+
+/* dx[p] = 0, then dx[p, argmax of window (oh, ow)] += dy[p, oh, ow]. */
+static void maxpool_backward_range(void *arg, int64_t begin, int64_t end) {
+  const pool_job *j = arg;
+  const pool_geom *g = &j->g;
+  for (int64_t p = begin; p < end; p++) {
+    const float *dyp = j->a + p * g->OH * g->OW;
+    const float *xp = j->b + p * g->H * g->W;
+    float *dxp = j->out + p * g->H * g->W;
+    memset(dxp, 0, (size_t)(g->H * g->W) * sizeof(float));
+    for (int64_t oh = 0; oh < g->OH; oh++)
+      for (int64_t ow = 0; ow < g->OW; ow++) dxp[pool_argmax(g, xp, oh, ow)] += dyp[oh * g->OW + ow];
+  }
+}
+
+/* y[p, oh, ow] = sum of x[p] over window (oh, ow) / divisor. */
+static void avgpool_range(void *arg, int64_t begin, int64_t end) {
+  const pool_job *j = arg;
+  const pool_geom *g = &j->g;
+  for (int64_t p = begin; p < end; p++) {
+    const float *xp = j->a + p * g->H * g->W;
+    float *yp = j->out + p * g->OH * g->OW;
+    for (int64_t oh = 0; oh < g->OH; oh++) {
+      for (int64_t ow = 0; ow < g->OW; ow++) {
+        int64_t h0, h1, w0, w1;
+        pool_window(g, oh, ow, &h0, &h1, &w0, &w1);
+        float s = 0.0f;
+        for (int64_t ih = h0; ih < h1; ih++)
+          for (int64_t iw = w0; iw < w1; iw++) s += xp[ih * g->W + iw];
+        yp[oh * g->OW + ow] = s / pool_divisor(g, oh, ow);
+      }
+    }
+  }
+}
+
+/* dx[p] = 0, then every input element of window (oh, ow) += dy[p, oh, ow] / divisor. */
+static void avgpool_backward_range(void *arg, int64_t begin, int64_t end) {
+  const pool_job *j = arg;
+  const pool_geom *g = &j->g;
+  for (int64_t p = begin; p < end; p++) {
+    const float *dyp = j->a + p * g->OH * g->OW;
+    float *dxp = j->out + p * g->H * g->W;
+    memset(dxp, 0, (size_t)(g->H * g->W) * sizeof(float));
+    for (int64_t oh = 0; oh < g->OH; oh++) {
+      for (int64_t ow = 0; ow < g->OW; ow++) {
+        int64_t h0, h1, w0, w1;
+        pool_window(g, oh, ow, &h0, &h1, &w0, &w1);
+        float d = dyp[oh * g->OW + ow] / pool_divisor(g, oh, ow);
+        for (int64_t ih = h0; ih < h1; ih++)
+          for (int64_t iw = w0; iw < w1; iw++) dxp[ih * g->W + iw] += d;
+      }
+    }
+  }
+}
+
+/* Planes in parallel; a plane is small, so ask for enough of them per chunk
+ * to be worth a hand-off. */
+static void pool_run(kcpu_pool *pool, pool_job *j, kcpu_range_fn fn) {
+  const pool_geom *g = &j->g;
+  if (g->planes <= 0) return;
+  int64_t work = (g->H * g->W + g->OH * g->OW * g->KH * g->KW) | 1;
+  int64_t grain = 16384 / work + 1;
+  if (!pool || kcpu_pool_size(pool) <= 1) fn(j, 0, g->planes);
+  else kcpu_parallel_for(pool, g->planes, grain, fn, j);
+}
+
+/* x = in[0] [N, C, H, W]; y = out [N, C, OH, OW]. */
+void kcpu_maxpool2d(kcpu_pool *pool, const kcpu_node *n) {
+  pool_job j = {.a = n->in[0].data, .out = n->out.data};
+  pool_geom_init(&j.g, n, n->in[0].shape, n->out.shape);
+  pool_run(pool, &j, maxpool_range);
+}
+
+/* dy = in[0] [N, C, OH, OW], x = in[1] [N, C, H, W]; dx = out [N, C, H, W]. */
+void kcpu_maxpool2d_backward(kcpu_pool *pool, const kcpu_node *n) {
+  pool_job j = {.a = n->in[0].data, .b = n->in[1].data, .out = n->out.data};
+  pool_geom_init(&j.g, n, n->out.shape, n->in[0].shape);
+  pool_run(pool, &j, maxpool_backward_range);
+}
+
+/* x = in[0] [N, C, H, W]; y = out [N, C, OH, OW]. */
+void kcpu_avgpool2d(kcpu_pool *pool, const kcpu_node *n) {
+  pool_job j = {.a = n->in[0].data, .out = n->out.data};
+  pool_geom_init(&j.g, n, n->in[0].shape, n->out.shape);
+  pool_run(pool, &j, avgpool_range);
+}
+
+/* dy = in[0] [N, C, OH, OW]; dx = out [N, C, H, W]. */
+void kcpu_avgpool2d_backward(kcpu_pool *pool, const kcpu_node *n) {
+  pool_job j = {.a = n->in[0].data, .out = n->out.data};
+  pool_geom_init(&j.g, n, n->out.shape, n->in[0].shape);
+  pool_run(pool, &j, avgpool_backward_range);
+}
+
+/* ---- validation ---------------------------------------------------------- */
+
+static const char *pool_op_name(uint32_t op) {
+  switch (op) {
+    case KILN_OP_MAXPOOL2D: return "maxpool2d";
+    case KILN_OP_MAXPOOL2D_BACKWARD: return "maxpool2d_backward";
+    case KILN_OP_AVGPOOL2D: return "avgpool2d";
+    case KILN_OP_AVGPOOL2D_BACKWARD: return "avgpool2d_backward";
+    default: return "pool2d(?)";
+  }
+}
+
+static const char *pool_dtype_name(uint32_t dt) {
+  switch (dt) {
+    case KILN_F32: return "f32";
+    case KILN_F16: return "f16";
+    case KILN_BF16: return "bf16";
+    case KILN_I32: return "i32";
+    case KILN_U8: return "u8";
+    default: return "unknown";
+  }
+}
+
+/* "[64, 32, 26, 26]" into buf. */
+static const char *pool_shape_str(const kcpu_tensor *t, char *buf, size_t cap) {
+  size_t len = 0;
+  int w = snprintf(buf, cap, "[");
+  len = w > 0 ? (size_t)w : 0;
+  for (int i = 0; i < t->ndim && len < cap; i++) {
+    w = snprintf(buf + len, cap - len, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+    len += w > 0 ? (size_t)w : 0;
+  }
+  if (len < cap) snprintf(buf + len, cap - len, "]");
+  return buf;
+}
+
+kiln_status kcpu_pool2d_validate(const kcpu_node *n) {
+  const char *op = pool_op_name(n->op);
+  char s0[128], s1[128];
+  int is_max = n->op == KILN_OP_MAXPOOL2D || n->op == KILN_OP_MAXPOOL2D_BACKWARD;
+  int backward = n->op == KILN_OP_MAXPOOL2D_BACKWARD || n->op == KILN_OP_AVGPOOL2D_BACKWARD;
+  int want_inputs = n->op == KILN_OP_MAXPOOL2D_BACKWARD ? 2 : 1;
+
+  if (n->n_inputs != want_inputs) {
+    kcpu_host->set_error("cpu: %s: expects %d input%s (%s), got %d", op, want_inputs,
+                         want_inputs == 1 ? "" : "s",
+                         n->op == KILN_OP_MAXPOOL2D_BACKWARD ? "dy, x" : backward ? "dy" : "x",
+                         n->n_inputs);
+    return KILN_INVALID_ARGUMENT;
+  }
+  for (int i = 0; i <= n->n_inputs; i++) {
+    const kcpu_tensor *t = i < n->n_inputs ? &n->in[i] : &n->out;
+    if (t->dtype != KILN_F32) {
+      char idx[24];
+      snprintf(idx, sizeof idx, "input %d", i);
+      kcpu_host->set_error("cpu: %s: %s %s has dtype %s; only f32 is supported", op,
+                           i < n->n_inputs ? idx : "the output", pool_shape_str(t, s0, sizeof s0),
+                           pool_dtype_name(t->dtype));
+      return KILN_DTYPE_MISMATCH;
+    }
+  }
+
+  /* x: the input of the forward pass; y: its output. */
+  const kcpu_tensor *x = backward ? &n->out : &n->in[0];
+  const kcpu_tensor *y = backward ? &n->in[0] : &n->out;
+  const char *xn = backward ? "dx" : "x", *yn = backward ? "dy" : "y";
+  if (x->ndim != 4 || y->ndim != 4) {
+    const kcpu_tensor *t = x->ndim != 4 ? x : y;
+    kcpu_host->set_error("cpu: %s: %s %s has rank %d; expected rank 4 (N, C, H, W)", op,
+                         t == x ? xn : yn, pool_shape_str(t, s0, sizeof s0), t->ndim);
+    return KILN_SHAPE_MISMATCH;
+  }
+  for (int d = 0; d < 4; d++) {
+    if (x->shape[d] < 1) {
+      kcpu_host->set_error("cpu: %s: %s %s has an empty dimension %d", op, xn,
+                           pool_shape_str(x, s0, sizeof s0), d);
+      return KILN_SHAPE_MISMATCH;
+    }
+  }
+  if (n->op == KILN_OP_MAXPOOL2D_BACKWARD) {
+    const kcpu_tensor *xin = &n->in[1];
+    int same = xin->ndim == x->ndim;
+    for (int d = 0; same && d < x->ndim; d++) same = xin->shape[d] == x->shape[d];
+    if (!same) {
+      kcpu_host->set_error("cpu: %s: x %s and dx %s must have the same shape", op,
+                           pool_shape_str(xin, s0, sizeof s0), pool_shape_str(x, s1, sizeof s1));
+      return KILN_SHAPE_MISMATCH;
+    }
+  }
+
+  const int64_t *ip = n->ip;
+  int64_t KH = ip[0], KW = ip[1], sh = ip[2], sw = ip[3], ph = ip[4], pw = ip[5];
+  if (KH < 1 || KW < 1 || sh < 1 || sw < 1 || ph < 0 || pw < 0 || ph >= KH || pw >= KW) {
+    kcpu_host->set_error("cpu: %s: bad parameters kernel [%lld, %lld], stride [%lld, %lld], "
+                         "padding [%lld, %lld]: kernel and stride must be >= 1, padding >= 0 and "
+                         "smaller than the kernel",
+                         op, (long long)KH, (long long)KW, (long long)sh, (long long)sw,
+                         (long long)ph, (long long)pw);
+    return KILN_INVALID_ARGUMENT;
+  }
+  if (!is_max && ip[6] != 0 && ip[6] != 1) {
+    kcpu_host->set_error("cpu: %s: count_include_pad (ip[6]) is %lld; expected 0 or 1", op,
+                         (long long)ip[6]);
+    return KILN_INVALID_ARGUMENT;
+  }
+  int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+  if (H + 2 * ph < KH || W + 2 * pw < KW) {
+    kcpu_host->set_error("cpu: %s: %s %s padded by [%lld, %lld] is %lldx%lld, smaller than the "
+                         "kernel %lldx%lld",
+                         op, xn, pool_shape_str(x, s0, sizeof s0), (long long)ph, (long long)pw,
+                         (long long)(H + 2 * ph), (long long)(W + 2 * pw), (long long)KH,
+                         (long long)KW);
+    return KILN_SHAPE_MISMATCH;
+  }
+  int64_t OH = (H + 2 * ph - KH) / sh + 1, OW = (W + 2 * pw - KW) / sw + 1;
+  if (y->shape[0] != N || y->shape[1] != C || y->shape[2] != OH || y->shape[3] != OW) {
+    kcpu_host->set_error("cpu: %s: %s is %s, expected [%lld, %lld, %lld, %lld] for %s %s "
+                         "(kernel [%lld, %lld], stride [%lld, %lld], padding [%lld, %lld])",
+                         op, yn, pool_shape_str(y, s1, sizeof s1), (long long)N, (long long)C,
+                         (long long)OH, (long long)OW, xn, pool_shape_str(x, s0, sizeof s0),
+                         (long long)KH, (long long)KW, (long long)sh, (long long)sw, (long long)ph,
+                         (long long)pw);
+    return KILN_SHAPE_MISMATCH;
+  }
+  return KILN_OK;
+}
