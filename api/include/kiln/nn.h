@@ -175,7 +175,8 @@ typedef struct kiln_dataset {
   const float *x_f32;         /* as is */
   const uint8_t *x_u8;        /* converted as x_u8 * x_scale (e.g. 1/255) */
   float x_scale;
-  /* Class labels, n values in [0, classes), exactly one of: */
+  /* Class labels, n values in [0, classes), one of (neither: only for
+   * kiln_trainer_predict): */
   const int32_t *y_i32;
   const uint8_t *y_u8;
 } kiln_dataset;
