@@ -14,6 +14,7 @@
 #ifndef KCPU_IMPL_H
 #define KCPU_IMPL_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "kiln/plugin.h"
@@ -55,7 +56,12 @@ typedef struct kcpu_node {
 
 /* ---- GEMM (gemm.c) --------------------------------------------------------
  * C[M, N] = alpha * op(A) @ op(B) + beta * C, row-major, op(X) = X or X^T.
- * A is [M, K] (lda >= K) or, transposed, [K, M] (lda >= M); B likewise. */
+ * A is [M, K] (lda >= K) or, transposed, [K, M] (lda >= M); B likewise.
+ * pool == NULL runs single-threaded in the calling thread (for callers that
+ * already parallelise, e.g. over a batch, from inside kcpu_parallel_for).
+ * With beta == 0, C is not read (NaNs in it do not propagate). Each element
+ * of C is computed in a fixed order that depends only on K, so the result
+ * does not depend on the pool or its size. */
 void kcpu_sgemm(kcpu_pool *pool, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
                 float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
                 float beta, float *C, int64_t ldc);
@@ -74,5 +80,52 @@ void kcpu_maxpool2d(kcpu_pool *pool, const kcpu_node *n);
 void kcpu_maxpool2d_backward(kcpu_pool *pool, const kcpu_node *n);
 void kcpu_avgpool2d(kcpu_pool *pool, const kcpu_node *n);
 void kcpu_avgpool2d_backward(kcpu_pool *pool, const kcpu_node *n);
+
+/* ---- additions for the op families (plugin.c and the op files) ----------
+ * Every op family validates its own nodes at compile time and runs them.
+ * Validators get the node index for messages and return KILN_OK, or set
+ * the host error with kcpu_node_error() and return its status. Kernels
+ * (kcpu_op_run) assume a validated node. */
+
+/* Sets the host error to "cpu: node <index> (<op name>): <message>" and
+ * returns st. */
+kiln_status kcpu_node_error(int index, const kcpu_node *n, kiln_status st, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Lower-case op name ("matmul"), or "unknown" for a number outside ops.h. */
+const char *kcpu_op_name(uint32_t op);
+/* Formats shape[ndim] as "[2, 3]" ("[]" for rank 0) into buf; returns buf. */
+char *kcpu_shape_str(char *buf, size_t size, int ndim, const int64_t *shape);
+/* Shape string of a resolved tensor into buf (sized KCPU_SHAPE_STR). */
+#define KCPU_SHAPE_STR 128
+#define KCPU_SHAPE(buf, t) kcpu_shape_str((buf), sizeof(buf), (t)->ndim, (t)->shape)
+
+/* Computes the NumPy broadcast of shapes a and b into out (rank max of the
+ * two); returns 0, or -1 if some pair of dimensions is incompatible. */
+int kcpu_broadcast_shape(int na, const int64_t *a, int nb, const int64_t *b, int *nout,
+                         int64_t *out);
+/* 1 if tensors have equal rank and dimensions. */
+int kcpu_same_shape(const kcpu_tensor *a, const kcpu_tensor *b);
+
+typedef kiln_status (*kcpu_validate_fn)(int index, const kcpu_node *n);
+typedef void (*kcpu_run_fn)(kcpu_pool *pool, const kcpu_node *n);
+
+/* elementwise.c: ADD..DIV, NEG..SCALE, *_BACKWARD unary helpers, FILL, COPY. */
+kiln_status kcpu_elementwise_validate(int index, const kcpu_node *n);
+void kcpu_elementwise(kcpu_pool *pool, const kcpu_node *n);
+/* reduce.c: SUM, MEAN, EXPAND. */
+kiln_status kcpu_reduce_validate(int index, const kcpu_node *n);
+void kcpu_reduce(kcpu_pool *pool, const kcpu_node *n);
+/* softmax.c: SOFTMAX, LOG_SOFTMAX, their backward, CROSS_ENTROPY(_BACKWARD). */
+kiln_status kcpu_softmax_validate(int index, const kcpu_node *n);
+void kcpu_softmax(kcpu_pool *pool, const kcpu_node *n);
+/* layout.c: RESHAPE, TRANSPOSE. */
+kiln_status kcpu_layout_validate(int index, const kcpu_node *n);
+void kcpu_layout(kcpu_pool *pool, const kcpu_node *n);
+/* matmul.c: MATMUL. */
+kiln_status kcpu_matmul_validate(int index, const kcpu_node *n);
+void kcpu_matmul(kcpu_pool *pool, const kcpu_node *n);
+/* optim.c: SGD, ADAM, INCREMENT. */
+kiln_status kcpu_optim_validate(int index, const kcpu_node *n);
+void kcpu_optim(kcpu_pool *pool, const kcpu_node *n);
 
 #endif /* KCPU_IMPL_H */

@@ -1,0 +1,237 @@
+/*
+ * gemm.c - single-precision GEMM: C[M, N] = alpha * op(A) @ op(B) + beta * C.
+ *
+ * The classic packed, cache-blocked scheme (Goto / BLIS):
+ *
+ *   for jc over N in NC columns            B panel [KC, NC] fits in L3
+ *     for pc over K in KC steps            (K blocks are summed in order)
+ *       pack B[pc:pc+KC, jc:jc+NC] into NR-wide slivers
+ *       for ib over M in MB rows
+ *         pack A[ib:ib+MB, pc:pc+KC] into MR-tall slivers
+ *         for each (MC rows x NW columns) tile, in parallel
+ *           for each MR x NR block: micro-kernel over KC, then store
+ *
+ * Packing turns every transpose case into the same unit-stride micro-kernel
+ * and pads the edges with zeros, so odd sizes take the same path. The
+ * micro-kernel keeps a 6 x 16 accumulator in registers (12 AVX2 registers)
+ * and is compiled for x86-64-v3 (AVX2 + FMA) and for the baseline ISA; the
+ * loader picks one per machine (target_clones), so results on one machine
+ * never change. ("avx2,fma" would make two separate clones, neither with
+ * both.)
+ *
+ * Determinism: every C element is sum over K blocks in order of
+ * (sum over k in order of a*b), computed by one thread. Tiling across
+ * threads only decides which thread computes it, so results do not depend
+ * on the pool or its size.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu-impl.h"
+
+#define MR 6        /* micro-tile rows */
+#define NR 16       /* micro-tile columns */
+#define KC 256      /* depth of one packed block */
+#define MC 96       /* rows of one compute tile (a multiple of MR) */
+#define MB 1536     /* rows of A packed at once (a multiple of MC) */
+#define NC 3072     /* columns of one packed B panel (a multiple of NR) */
+
+/* Eight floats, in one AVX register or two SSE registers (GCC vector
+ * extension: portable across the clones, and the accumulators provably stay
+ * in registers, which plain loops here did not). */
+typedef float kcpu_v8 __attribute__((vector_size(32), aligned(32)));
+
+/* acc[MR][NR] = Ap [kc, MR] (sliver) x Bp [kc, NR] (sliver). Bp and acc are
+ * 32-byte aligned. */
+__attribute__((target_clones("arch=x86-64-v3", "default"), optimize("fp-contract=fast")))
+static void micro_kernel(int64_t kc, const float *restrict Ap, const float *restrict Bp,
+                         float *restrict acc) {
+  kcpu_v8 c[MR][2];
+  for (int i = 0; i < MR; i++) c[i][0] = c[i][1] = (kcpu_v8){0};
+  for (int64_t k = 0; k < kc; k++) {
+    const float *restrict a = Ap + k * MR;
+    kcpu_v8 b0 = *(const kcpu_v8 *)(Bp + k * NR);
+    kcpu_v8 b1 = *(const kcpu_v8 *)(Bp + k * NR + 8);
+    for (int i = 0; i < MR; i++) {
+      kcpu_v8 ai = (kcpu_v8){0} + a[i];
+      c[i][0] += ai * b0;
+      c[i][1] += ai * b1;
+    }
+  }
+  for (int i = 0; i < MR; i++) {
+    *(kcpu_v8 *)(acc + i * NR) = c[i][0];
+    *(kcpu_v8 *)(acc + i * NR + 8) = c[i][1];
+  }
+}
+
+/* C[m, n] (leading dimension ldc) = alpha * acc + beta * C; beta == 0 does
+ * not read C. */
+static void store_tile(float *C, int64_t ldc, int m, int n, const float *acc, float alpha,
+                       float beta) {
+  for (int i = 0; i < m; i++) {
+    float *c = C + i * ldc;
+    const float *a = acc + i * NR;
+    if (beta == 0.0f)
+      for (int j = 0; j < n; j++) c[j] = alpha * a[j];
+    else
+      for (int j = 0; j < n; j++) c[j] = alpha * a[j] + beta * c[j];
+  }
+}
+
+typedef struct gemm_job {
+  int trans_a, trans_b;
+  int64_t M, N, K;
+  float alpha, beta_eff;      /* beta for the first K block, 1 after */
+  const float *A;
+  int64_t lda;
+  const float *B;
+  int64_t ldb;
+  float *C;
+  int64_t ldc;
+  /* current block */
+  int64_t jc, nc, pc, kc, ib, mb;
+  float *Ap, *Bp;
+  int64_t tiles_n, nw;        /* compute tiles: columns per tile */
+} gemm_job;
+
+/* Packs rows [ib + s*MR, +MR) of op(A)[:, pc:pc+kc] for slivers [s0, s1). */
+static void pack_a(void *arg, int64_t s0, int64_t s1) {
+  const gemm_job *j = arg;
+  for (int64_t s = s0; s < s1; s++) {
+    float *dst = j->Ap + s * MR * j->kc;
+    int64_t i0 = j->ib + s * MR;
+    int rows = (int)(j->ib + j->mb - i0 < MR ? j->ib + j->mb - i0 : MR);
+    if (!j->trans_a) {
+      for (int r = 0; r < rows; r++) {
+        const float *src = j->A + (i0 + r) * j->lda + j->pc;
+        for (int64_t k = 0; k < j->kc; k++) dst[k * MR + r] = src[k];
+      }
+    } else {
+      for (int64_t k = 0; k < j->kc; k++) {
+        const float *src = j->A + (j->pc + k) * j->lda + i0;
+        for (int r = 0; r < rows; r++) dst[k * MR + r] = src[r];
+      }
+    }
+    for (int r = rows; r < MR; r++)
+      for (int64_t k = 0; k < j->kc; k++) dst[k * MR + r] = 0.0f;
+  }
+}
+
+/* Packs columns [jc + s*NR, +NR) of op(B)[pc:pc+kc, :] for slivers [s0, s1). */
+static void pack_b(void *arg, int64_t s0, int64_t s1) {
+  const gemm_job *j = arg;
+  for (int64_t s = s0; s < s1; s++) {
+    float *dst = j->Bp + s * NR * j->kc;
+    int64_t j0 = j->jc + s * NR;
+    int cols = (int)(j->jc + j->nc - j0 < NR ? j->jc + j->nc - j0 : NR);
+    if (!j->trans_b) {
+      for (int64_t k = 0; k < j->kc; k++) {
+        const float *src = j->B + (j->pc + k) * j->ldb + j0;
+        float *d = dst + k * NR;
+        int c = 0;
+        for (; c < cols; c++) d[c] = src[c];
+        for (; c < NR; c++) d[c] = 0.0f;
+      }
+    } else {
+      for (int c = 0; c < cols; c++) {
+        const float *src = j->B + (j0 + c) * j->ldb + j->pc;
+        for (int64_t k = 0; k < j->kc; k++) dst[k * NR + c] = src[k];
+      }
+      for (int c = cols; c < NR; c++)
+        for (int64_t k = 0; k < j->kc; k++) dst[k * NR + c] = 0.0f;
+    }
+  }
+}
+
+/* Runs compute tiles [t0, t1): tile t covers rows (t / tiles_n) * MC and
+ * columns (t % tiles_n) * nw of the current packed block. */
+static void compute_tiles(void *arg, int64_t t0, int64_t t1) {
+  const gemm_job *j = arg;
+  float acc[MR * NR] __attribute__((aligned(64)));
+  for (int64_t t = t0; t < t1; t++) {
+    int64_t r0 = (t / j->tiles_n) * MC, c0 = (t % j->tiles_n) * j->nw;
+    int64_t r1 = r0 + MC < j->mb ? r0 + MC : j->mb;
+    int64_t c1 = c0 + j->nw < j->nc ? c0 + j->nw : j->nc;
+    for (int64_t jr = c0; jr < c1; jr += NR) {
+      const float *bp = j->Bp + (jr / NR) * NR * j->kc;
+      int n = (int)(c1 - jr < NR ? c1 - jr : NR);
+      for (int64_t ir = r0; ir < r1; ir += MR) {
+        const float *ap = j->Ap + (ir / MR) * MR * j->kc;
+        int m = (int)(r1 - ir < MR ? r1 - ir : MR);
+        micro_kernel(j->kc, ap, bp, acc);
+        store_tile(j->C + (j->ib + ir) * j->ldc + j->jc + jr, j->ldc, m, n, acc, j->alpha,
+                   j->beta_eff);
+      }
+    }
+  }
+}
+
+/* C = beta * C for K == 0 (no product to add). */
+static void scale_c(int64_t M, int64_t N, float beta, float *C, int64_t ldc) {
+  for (int64_t i = 0; i < M; i++) {
+    float *c = C + i * ldc;
+    if (beta == 0.0f)
+      memset(c, 0, (size_t)N * sizeof *c);
+    else
+      for (int64_t j = 0; j < N; j++) c[j] *= beta;
+  }
+}
+
+void kcpu_sgemm(kcpu_pool *pool, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
+                float beta, float *C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    scale_c(M, N, beta, C, ldc);
+    return;
+  }
+  int64_t kc_max = K < KC ? K : KC;
+  int64_t mb_blk = M < MB ? (M + MR - 1) / MR * MR : MB;
+  int64_t nc_blk = N < NC ? (N + NR - 1) / NR * NR : NC;
+  /* Packing buffers for this call, so pool == NULL callers may run several
+   * GEMMs at once. Without memory for them, fall back to one micro-tile
+   * per block in stack buffers: slow, but kernels cannot fail, and the
+   * micro-kernel and K blocking (hence every result) stay the same. */
+  float *Ap = aligned_alloc(64, (size_t)(mb_blk * kc_max) * sizeof(float));
+  float *Bp = aligned_alloc(64, (size_t)(nc_blk * kc_max) * sizeof(float));
+  float a_small[MR * KC] __attribute__((aligned(64)));
+  float b_small[NR * KC] __attribute__((aligned(64)));
+  int heap = Ap && Bp;
+  if (!heap) {
+    free(Ap);
+    free(Bp);
+    mb_blk = MR;
+    nc_blk = NR;
+  }
+  gemm_job j = {.trans_a = trans_a, .trans_b = trans_b, .M = M, .N = N, .K = K,
+                .alpha = alpha, .A = A, .lda = lda, .B = B, .ldb = ldb, .C = C, .ldc = ldc,
+                .Ap = heap ? Ap : a_small, .Bp = heap ? Bp : b_small};
+  int threads = kcpu_pool_size(pool);
+  for (j.jc = 0; j.jc < N; j.jc += nc_blk) {
+    j.nc = N - j.jc < nc_blk ? N - j.jc : nc_blk;
+    int64_t slivers_b = (j.nc + NR - 1) / NR;
+    for (j.pc = 0; j.pc < K; j.pc += KC) {
+      j.kc = K - j.pc < KC ? K - j.pc : KC;
+      j.beta_eff = j.pc == 0 ? beta : 1.0f;
+      kcpu_parallel_for(pool, slivers_b, 16, pack_b, &j);
+      for (j.ib = 0; j.ib < M; j.ib += mb_blk) {
+        j.mb = M - j.ib < mb_blk ? M - j.ib : mb_blk;
+        kcpu_parallel_for(pool, (j.mb + MR - 1) / MR, 16, pack_a, &j);
+        int64_t tiles_m = (j.mb + MC - 1) / MC;
+        int64_t want = (int64_t)threads * 4;
+        int64_t tiles_n = tiles_m >= want ? 1 : (want + tiles_m - 1) / tiles_m;
+        if (tiles_n > slivers_b) tiles_n = slivers_b;
+        j.nw = ((slivers_b + tiles_n - 1) / tiles_n) * NR;
+        j.tiles_n = (j.nc + j.nw - 1) / j.nw;
+        /* A tile is worth a thread from about 2^17 multiply-adds. */
+        int64_t flops_per_tile = MC * j.nw * j.kc;
+        int64_t grain = flops_per_tile >= (1 << 17) ? 1 : (1 << 17) / flops_per_tile;
+        kcpu_parallel_for(pool, tiles_m * j.tiles_n, grain, compute_tiles, &j);
+      }
+    }
+  }
+  if (heap) {
+    free(Ap);
+    free(Bp);
+  }
+}
