@@ -1,0 +1,273 @@
+/*
+ * elementwise.c - binary ops with NumPy broadcasting, unary ops, the
+ * backward helpers of unary ops, SCALE, FILL and COPY.
+ *
+ *   binary   a [..], b [..] broadcast to y [..]:  y = a (+ - * /) b
+ *   unary    x [..] -> y [..] with x's shape
+ *   helpers  dy [..], x or y [..] (same shape) -> dx [..]
+ *
+ * Broadcasting: both inputs get per-dimension strides against the output
+ * shape (0 where an input has size 1 or lacks the dimension), adjacent
+ * dimensions that are contiguous in all three tensors are merged, and the
+ * output is walked as rows of its innermost merged dimension. Inside a row
+ * each input has stride 1 or 0, so the common cases (same shape, a scalar,
+ * a bias row) become one vectorisable loop. Every element is computed
+ * independently, so results never depend on the threads.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "cpu-impl.h"
+
+/* Elements per parallel chunk for cheap ops. */
+#define EW_GRAIN 16384
+
+/* ---- validation ---------------------------------------------------------- */
+
+kiln_status kcpu_elementwise_validate(int index, const kcpu_node *n) {
+  char sa[KCPU_SHAPE_STR], sb[KCPU_SHAPE_STR], sy[KCPU_SHAPE_STR];
+  switch (n->op) {
+    case KILN_OP_ADD: case KILN_OP_SUB: case KILN_OP_MUL: case KILN_OP_DIV: {
+      int nd;
+      int64_t shape[KILN_MAX_DIMS];
+      const kcpu_tensor *a = &n->in[0], *b = &n->in[1];
+      if (kcpu_broadcast_shape(a->ndim, a->shape, b->ndim, b->shape, &nd, shape) != 0)
+        return kcpu_node_error(index, n, KILN_SHAPE_MISMATCH,
+                               "a %s and b %s do not broadcast (each pair of right-aligned "
+                               "dimensions must be equal or 1)",
+                               KCPU_SHAPE(sa, a), KCPU_SHAPE(sb, b));
+      kcpu_tensor want = {.ndim = nd};
+      memcpy(want.shape, shape, sizeof(int64_t) * (size_t)nd);
+      if (!kcpu_same_shape(&want, &n->out))
+        return kcpu_node_error(index, n, KILN_SHAPE_MISMATCH,
+                               "a %s and b %s broadcast to %s, but the output is %s",
+                               KCPU_SHAPE(sa, a), KCPU_SHAPE(sb, b), KCPU_SHAPE(sy, &want),
+                               KCPU_SHAPE(sb, &n->out));
+      return KILN_OK;
+    }
+    case KILN_OP_RELU_BACKWARD: case KILN_OP_TANH_BACKWARD: case KILN_OP_SIGMOID_BACKWARD:
+      if (!kcpu_same_shape(&n->in[0], &n->in[1]) || !kcpu_same_shape(&n->in[0], &n->out))
+        return kcpu_node_error(index, n, KILN_SHAPE_MISMATCH,
+                               "dy %s, %s %s and output %s must have the same shape",
+                               KCPU_SHAPE(sa, &n->in[0]),
+                               n->op == KILN_OP_RELU_BACKWARD ? "x" : "y",
+                               KCPU_SHAPE(sb, &n->in[1]), KCPU_SHAPE(sy, &n->out));
+      return KILN_OK;
+    case KILN_OP_FILL:
+      return KILN_OK;
+    default:   /* unary ops and COPY */
+      if (!kcpu_same_shape(&n->in[0], &n->out))
+        return kcpu_node_error(index, n, KILN_SHAPE_MISMATCH,
+                               "output %s must have the input's shape %s",
+                               KCPU_SHAPE(sy, &n->out), KCPU_SHAPE(sa, &n->in[0]));
+      if (n->op == KILN_OP_SCALE && (!isfinite(n->fp[0]) || !isfinite(n->fp[1])))
+        return kcpu_node_error(index, n, KILN_INVALID_ARGUMENT,
+                               "fp[0] (scale %g) and fp[1] (shift %g) must be finite",
+                               (double)n->fp[0], (double)n->fp[1]);
+      return KILN_OK;
+  }
+}
+
+/* ---- binary ops ---------------------------------------------------------- */
+
+typedef struct bin_plan {
+  uint32_t op;
+  int nd;                         /* merged rank, >= 1 */
+  int64_t shape[KILN_MAX_DIMS];   /* merged output shape */
+  int64_t sa[KILN_MAX_DIMS], sb[KILN_MAX_DIMS];   /* element strides */
+  const float *a, *b;
+  float *y;
+  int64_t nseg, seg;              /* segments per row and their length */
+} bin_plan;
+
+/* y[i] = a[i*sa] op b[i*sb] for i < len, sa and sb in {0, 1}. */
+static void bin_row(uint32_t op, int64_t len, const float *restrict a, int64_t sa,
+                    const float *restrict b, int64_t sb, float *restrict y) {
+#define BIN_LOOPS(EXPR)                                                   \
+  if (sa && sb) {                                                         \
+    for (int64_t i = 0; i < len; i++) { float x = a[i], z = b[i]; y[i] = EXPR; } \
+  } else if (sa) {                                                        \
+    const float z = b[0];                                                 \
+    for (int64_t i = 0; i < len; i++) { float x = a[i]; y[i] = EXPR; }    \
+  } else if (sb) {                                                        \
+    const float x = a[0];                                                 \
+    for (int64_t i = 0; i < len; i++) { float z = b[i]; y[i] = EXPR; }    \
+  } else {                                                                \
+    const float x = a[0], z = b[0];                                       \
+    for (int64_t i = 0; i < len; i++) y[i] = EXPR;                        \
+  }
+  switch (op) {
+    case KILN_OP_ADD: BIN_LOOPS(x + z) break;
+    case KILN_OP_SUB: BIN_LOOPS(x - z) break;
+    case KILN_OP_MUL: BIN_LOOPS(x * z) break;
+    case KILN_OP_DIV: BIN_LOOPS(x / z) break;
+  }
+#undef BIN_LOOPS
+}
+
+/* Offsets of a and b at the start of output row `row`. */
+static void row_offsets(const bin_plan *p, int64_t row, int64_t *idx, int64_t *oa, int64_t *ob) {
+  *oa = *ob = 0;
+  for (int d = p->nd - 2; d >= 0; d--) {
+    idx[d] = row % p->shape[d];
+    row /= p->shape[d];
+    *oa += idx[d] * p->sa[d];
+    *ob += idx[d] * p->sb[d];
+  }
+}
+
+/* Work items [t0, t1). With nseg == 1 an item is a row of the merged output
+ * (length shape[nd-1]); otherwise long rows are cut into nseg segments of
+ * `seg` elements and item t is segment t % nseg of row t / nseg. */
+static void bin_items(void *arg, int64_t t0, int64_t t1) {
+  const bin_plan *p = arg;
+  int nd = p->nd;
+  int64_t len = p->shape[nd - 1], la = p->sa[nd - 1], lb = p->sb[nd - 1];
+  int64_t idx[KILN_MAX_DIMS] = {0}, oa, ob;
+  if (p->nseg > 1) {
+    for (int64_t t = t0; t < t1; t++) {
+      int64_t row = t / p->nseg, start = (t % p->nseg) * p->seg;
+      int64_t l = len - start < p->seg ? len - start : p->seg;
+      row_offsets(p, row, idx, &oa, &ob);
+      bin_row(p->op, l, p->a + oa + start * la, la, p->b + ob + start * lb, lb,
+              p->y + row * len + start);
+    }
+    return;
+  }
+  row_offsets(p, t0, idx, &oa, &ob);
+  for (int64_t row = t0; row < t1; row++) {
+    bin_row(p->op, len, p->a + oa, la, p->b + ob, lb, p->y + row * len);
+    for (int d = nd - 2; d >= 0; d--) {   /* odometer */
+      idx[d]++;
+      oa += p->sa[d];
+      ob += p->sb[d];
+      if (idx[d] < p->shape[d]) break;
+      oa -= idx[d] * p->sa[d];
+      ob -= idx[d] * p->sb[d];
+      idx[d] = 0;
+    }
+  }
+}
+
+/* Strides of input t (right-aligned) against an output of rank nd and
+ * shape `shape`; 0 where t broadcasts. */
+static void bcast_strides(const kcpu_tensor *t, int nd, const int64_t *shape, int64_t *st) {
+  int64_t s = 1;
+  for (int d = nd - 1; d >= 0; d--) {
+    int td = t->ndim - nd + d;
+    int64_t dim = td >= 0 ? t->shape[td] : 1;
+    st[d] = (dim == 1 && shape[d] != 1) ? 0 : s;
+    if (td >= 0) s *= dim;
+  }
+}
+
+static void binary(kcpu_pool *pool, const kcpu_node *n) {
+  const kcpu_tensor *A = &n->in[0], *B = &n->in[1], *Y = &n->out;
+  if (Y->numel == 0) return;
+  bin_plan p = {.op = n->op, .a = A->data, .b = B->data, .y = Y->data};
+  int64_t sa[KILN_MAX_DIMS], sb[KILN_MAX_DIMS];
+  bcast_strides(A, Y->ndim, Y->shape, sa);
+  bcast_strides(B, Y->ndim, Y->shape, sb);
+  /* Merge dimensions, dropping size-1 ones; a dimension joins the previous
+   * one when both inputs are contiguous across the seam. */
+  p.nd = 0;
+  for (int d = 0; d < Y->ndim; d++) {
+    if (Y->shape[d] == 1) continue;
+    if (p.nd > 0) {
+      int k = p.nd - 1;
+      if (p.sa[k] == sa[d] * Y->shape[d] && p.sb[k] == sb[d] * Y->shape[d]) {
+        p.shape[k] *= Y->shape[d];
+        p.sa[k] = sa[d];
+        p.sb[k] = sb[d];
+        continue;
+      }
+    }
+    p.shape[p.nd] = Y->shape[d];
+    p.sa[p.nd] = sa[d];
+    p.sb[p.nd] = sb[d];
+    p.nd++;
+  }
+  if (p.nd == 0) {   /* every dimension 1: one element */
+    p.nd = 1;
+    p.shape[0] = 1;
+    p.sa[0] = p.sb[0] = 1;
+  }
+  int64_t len = p.shape[p.nd - 1];
+  int64_t rows = Y->numel / len;
+  p.seg = EW_GRAIN;
+  p.nseg = len > 2 * EW_GRAIN ? (len + EW_GRAIN - 1) / EW_GRAIN : 1;
+  if (p.nseg > 1)
+    kcpu_parallel_for(pool, rows * p.nseg, 1, bin_items, &p);
+  else
+    kcpu_parallel_for(pool, rows, len >= EW_GRAIN ? 1 : EW_GRAIN / len, bin_items, &p);
+}
+
+/* ---- unary ops ----------------------------------------------------------- */
+
+typedef struct un_plan {
+  const kcpu_node *n;
+} un_plan;
+
+static void unary_range(void *arg, int64_t i0, int64_t i1) {
+  const kcpu_node *n = ((const un_plan *)arg)->n;
+  const float *restrict x = n->n_inputs > 0 ? n->in[0].data : NULL;
+  const float *restrict x2 = n->n_inputs > 1 ? n->in[1].data : NULL;
+  float *restrict y = n->out.data;
+  switch (n->op) {
+    case KILN_OP_NEG:
+      for (int64_t i = i0; i < i1; i++) y[i] = -x[i];
+      break;
+    case KILN_OP_RELU:
+      for (int64_t i = i0; i < i1; i++) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+      break;
+    case KILN_OP_TANH:
+      for (int64_t i = i0; i < i1; i++) y[i] = tanhf(x[i]);
+      break;
+    case KILN_OP_SIGMOID:
+      for (int64_t i = i0; i < i1; i++) y[i] = 1.0f / (1.0f + expf(-x[i]));
+      break;
+    case KILN_OP_EXP:
+      for (int64_t i = i0; i < i1; i++) y[i] = expf(x[i]);
+      break;
+    case KILN_OP_LOG:
+      for (int64_t i = i0; i < i1; i++) y[i] = logf(x[i]);
+      break;
+    case KILN_OP_SCALE: {
+      const float s = n->fp[0], t = n->fp[1];
+      for (int64_t i = i0; i < i1; i++) y[i] = s * x[i] + t;
+      break;
+    }
+    case KILN_OP_RELU_BACKWARD:   /* x = dy, x2 = x */
+      for (int64_t i = i0; i < i1; i++) y[i] = x2[i] > 0.0f ? x[i] : 0.0f;
+      break;
+    case KILN_OP_TANH_BACKWARD:   /* x2 = y */
+      for (int64_t i = i0; i < i1; i++) y[i] = x[i] * (1.0f - x2[i] * x2[i]);
+      break;
+    case KILN_OP_SIGMOID_BACKWARD:
+      for (int64_t i = i0; i < i1; i++) y[i] = x[i] * x2[i] * (1.0f - x2[i]);
+      break;
+    case KILN_OP_COPY:
+      if (y != x) memcpy(y + i0, x + i0, (size_t)(i1 - i0) * sizeof *y);
+      break;
+    case KILN_OP_FILL: {
+      const float v = n->fp[0];
+      for (int64_t i = i0; i < i1; i++) y[i] = v;
+      break;
+    }
+  }
+}
+
+void kcpu_elementwise(kcpu_pool *pool, const kcpu_node *n) {
+  switch (n->op) {
+    case KILN_OP_ADD: case KILN_OP_SUB: case KILN_OP_MUL: case KILN_OP_DIV:
+      binary(pool, n);
+      return;
+    default: {
+      un_plan p = {n};
+      int cheap = n->op != KILN_OP_TANH && n->op != KILN_OP_SIGMOID && n->op != KILN_OP_EXP &&
+                  n->op != KILN_OP_LOG;
+      kcpu_parallel_for(pool, n->out.numel, cheap ? EW_GRAIN : EW_GRAIN / 8, unary_range, &p);
+      return;
+    }
+  }
+}

@@ -1,0 +1,668 @@
+/*
+ * plugin.c - the CPU backend's entry point: device, buffers, and graphs.
+ *
+ * graph_compile copies what it keeps from the host's (borrowed) graph,
+ * resolves every tensor to a data pointer (buffer base + offset, checked
+ * against the buffer's size), and validates every node against kiln/ops.h:
+ * generic checks here (op known, input count, dtypes), the op's own shape
+ * and parameter rules in its family's validator. graph_run executes the
+ * nodes in order on the device's thread pool; runs are synchronous.
+ *
+ * A node whose output overlaps one of its inputs (other than an exact
+ * alias in an elementwise op, or the IN-PLACE optimizer ops) writes into a
+ * scratch copy owned by the executable, which is then copied out, so no
+ * kernel ever reads what it has already overwritten.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cpu-impl.h"
+
+#define KCPU_NAME "cpu"
+#define KCPU_VERSION "0.1.0"
+
+const kiln_host_api *kcpu_host;
+
+struct kiln_plugin_device {
+  kcpu_pool *pool;
+};
+
+struct kiln_plugin_buffer {
+  void *data;                 /* 64-byte aligned */
+  uint64_t size;
+};
+
+typedef struct kcpu_step {
+  kcpu_node node;
+  kcpu_run_fn run;
+  void *scratch;              /* non-NULL: node.out points here; copy to dest */
+  void *dest;
+  size_t out_bytes;
+} kcpu_step;
+
+struct kiln_plugin_exec {
+  uint32_t n_steps;
+  kcpu_step *steps;
+};
+
+/* ---- ops ----------------------------------------------------------------- */
+
+typedef struct kcpu_op_desc {
+  const char *name;
+  int min_inputs, max_inputs;
+  kcpu_validate_fn validate;
+  kcpu_run_fn run;
+  int elementwise;            /* output may exactly alias a same-shaped input */
+  int in_place;               /* output is inputs[0] (optimizer ops) */
+} kcpu_op_desc;
+
+static kiln_status conv_validate(int index, const kcpu_node *n) {
+  (void)index;
+  return kcpu_conv2d_validate(n);
+}
+static kiln_status pool_validate(int index, const kcpu_node *n) {
+  (void)index;
+  return kcpu_pool2d_validate(n);
+}
+
+#define EW kcpu_elementwise_validate, kcpu_elementwise
+static const kcpu_op_desc kcpu_ops[KILN_OP_COUNT_] = {
+    [KILN_OP_ADD] = {"add", 2, 2, EW, 1, 0},
+    [KILN_OP_SUB] = {"sub", 2, 2, EW, 1, 0},
+    [KILN_OP_MUL] = {"mul", 2, 2, EW, 1, 0},
+    [KILN_OP_DIV] = {"div", 2, 2, EW, 1, 0},
+    [KILN_OP_NEG] = {"neg", 1, 1, EW, 1, 0},
+    [KILN_OP_RELU] = {"relu", 1, 1, EW, 1, 0},
+    [KILN_OP_TANH] = {"tanh", 1, 1, EW, 1, 0},
+    [KILN_OP_SIGMOID] = {"sigmoid", 1, 1, EW, 1, 0},
+    [KILN_OP_EXP] = {"exp", 1, 1, EW, 1, 0},
+    [KILN_OP_LOG] = {"log", 1, 1, EW, 1, 0},
+    [KILN_OP_SCALE] = {"scale", 1, 1, EW, 1, 0},
+    [KILN_OP_RELU_BACKWARD] = {"relu_backward", 2, 2, EW, 1, 0},
+    [KILN_OP_TANH_BACKWARD] = {"tanh_backward", 2, 2, EW, 1, 0},
+    [KILN_OP_SIGMOID_BACKWARD] = {"sigmoid_backward", 2, 2, EW, 1, 0},
+    [KILN_OP_MATMUL] = {"matmul", 2, 2, kcpu_matmul_validate, kcpu_matmul, 0, 0},
+    [KILN_OP_SUM] = {"sum", 1, 1, kcpu_reduce_validate, kcpu_reduce, 0, 0},
+    [KILN_OP_MEAN] = {"mean", 1, 1, kcpu_reduce_validate, kcpu_reduce, 0, 0},
+    [KILN_OP_EXPAND] = {"expand", 1, 1, kcpu_reduce_validate, kcpu_reduce, 0, 0},
+    [KILN_OP_SOFTMAX] = {"softmax", 1, 1, kcpu_softmax_validate, kcpu_softmax, 0, 0},
+    [KILN_OP_LOG_SOFTMAX] = {"log_softmax", 1, 1, kcpu_softmax_validate, kcpu_softmax, 0, 0},
+    [KILN_OP_SOFTMAX_BACKWARD] = {"softmax_backward", 2, 2, kcpu_softmax_validate, kcpu_softmax,
+                                  0, 0},
+    [KILN_OP_LOG_SOFTMAX_BACKWARD] = {"log_softmax_backward", 2, 2, kcpu_softmax_validate,
+                                      kcpu_softmax, 0, 0},
+    [KILN_OP_CROSS_ENTROPY] = {"cross_entropy", 2, 2, kcpu_softmax_validate, kcpu_softmax, 0, 0},
+    [KILN_OP_CROSS_ENTROPY_BACKWARD] = {"cross_entropy_backward", 3, 3, kcpu_softmax_validate,
+                                        kcpu_softmax, 0, 0},
+    [KILN_OP_RESHAPE] = {"reshape", 1, 1, kcpu_layout_validate, kcpu_layout, 0, 0},
+    [KILN_OP_TRANSPOSE] = {"transpose", 1, 1, kcpu_layout_validate, kcpu_layout, 0, 0},
+    [KILN_OP_COPY] = {"copy", 1, 1, EW, 1, 0},
+    [KILN_OP_FILL] = {"fill", 0, 0, EW, 1, 0},
+    [KILN_OP_CONV2D] = {"conv2d", 2, 3, conv_validate, kcpu_conv2d, 0, 0},
+    [KILN_OP_CONV2D_BACKWARD_INPUT] = {"conv2d_backward_input", 2, 2, conv_validate,
+                                       kcpu_conv2d_backward_input, 0, 0},
+    [KILN_OP_CONV2D_BACKWARD_WEIGHT] = {"conv2d_backward_weight", 2, 2, conv_validate,
+                                        kcpu_conv2d_backward_weight, 0, 0},
+    [KILN_OP_MAXPOOL2D] = {"maxpool2d", 1, 1, pool_validate, kcpu_maxpool2d, 0, 0},
+    [KILN_OP_MAXPOOL2D_BACKWARD] = {"maxpool2d_backward", 2, 2, pool_validate,
+                                    kcpu_maxpool2d_backward, 0, 0},
+    [KILN_OP_AVGPOOL2D] = {"avgpool2d", 1, 1, pool_validate, kcpu_avgpool2d, 0, 0},
+    [KILN_OP_AVGPOOL2D_BACKWARD] = {"avgpool2d_backward", 1, 1, pool_validate,
+                                    kcpu_avgpool2d_backward, 0, 0},
+    [KILN_OP_SGD] = {"sgd", 2, 3, kcpu_optim_validate, kcpu_optim, 0, 1},
+    [KILN_OP_ADAM] = {"adam", 5, 6, kcpu_optim_validate, kcpu_optim, 0, 1},
+    [KILN_OP_INCREMENT] = {"increment", 1, 1, kcpu_optim_validate, kcpu_optim, 0, 1},
+};
+#undef EW
+
+static const kcpu_op_desc *op_desc(uint32_t op) {
+  if (op >= KILN_OP_COUNT_ || !kcpu_ops[op].name) return NULL;
+  return &kcpu_ops[op];
+}
+
+const char *kcpu_op_name(uint32_t op) {
+  const kcpu_op_desc *d = op_desc(op);
+  return d ? d->name : "unknown";
+}
+
+/* ---- messages and shapes ------------------------------------------------- */
+
+char *kcpu_shape_str(char *buf, size_t size, int ndim, const int64_t *shape) {
+  size_t len = 0;
+  if (size == 0) return buf;
+  buf[0] = '\0';
+  len += (size_t)snprintf(buf + len, size - len, "[");
+  for (int i = 0; i < ndim && len < size; i++)
+    len += (size_t)snprintf(buf + len, size - len, i ? ", %lld" : "%lld", (long long)shape[i]);
+  if (len < size) snprintf(buf + len, size - len, "]");
+  return buf;
+}
+
+kiln_status kcpu_node_error(int index, const kcpu_node *n, kiln_status st, const char *fmt, ...) {
+  char msg[768];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  kcpu_host->set_error("cpu: node %d (%s): %s", index, kcpu_op_name(n->op), msg);
+  return st;
+}
+
+int kcpu_broadcast_shape(int na, const int64_t *a, int nb, const int64_t *b, int *nout,
+                         int64_t *out) {
+  int n = na > nb ? na : nb;
+  for (int i = 0; i < n; i++) {
+    int ia = na - n + i, ib = nb - n + i;
+    int64_t da = ia >= 0 ? a[ia] : 1, db = ib >= 0 ? b[ib] : 1;
+    if (da != db && da != 1 && db != 1) return -1;
+    out[i] = da == 1 ? db : da;
+  }
+  *nout = n;
+  return 0;
+}
+
+int kcpu_same_shape(const kcpu_tensor *a, const kcpu_tensor *b) {
+  if (a->ndim != b->ndim) return 0;
+  for (int i = 0; i < a->ndim; i++)
+    if (a->shape[i] != b->shape[i]) return 0;
+  return 1;
+}
+
+static uint64_t dtype_size(uint32_t dt) {
+  switch (dt) {
+    case KILN_F32: case KILN_I32: return 4;
+    case KILN_F16: case KILN_BF16: return 2;
+    case KILN_U8: return 1;
+    default: return 0;
+  }
+}
+
+static const char *dtype_name(uint32_t dt) {
+  switch (dt) {
+    case KILN_F32: return "f32";
+    case KILN_F16: return "f16";
+    case KILN_BF16: return "bf16";
+    case KILN_I32: return "i32";
+    case KILN_U8: return "u8";
+    default: return "unknown";
+  }
+}
+
+/* ---- device description -------------------------------------------------- */
+
+static int kcpu_threads;            /* from KILN_NUM_THREADS or online cores */
+static char kcpu_model[256];
+static char kcpu_vendor[64];
+static char kcpu_isa[256];
+
+/* Copies the value of the first "key\t: value" line of /proc/cpuinfo. */
+static void cpuinfo_field(const char *key, char *dst, size_t size) {
+  FILE *f = fopen("/proc/cpuinfo", "r");
+  if (!f) return;
+  char line[8192];
+  size_t klen = strlen(key);
+  while (fgets(line, sizeof line, f)) {
+    if (strncmp(line, key, klen) != 0) continue;
+    const char *colon = strchr(line, ':');
+    if (!colon) continue;
+    const char *v = colon + 1;
+    while (*v == ' ' || *v == '\t') v++;
+    snprintf(dst, size, "%s", v);
+    dst[strcspn(dst, "\n")] = '\0';
+    break;
+  }
+  fclose(f);
+}
+
+static void detect_cpu(void) {
+  const char *env = getenv("KILN_NUM_THREADS");
+  long n = env && *env ? strtol(env, NULL, 10) : 0;
+  if (n <= 0) n = sysconf(_SC_NPROCESSORS_ONLN);
+  if (n <= 0) n = 1;
+  if (n > 256) n = 256;
+  kcpu_threads = (int)n;
+
+  snprintf(kcpu_model, sizeof kcpu_model, "CPU");
+  snprintf(kcpu_vendor, sizeof kcpu_vendor, "unknown");
+  cpuinfo_field("model name", kcpu_model, sizeof kcpu_model);
+  cpuinfo_field("vendor_id", kcpu_vendor, sizeof kcpu_vendor);
+
+  kcpu_isa[0] = '\0';
+#if defined(__x86_64__) || defined(__i386__)
+  static const char *const feats[] = {"sse4.2", "avx", "avx2", "fma", "avx512f"};
+  __builtin_cpu_init();
+  size_t len = 0;
+  for (size_t i = 0; i < sizeof feats / sizeof feats[0]; i++) {
+    int has = 0;
+    switch (i) {
+      case 0: has = __builtin_cpu_supports("sse4.2"); break;
+      case 1: has = __builtin_cpu_supports("avx"); break;
+      case 2: has = __builtin_cpu_supports("avx2"); break;
+      case 3: has = __builtin_cpu_supports("fma"); break;
+      case 4: has = __builtin_cpu_supports("avx512f"); break;
+    }
+    if (has && len < sizeof kcpu_isa)
+      len += (size_t)snprintf(kcpu_isa + len, sizeof kcpu_isa - len, "%s%s", len ? " " : "",
+                              feats[i]);
+  }
+#endif
+  if (!kcpu_isa[0]) snprintf(kcpu_isa, sizeof kcpu_isa, "baseline");
+}
+
+/* ---- plugin table members ------------------------------------------------ */
+
+static void cpu_shutdown(void) { kcpu_host = NULL; }
+
+static uint32_t cpu_device_count(void) { return 1; }
+
+static kiln_status cpu_device_info(uint32_t index, kiln_device_info *info) {
+  if (index != 0) {
+    kcpu_host->set_error("cpu: device_info: no device %u (the CPU plugin has one device, 0)",
+                         index);
+    return KILN_NOT_FOUND;
+  }
+  if (!info || info->struct_size < sizeof(uint32_t)) {
+    kcpu_host->set_error("cpu: device_info: info is NULL or its struct_size is too small");
+    return KILN_INVALID_ARGUMENT;
+  }
+  kiln_device_info d;
+  memset(&d, 0, sizeof d);
+  d.struct_size = info->struct_size;
+  d.kind = KILN_DEVICE_CPU;
+  snprintf(d.name, sizeof d.name, "%s", kcpu_model);
+  snprintf(d.vendor, sizeof d.vendor, "%s", kcpu_vendor);
+  snprintf(d.driver, sizeof d.driver, "kiln-cpu %s", KCPU_VERSION);
+  long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  d.memory_bytes = pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
+  d.features = KILN_FEATURE_UNIFIED;
+  d.compute_units = (uint32_t)kcpu_threads;
+  d.subgroup_size = 0;
+  snprintf(d.details, sizeof d.details, "threads: %d (KILN_NUM_THREADS)\nisa: %s\n", kcpu_threads,
+           kcpu_isa);
+  size_t n = info->struct_size < sizeof d ? info->struct_size : sizeof d;
+  memcpy(info, &d, n);
+  return KILN_OK;
+}
+
+static int cpu_op_support(uint32_t index, uint32_t op, uint32_t dtype) {
+  return index == 0 && dtype == KILN_F32 && op_desc(op) != NULL;
+}
+
+static kiln_status cpu_device_open(uint32_t index, kiln_plugin_device **out) {
+  if (index != 0) {
+    kcpu_host->set_error("cpu: device_open: no device %u (the CPU plugin has one device, 0)",
+                         index);
+    return KILN_NOT_FOUND;
+  }
+  kiln_plugin_device *dev = calloc(1, sizeof *dev);
+  if (!dev) goto fail;
+  dev->pool = kcpu_pool_create(kcpu_threads);
+  if (!dev->pool) goto fail_dev;
+  *out = dev;
+  return KILN_OK;
+
+fail_dev:
+  free(dev);
+fail:
+  kcpu_host->set_error("cpu: device_open: out of memory creating a pool of %d threads",
+                       kcpu_threads);
+  return KILN_OUT_OF_MEMORY;
+}
+
+static void cpu_device_close(kiln_plugin_device *dev) {
+  if (!dev) return;
+  kcpu_pool_destroy(dev->pool);
+  free(dev);
+}
+
+static kiln_status cpu_buffer_alloc(kiln_plugin_device *dev, uint64_t size,
+                                    kiln_plugin_buffer **out) {
+  (void)dev;
+  if (size == 0) {
+    kcpu_host->set_error("cpu: buffer_alloc: size is 0; buffers must have at least one byte");
+    return KILN_INVALID_ARGUMENT;
+  }
+  if (size > (uint64_t)SIZE_MAX - 64) {
+    kcpu_host->set_error("cpu: buffer_alloc: %llu bytes exceed the address space",
+                         (unsigned long long)size);
+    return KILN_OUT_OF_MEMORY;
+  }
+  size_t rounded = (size_t)((size + 63) & ~(uint64_t)63);
+  kiln_plugin_buffer *b = malloc(sizeof *b);
+  if (!b) goto fail;
+  b->data = aligned_alloc(64, rounded);
+  if (!b->data) goto fail_b;
+  memset(b->data, 0, rounded);
+  b->size = size;
+  *out = b;
+  return KILN_OK;
+
+fail_b:
+  free(b);
+fail:
+  kcpu_host->set_error("cpu: buffer_alloc: out of memory allocating %llu bytes",
+                       (unsigned long long)size);
+  return KILN_OUT_OF_MEMORY;
+}
+
+static void cpu_buffer_free(kiln_plugin_device *dev, kiln_plugin_buffer *buf) {
+  (void)dev;
+  if (!buf) return;
+  free(buf->data);
+  free(buf);
+}
+
+/* 1 if [offset, offset + size) lies within buf. */
+static int in_bounds(const kiln_plugin_buffer *buf, uint64_t offset, uint64_t size) {
+  return offset <= buf->size && size <= buf->size - offset;
+}
+
+static kiln_status check_range(const char *what, const kiln_plugin_buffer *buf, uint64_t offset,
+                               uint64_t size, const void *host) {
+  if (!buf || (!host && size)) {
+    kcpu_host->set_error("cpu: %s: NULL %s", what, buf ? "host pointer" : "buffer");
+    return KILN_INVALID_ARGUMENT;
+  }
+  if (!in_bounds(buf, offset, size)) {
+    kcpu_host->set_error("cpu: %s: range [%llu, %llu + %llu) is outside the buffer of %llu bytes",
+                         what, (unsigned long long)offset, (unsigned long long)offset,
+                         (unsigned long long)size, (unsigned long long)buf->size);
+    return KILN_INVALID_ARGUMENT;
+  }
+  return KILN_OK;
+}
+
+static kiln_status cpu_buffer_write(kiln_plugin_device *dev, kiln_plugin_buffer *dst,
+                                    uint64_t offset, const void *src, uint64_t size) {
+  (void)dev;
+  kiln_status st = check_range("buffer_write", dst, offset, size, src);
+  if (st != KILN_OK) return st;
+  if (size) memcpy((char *)dst->data + offset, src, (size_t)size);
+  return KILN_OK;
+}
+
+static kiln_status cpu_buffer_read(kiln_plugin_device *dev, kiln_plugin_buffer *src,
+                                   uint64_t offset, void *dst, uint64_t size) {
+  (void)dev;
+  kiln_status st = check_range("buffer_read", src, offset, size, dst);
+  if (st != KILN_OK) return st;
+  if (size) memcpy(dst, (const char *)src->data + offset, (size_t)size);
+  return KILN_OK;
+}
+
+static kiln_status cpu_buffer_copy(kiln_plugin_device *dev, kiln_plugin_buffer *dst,
+                                   uint64_t dst_offset, kiln_plugin_buffer *src,
+                                   uint64_t src_offset, uint64_t size) {
+  (void)dev;
+  kiln_status st = check_range("buffer_copy (source)", src, src_offset, size, src);
+  if (st == KILN_OK) st = check_range("buffer_copy (destination)", dst, dst_offset, size, dst);
+  if (st != KILN_OK) return st;
+  if (size) memmove((char *)dst->data + dst_offset, (const char *)src->data + src_offset, size);
+  return KILN_OK;
+}
+
+/* ---- graph compile ------------------------------------------------------- */
+
+/* Resolves graph tensor `ti` into t (role names it for messages). */
+static kiln_status resolve_tensor(int index, const kcpu_node *n, const kiln_plugin_graph *g,
+                                  uint32_t ti, const char *role, kcpu_tensor *t) {
+  if (ti >= g->n_tensors)
+    return kcpu_node_error(index, n, KILN_INVALID_ARGUMENT,
+                           "%s is tensor %u, but the graph has %u tensors", role, ti,
+                           g->n_tensors);
+  const kiln_plugin_tensor *d = kiln_plugin_graph_tensor(g, ti);
+  if (d->ndim > KILN_MAX_DIMS)
+    return kcpu_node_error(index, n, KILN_INVALID_ARGUMENT, "%s (tensor %u) has rank %u > %d",
+                           role, ti, d->ndim, KILN_MAX_DIMS);
+  memset(t, 0, sizeof *t);
+  t->dtype = d->dtype;
+  t->ndim = (int)d->ndim;
+  t->numel = 1;
+  for (int i = 0; i < KILN_MAX_DIMS; i++) {
+    t->shape[i] = i < t->ndim ? d->shape[i] : 1;
+    if (i < t->ndim) {
+      if (d->shape[i] < 0 || (d->shape[i] > 0 && t->numel > INT64_MAX / 4 / d->shape[i])) {
+        char s[KCPU_SHAPE_STR];
+        return kcpu_node_error(index, n, KILN_INVALID_ARGUMENT,
+                               "%s (tensor %u) has an invalid shape %s", role, ti,
+                               kcpu_shape_str(s, sizeof s, t->ndim, d->shape));
+      }
+      t->numel *= d->shape[i];
+    }
+  }
+  uint64_t es = dtype_size(d->dtype);
+  if (es == 0)
+    return kcpu_node_error(index, n, KILN_UNSUPPORTED, "%s (tensor %u) has unknown dtype %u",
+                           role, ti, d->dtype);
+  uint64_t nbytes = (uint64_t)t->numel * es;
+  if (d->nbytes != nbytes) {
+    char s[KCPU_SHAPE_STR];
+    return kcpu_node_error(index, n, KILN_INVALID_ARGUMENT,
+                           "%s (tensor %u) %s %s states %llu bytes, but needs %llu", role, ti,
+                           dtype_name(d->dtype), KCPU_SHAPE(s, t),
+                           (unsigned long long)d->nbytes, (unsigned long long)nbytes);
+  }
+  if (d->buffer >= g->n_buffers || !g->buffers[d->buffer])
+    return kcpu_node_error(index, n, KILN_INVALID_ARGUMENT,
+                           "%s (tensor %u) is in buffer %u, but the graph has %u buffers", role,
+                           ti, d->buffer, g->n_buffers);
+  const kiln_plugin_buffer *b = g->buffers[d->buffer];
+  if (!in_bounds(b, d->offset, nbytes))
+    return kcpu_node_error(index, n, KILN_INVALID_ARGUMENT,
+                           "%s (tensor %u): bytes [%llu, %llu) lie outside buffer %u of %llu "
+                           "bytes",
+                           role, ti, (unsigned long long)d->offset,
+                           (unsigned long long)(d->offset + nbytes), d->buffer,
+                           (unsigned long long)b->size);
+  if (d->offset % es != 0)
+    return kcpu_node_error(index, n, KILN_INVALID_ARGUMENT,
+                           "%s (tensor %u): offset %llu is not a multiple of the %s element size",
+                           role, ti, (unsigned long long)d->offset, dtype_name(d->dtype));
+  t->data = (char *)b->data + d->offset;
+  return KILN_OK;
+}
+
+static int overlaps(const kcpu_tensor *a, const kcpu_tensor *b) {
+  const char *pa = a->data, *pb = b->data;
+  size_t na = (size_t)a->numel * 4, nb = (size_t)b->numel * 4;
+  return na && nb && pa < pb + nb && pb < pa + na;
+}
+
+static kiln_status compile_node(const kiln_plugin_graph *g, uint32_t index, kcpu_step *step) {
+  const kiln_plugin_node *pn = kiln_plugin_graph_node(g, index);
+  kcpu_node *n = &step->node;
+  int ix = (int)index;
+  memset(n, 0, sizeof *n);
+  n->op = pn->op;
+  const kcpu_op_desc *d = op_desc(pn->op);
+  if (!d) {
+    kcpu_host->set_error("cpu: node %d: unknown op %u (this plugin knows kiln/ops.h of ABI %u.%u)",
+                         ix, pn->op, KILN_PLUGIN_ABI_MAJOR, KILN_PLUGIN_ABI_MINOR);
+    return KILN_UNSUPPORTED;
+  }
+  if ((int)pn->n_inputs < d->min_inputs || (int)pn->n_inputs > d->max_inputs) {
+    if (d->min_inputs == d->max_inputs)
+      return kcpu_node_error(ix, n, KILN_INVALID_ARGUMENT, "expects %d inputs, got %u",
+                             d->min_inputs, pn->n_inputs);
+    return kcpu_node_error(ix, n, KILN_INVALID_ARGUMENT, "expects %d to %d inputs, got %u",
+                           d->min_inputs, d->max_inputs, pn->n_inputs);
+  }
+  if (pn->flags != 0)
+    return kcpu_node_error(ix, n, KILN_INVALID_ARGUMENT, "flags are reserved and must be 0, got %u",
+                           pn->flags);
+  n->n_inputs = (int)pn->n_inputs;
+  memcpy(n->ip, pn->ip, sizeof n->ip);
+  memcpy(n->fp, pn->fp, sizeof n->fp);
+  kiln_status st;
+  for (int i = 0; i < n->n_inputs; i++) {
+    char role[32];
+    snprintf(role, sizeof role, "input %d", i);
+    st = resolve_tensor(ix, n, g, pn->inputs[i], role, &n->in[i]);
+    if (st != KILN_OK) return st;
+    int want_i32 = (pn->op == KILN_OP_CROSS_ENTROPY && i == 1) ||
+                   (pn->op == KILN_OP_CROSS_ENTROPY_BACKWARD && i == 2);
+    uint32_t want = want_i32 ? KILN_I32 : KILN_F32;
+    if (n->in[i].dtype != want) {
+      char s[KCPU_SHAPE_STR];
+      return kcpu_node_error(ix, n, KILN_DTYPE_MISMATCH, "input %d %s has dtype %s; expected %s",
+                             i, KCPU_SHAPE(s, &n->in[i]), dtype_name(n->in[i].dtype),
+                             dtype_name(want));
+    }
+  }
+  st = resolve_tensor(ix, n, g, pn->output, "output", &n->out);
+  if (st != KILN_OK) return st;
+  if (n->out.dtype != KILN_F32) {
+    char s[KCPU_SHAPE_STR];
+    return kcpu_node_error(ix, n, KILN_DTYPE_MISMATCH, "output %s has dtype %s; expected f32",
+                           KCPU_SHAPE(s, &n->out), dtype_name(n->out.dtype));
+  }
+  if (d->in_place && n->out.data != n->in[0].data)
+    return kcpu_node_error(ix, n, KILN_INVALID_ARGUMENT,
+                           "is in-place: its output must be its input 0 (tensor %u), got tensor %u",
+                           pn->inputs[0], pn->output);
+  st = d->validate(ix, n);
+  if (st != KILN_OK) return st;
+  step->run = d->run;
+
+  /* Aliasing between output and inputs: see the file comment. */
+  if (!d->in_place) {
+    int need_scratch = 0;
+    for (int i = 0; i < n->n_inputs; i++) {
+      if (!overlaps(&n->out, &n->in[i])) continue;
+      int exact = n->out.data == n->in[i].data && n->out.numel == n->in[i].numel;
+      if (!(d->elementwise && exact) &&
+          !(pn->op == KILN_OP_RESHAPE && exact))
+        need_scratch = 1;
+    }
+    if (need_scratch) {
+      step->out_bytes = (size_t)n->out.numel * 4;
+      step->scratch = aligned_alloc(64, (step->out_bytes + 63) & ~(size_t)63);
+      if (!step->scratch) {
+        kcpu_host->set_error("cpu: node %d (%s): out of memory for a %zu-byte scratch output", ix,
+                             d->name, step->out_bytes);
+        return KILN_OUT_OF_MEMORY;
+      }
+      step->dest = n->out.data;
+      n->out.data = step->scratch;
+    }
+  }
+  return KILN_OK;
+}
+
+static void cpu_graph_free(kiln_plugin_device *dev, kiln_plugin_exec *exec) {
+  (void)dev;
+  if (!exec) return;
+  for (uint32_t i = 0; i < exec->n_steps; i++) free(exec->steps[i].scratch);
+  free(exec->steps);
+  free(exec);
+}
+
+static kiln_status cpu_graph_compile(kiln_plugin_device *dev, const kiln_plugin_graph *graph,
+                                     kiln_plugin_exec **out) {
+  kiln_status st;
+  if (!graph || graph->struct_size < sizeof(kiln_plugin_graph) ||
+      KILN_ABI_MAJOR_OF(graph->abi_version) != KILN_PLUGIN_ABI_MAJOR) {
+    kcpu_host->set_error("cpu: graph_compile: graph descriptor is NULL, too small or of another "
+                         "ABI major");
+    return KILN_INVALID_ARGUMENT;
+  }
+  if ((graph->n_tensors && (!graph->tensors ||
+                            graph->tensor_stride < sizeof(kiln_plugin_tensor))) ||
+      (graph->n_nodes && (!graph->nodes || graph->node_stride < sizeof(kiln_plugin_node))) ||
+      (graph->n_buffers && !graph->buffers)) {
+    kcpu_host->set_error("cpu: graph_compile: tensor stride %u (need >= %zu), node stride %u "
+                         "(need >= %zu) or a NULL array",
+                         graph->tensor_stride, sizeof(kiln_plugin_tensor), graph->node_stride,
+                         sizeof(kiln_plugin_node));
+    return KILN_INVALID_ARGUMENT;
+  }
+  (void)dev;
+  kiln_plugin_exec *exec = calloc(1, sizeof *exec);
+  if (!exec) goto fail_oom;
+  exec->steps = calloc(graph->n_nodes ? graph->n_nodes : 1, sizeof *exec->steps);
+  if (!exec->steps) goto fail_exec;
+  for (uint32_t i = 0; i < graph->n_nodes; i++) {
+    exec->n_steps = i + 1;   /* so graph_free releases this step's scratch */
+    st = compile_node(graph, i, &exec->steps[i]);
+    if (st != KILN_OK) goto fail;
+  }
+  exec->n_steps = graph->n_nodes;
+  *out = exec;
+  return KILN_OK;
+
+fail:
+  cpu_graph_free(dev, exec);
+  return st;
+fail_exec:
+  free(exec);
+fail_oom:
+  kcpu_host->set_error("cpu: graph_compile: out of memory for %u nodes", graph->n_nodes);
+  return KILN_OUT_OF_MEMORY;
+}
+
+static kiln_status cpu_graph_run(kiln_plugin_device *dev, kiln_plugin_exec *exec) {
+  if (!dev || !exec) {
+    kcpu_host->set_error("cpu: graph_run: NULL device or executable");
+    return KILN_INVALID_ARGUMENT;
+  }
+  for (uint32_t i = 0; i < exec->n_steps; i++) {
+    kcpu_step *s = &exec->steps[i];
+    s->run(dev->pool, &s->node);
+    if (s->scratch) memcpy(s->dest, s->scratch, s->out_bytes);
+  }
+  return KILN_OK;
+}
+
+static kiln_status cpu_synchronize(kiln_plugin_device *dev) {
+  (void)dev;   /* graph_run and buffer calls finish before they return */
+  return KILN_OK;
+}
+
+/* ---- entry --------------------------------------------------------------- */
+
+static const kiln_plugin_api kcpu_api = {
+    .struct_size = sizeof(kiln_plugin_api),
+    .abi_version = KILN_PLUGIN_ABI_VERSION,
+    .shutdown = cpu_shutdown,
+    .device_count = cpu_device_count,
+    .device_info = cpu_device_info,
+    .op_support = cpu_op_support,
+    .device_open = cpu_device_open,
+    .device_close = cpu_device_close,
+    .buffer_alloc = cpu_buffer_alloc,
+    .buffer_free = cpu_buffer_free,
+    .buffer_write = cpu_buffer_write,
+    .buffer_read = cpu_buffer_read,
+    .buffer_copy = cpu_buffer_copy,
+    .graph_compile = cpu_graph_compile,
+    .graph_run = cpu_graph_run,
+    .graph_free = cpu_graph_free,
+    .synchronize = cpu_synchronize,
+};
+
+static kiln_status cpu_init(const kiln_host_api *host, const kiln_plugin_api **api) {
+  if (!host || !host->set_error || host->struct_size < sizeof(kiln_host_api) ||
+      KILN_ABI_MAJOR_OF(host->abi_version) != KILN_PLUGIN_ABI_MAJOR || !api)
+    return KILN_ABI_MISMATCH;   /* no usable set_error to explain with */
+  kcpu_host = host;
+  detect_cpu();
+  *api = &kcpu_api;
+  return KILN_OK;
+}
+
+static const kiln_plugin_entry_info kcpu_entry = {
+    .struct_size = sizeof(kiln_plugin_entry_info),
+    .abi_version = KILN_PLUGIN_ABI_VERSION,
+    .name = KCPU_NAME,
+    .version = KCPU_VERSION,
+    .description = "reference CPU backend (f32, threaded, blocked GEMM)",
+    .init = cpu_init,
+};
+
+KILN_PLUGIN_EXPORT const kiln_plugin_entry_info *KILN_PLUGIN_ENTRY(uint32_t host_abi_version) {
+  (void)host_abi_version;
+  return &kcpu_entry;
+}
