@@ -60,7 +60,7 @@ static const conv_case conv_cases[] = {
     {1, 1, 7, 9, 2, 3, 3, 1, 1, 0, 0, 1, 1, 1, 0},      /* plain 3x3 */
     {3, 3, 9, 7, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},      /* "same" padding, bias, batch 3 */
     {1, 4, 11, 13, 6, 5, 5, 2, 2, 2, 2, 1, 1, 1, 1},    /* 5x5 stride 2 pad 2 */
-    {3, 3, 10, 9, 5, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1},     /* pointwise (x is its own im2col) */
+    {3, 3, 10, 9, 5, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1},     /* pointwise, images batched per GEMM */
     {1, 4, 8, 8, 4, 1, 1, 2, 2, 0, 0, 1, 1, 2, 0},      /* 1x1 stride 2, groups 2 */
     {3, 4, 9, 11, 4, 3, 5, 3, 2, 1, 2, 1, 1, 2, 1},     /* non-square kernel, stride 3x2 */
     {1, 8, 13, 12, 8, 3, 3, 1, 1, 2, 2, 2, 2, 4, 0},    /* dilation 2, groups 4 */
@@ -71,7 +71,8 @@ static const conv_case conv_cases[] = {
     {1, 3, 6, 5, 2, 5, 3, 1, 3, 2, 0, 2, 1, 1, 0},      /* dilated kernel fills the input */
     {3, 3, 5, 6, 2, 3, 3, 3, 3, 2, 2, 2, 2, 1, 1},      /* stride 3, pad 2, dilation 2 */
     {1, 4, 24, 24, 3, 5, 5, 1, 1, 2, 2, 1, 1, 1, 1},    /* several im2col tiles */
-    {2, 64, 10, 10, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0},   /* K = 576: tiles of few pixels */
+    {2, 64, 12, 12, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0},   /* K = 576: two pixel tiles per image */
+    {1, 6, 12, 11, 4, 1, 1, 1, 1, 0, 0, 1, 1, 2, 1},    /* pointwise, one image per GEMM */
     {3, 2, 17, 15, 3, 2, 4, 2, 1, 1, 0, 2, 2, 1, 1},    /* even kernel, mixed params */
 };
 #define N_CONV_CASES (sizeof conv_cases / sizeof conv_cases[0])

@@ -32,10 +32,16 @@
 
 #include "cpu-impl.h"
 
-/* Floats in one im2col tile: 128 KiB keeps a tile and the GEMM's packed
- * panels within a core's L2. Tiles never go below CONV_MIN_TILE pixels. */
-#define CONV_TILE_FLOATS (32 * 1024)
-#define CONV_MIN_TILE 16
+/* Floats of im2col columns per block: 256 KiB stays within a core's L2. */
+#define CONV_BLOCK_FLOATS (64 * 1024)
+/* Columns a GEMM call wants at least (8 micro-tiles of 16); images with
+ * fewer output pixels are batched into one call. Pixel tiles are multiples
+ * of CONV_TILE_ALIGN columns. */
+#define CONV_MIN_COLS 128
+#define CONV_TILE_ALIGN 16
+/* Depthwise-style convolutions with at most this many outputs per group use
+ * direct loops: a GEMM with so few rows wastes most of its micro-tiles. */
+#define CONV_DIRECT_MAX_OG 4
 
 /* ---- geometry ------------------------------------------------------------ */
 
@@ -46,7 +52,7 @@ typedef struct conv_geom {
   int64_t sh, sw, ph, pw, dh, dw;
   int64_t G, Cg, Og;        /* groups and channels per group */
   int64_t K, P;             /* Cg*KH*KW and OH*OW */
-  int64_t pt;               /* output pixels per im2col tile */
+  int64_t nb, pt;           /* a GEMM block: nb whole images, or pt pixels of one */
   int pointwise;            /* 1x1, stride 1, no padding: cols is x itself */
   int direct;               /* one input channel per group: direct loops */
 } conv_geom;
@@ -62,10 +68,26 @@ static void conv_geom_init(conv_geom *g, const kcpu_node *n, const int64_t *xs, 
   g->K = g->Cg * g->KH * g->KW;
   g->P = g->OH * g->OW;
   g->pointwise = g->KH == 1 && g->KW == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0;
-  g->direct = g->Cg == 1 && !g->pointwise;
-  int64_t pt = CONV_TILE_FLOATS / (g->K > 0 ? g->K : 1);
-  if (pt < CONV_MIN_TILE) pt = CONV_MIN_TILE;
-  g->pt = pt < g->P ? pt : g->P;
+  g->direct = g->Cg == 1 && g->Og <= CONV_DIRECT_MAX_OG && !g->pointwise;
+
+  int64_t max_cols = CONV_BLOCK_FLOATS / g->K;
+  if (max_cols < CONV_TILE_ALIGN) max_cols = CONV_TILE_ALIGN;
+  g->nb = 1;
+  if (g->P < CONV_MIN_COLS) {
+    int64_t want = (CONV_MIN_COLS + g->P - 1) / g->P, fit = max_cols / g->P;
+    g->nb = want < fit ? want : fit;
+    if (g->nb > g->N) g->nb = g->N;
+    if (g->nb < 1) g->nb = 1;
+  }
+  if (g->nb > 1 || g->P <= max_cols) {
+    g->pt = g->P;
+  } else {
+    /* Equal tiles rounded up to whole micro-tiles. */
+    int64_t tiles = (g->P + max_cols - 1) / max_cols;
+    int64_t pt = (g->P + tiles - 1) / tiles;
+    pt = (pt + CONV_TILE_ALIGN - 1) / CONV_TILE_ALIGN * CONV_TILE_ALIGN;
+    g->pt = pt < g->P ? pt : g->P;
+  }
 }
 
 /* Output positions o in [0, n_out) whose input index o*stride + off lies in
@@ -82,8 +104,10 @@ static void conv_valid_range(int64_t off, int64_t stride, int64_t limit, int64_t
 
 /* ---- im2col / col2im ----------------------------------------------------- */
 
-/* cols [K, pt] = the im2col columns p0 .. p0+pt-1 of xg [Cg, H, W]. */
-static void im2col_tile(const conv_geom *g, const float *xg, int64_t p0, int64_t pt, float *cols) {
+/* cols [K, pt] (leading dimension ld) = the im2col columns p0 .. p0+pt-1
+ * of xg [Cg, H, W]. */
+static void im2col_tile(const conv_geom *g, const float *xg, int64_t p0, int64_t pt, float *cols,
+                        int64_t ld) {
   for (int64_t c = 0; c < g->Cg; c++) {
     const float *xc = xg + c * g->H * g->W;
     for (int64_t kh = 0; kh < g->KH; kh++) {
@@ -91,7 +115,7 @@ static void im2col_tile(const conv_geom *g, const float *xg, int64_t p0, int64_t
       for (int64_t kw = 0; kw < g->KW; kw++) {
         int64_t iw_off = kw * g->dw - g->pw, lo, hi;
         conv_valid_range(iw_off, g->sw, g->W, g->OW, &lo, &hi);
-        float *row = cols + ((c * g->KH + kh) * g->KW + kw) * pt;
+        float *row = cols + ((c * g->KH + kh) * g->KW + kw) * ld;
         for (int64_t p = p0; p < p0 + pt;) {
           int64_t oh = p / g->OW, ow0 = p % g->OW;
           int64_t ow1 = g->OW < ow0 + (p0 + pt - p) ? g->OW : ow0 + (p0 + pt - p);
@@ -116,8 +140,10 @@ static void im2col_tile(const conv_geom *g, const float *xg, int64_t p0, int64_t
   }
 }
 
-/* dxg [Cg, H, W] += col2im of cols [K, pt] holding columns p0 .. p0+pt-1. */
-static void col2im_tile(const conv_geom *g, const float *cols, int64_t p0, int64_t pt, float *dxg) {
+/* dxg [Cg, H, W] += col2im of cols [K, pt] (leading dimension ld) holding
+ * columns p0 .. p0+pt-1. */
+static void col2im_tile(const conv_geom *g, const float *cols, int64_t p0, int64_t pt, int64_t ld,
+                        float *dxg) {
   for (int64_t c = 0; c < g->Cg; c++) {
     float *dxc = dxg + c * g->H * g->W;
     for (int64_t kh = 0; kh < g->KH; kh++) {
@@ -125,7 +151,7 @@ static void col2im_tile(const conv_geom *g, const float *cols, int64_t p0, int64
       for (int64_t kw = 0; kw < g->KW; kw++) {
         int64_t iw_off = kw * g->dw - g->pw, lo, hi;
         conv_valid_range(iw_off, g->sw, g->W, g->OW, &lo, &hi);
-        const float *row = cols + ((c * g->KH + kh) * g->KW + kw) * pt;
+        const float *row = cols + ((c * g->KH + kh) * g->KW + kw) * ld;
         for (int64_t p = p0; p < p0 + pt;) {
           int64_t oh = p / g->OW, ow0 = p % g->OW;
           int64_t ow1 = g->OW < ow0 + (p0 + pt - p) ? g->OW : ow0 + (p0 + pt - p);
@@ -234,77 +260,134 @@ static void conv_backward_weight_direct_row(const conv_geom *g, const float *dy,
   }
 }
 
-/* ---- GEMM paths, one image ----------------------------------------------- */
+typedef struct conv_job {
+  conv_geom g;
+  const float *a;     /* x (forward, backward weight) or dy (backward input) */
+  const float *b;     /* w (forward, backward input) or dy (backward weight) */
+  const float *bias;  /* forward only, may be NULL */
+  float *out;         /* y, dx, or the weight-gradient partials */
+  int64_t n_chunks;   /* backward weight: batch chunks */
+} conv_job;
 
-/* y[n] = conv(x[n], w) + bias with GEMMs on `gp` (NULL: this thread only).
- * scratch holds K*pt floats (unused when pointwise). */
-static void conv_forward_image(const conv_geom *g, kcpu_pool *gp, const float *x, const float *w,
-                               const float *bias, float *y, int64_t n, float *scratch) {
-  const float *xn = x + n * g->C * g->H * g->W;
-  float *yn = y + n * g->O * g->P;
+/* ---- GEMM paths ---------------------------------------------------------- */
+
+/* A block is the set of GEMM columns done at once: pixels [p0, p0+pt) of
+ * image n0 (nb == 1), or every pixel of images n0 .. n0+nb-1 (nb > 1, pt ==
+ * P), column i*P + p holding pixel p of image n0+i. Scratch holds the block's
+ * cols [K, nb*pt] and, for nb > 1, a staging matrix [Og, nb*pt] for y or dy. */
+
+/* y[n0 .. n0+nb), pixels [p0, p0+pt) = w @ cols + bias, group by group. */
+static void conv_forward_block(const conv_job *j, kcpu_pool *gp, float *acc, int64_t n0, int64_t nb,
+                               int64_t p0, int64_t pt, float *scratch) {
+  const conv_geom *g = &j->g;
+  int64_t cols = nb * pt, HW = g->H * g->W;
+  float *stage = scratch + g->K * cols;
+  (void)acc;
   for (int64_t grp = 0; grp < g->G; grp++) {
-    const float *xg = xn + grp * g->Cg * g->H * g->W;
-    const float *wg = w + grp * g->Og * g->K;
-    float *yg = yn + grp * g->Og * g->P;
-    if (g->pointwise) {
-      kcpu_sgemm(gp, 0, 0, g->Og, g->P, g->K, 1.0f, wg, g->K, xg, g->P, 0.0f, yg, g->P);
+    const float *wg = j->b + grp * g->Og * g->K;
+    float *yg = j->out + (n0 * g->O + grp * g->Og) * g->P;
+    const float *xg = j->a + (n0 * g->C + grp * g->Cg) * HW;
+    if (nb == 1) {
+      const float *B = xg + p0; /* pointwise: x is cols, leading dimension P */
+      int64_t ldb = g->P;
+      if (!g->pointwise) {
+        im2col_tile(g, xg, p0, pt, scratch, pt);
+        B = scratch, ldb = pt;
+      }
+      kcpu_sgemm(gp, 0, 0, g->Og, pt, g->K, 1.0f, wg, g->K, B, ldb, 0.0f, yg + p0, g->P);
       continue;
     }
-    for (int64_t p0 = 0; p0 < g->P; p0 += g->pt) {
-      int64_t pt = g->P - p0 < g->pt ? g->P - p0 : g->pt;
-      im2col_tile(g, xg, p0, pt, scratch);
-      kcpu_sgemm(gp, 0, 0, g->Og, pt, g->K, 1.0f, wg, g->K, scratch, pt, 0.0f, yg + p0, g->P);
-    }
+    for (int64_t i = 0; i < nb; i++) im2col_tile(g, xg + i * g->C * HW, 0, pt, scratch + i * pt, cols);
+    kcpu_sgemm(gp, 0, 0, g->Og, cols, g->K, 1.0f, wg, g->K, scratch, cols, 0.0f, stage, cols);
+    for (int64_t i = 0; i < nb; i++)
+      for (int64_t o = 0; o < g->Og; o++)
+        memcpy(yg + (i * g->O + o) * g->P, stage + o * cols + i * pt, (size_t)pt * sizeof(float));
   }
-  if (bias) {
-    for (int64_t o = 0; o < g->O; o++) {
-      float *yo = yn + o * g->P;
-      for (int64_t p = 0; p < g->P; p++) yo[p] += bias[o];
+  if (j->bias) {
+    for (int64_t i = 0; i < nb; i++) {
+      for (int64_t o = 0; o < g->O; o++) {
+        float *yo = j->out + ((n0 + i) * g->O + o) * g->P + p0;
+        for (int64_t p = 0; p < pt; p++) yo[p] += j->bias[o];
+      }
     }
   }
 }
 
-/* dx[n] = the transposed convolution of dy[n] with w. */
-static void conv_backward_input_image(const conv_geom *g, kcpu_pool *gp, const float *dy,
-                                      const float *w, float *dx, int64_t n, float *scratch) {
-  const float *dyn = dy + n * g->O * g->P;
-  float *dxn = dx + n * g->C * g->H * g->W;
-  if (!g->pointwise) memset(dxn, 0, (size_t)(g->C * g->H * g->W) * sizeof(float));
+/* dx[n0 .. n0+nb) += col2im(w^T @ dy) for the block's pixels, group by group.
+ * An image's first block zeroes it (a pointwise one writes it whole). */
+static void conv_backward_input_block(const conv_job *j, kcpu_pool *gp, float *acc, int64_t n0,
+                                      int64_t nb, int64_t p0, int64_t pt, float *scratch) {
+  const conv_geom *g = &j->g;
+  int64_t cols = nb * pt, HW = g->H * g->W;
+  float *stage = scratch + g->K * cols;
+  (void)acc;
+  if (p0 == 0 && (!g->pointwise || nb > 1))
+    memset(j->out + n0 * g->C * HW, 0, (size_t)(nb * g->C * HW) * sizeof(float));
   for (int64_t grp = 0; grp < g->G; grp++) {
-    const float *dyg = dyn + grp * g->Og * g->P;
-    const float *wg = w + grp * g->Og * g->K;
-    float *dxg = dxn + grp * g->Cg * g->H * g->W;
-    if (g->pointwise) {
-      kcpu_sgemm(gp, 1, 0, g->K, g->P, g->Og, 1.0f, wg, g->K, dyg, g->P, 0.0f, dxg, g->P);
-      continue;
-    }
-    for (int64_t p0 = 0; p0 < g->P; p0 += g->pt) {
-      int64_t pt = g->P - p0 < g->pt ? g->P - p0 : g->pt;
+    const float *wg = j->b + grp * g->Og * g->K;
+    const float *dyg = j->a + (n0 * g->O + grp * g->Og) * g->P;
+    float *dxg = j->out + (n0 * g->C + grp * g->Cg) * HW;
+    if (nb == 1) {
+      if (g->pointwise) {
+        kcpu_sgemm(gp, 1, 0, g->K, pt, g->Og, 1.0f, wg, g->K, dyg + p0, g->P, 0.0f, dxg + p0, g->P);
+        continue;
+      }
       kcpu_sgemm(gp, 1, 0, g->K, pt, g->Og, 1.0f, wg, g->K, dyg + p0, g->P, 0.0f, scratch, pt);
-      col2im_tile(g, scratch, p0, pt, dxg);
+      col2im_tile(g, scratch, p0, pt, pt, dxg);
+      continue;
     }
+    for (int64_t i = 0; i < nb; i++)
+      for (int64_t o = 0; o < g->Og; o++)
+        memcpy(stage + o * cols + i * pt, dyg + (i * g->O + o) * g->P, (size_t)pt * sizeof(float));
+    kcpu_sgemm(gp, 1, 0, g->K, cols, g->Og, 1.0f, wg, g->K, stage, cols, 0.0f, scratch, cols);
+    for (int64_t i = 0; i < nb; i++) col2im_tile(g, scratch + i * pt, 0, pt, cols, dxg + i * g->C * HW);
   }
 }
 
-/* acc [O, K] += the weight gradient of image n. */
-static void conv_backward_weight_image(const conv_geom *g, kcpu_pool *gp, const float *dy,
-                                       const float *x, float *acc, int64_t n, float *scratch) {
-  const float *dyn = dy + n * g->O * g->P;
-  const float *xn = x + n * g->C * g->H * g->W;
+/* acc [O, K] += dy @ cols^T over the block's columns, group by group. */
+static void conv_backward_weight_block(const conv_job *j, kcpu_pool *gp, float *acc, int64_t n0,
+                                       int64_t nb, int64_t p0, int64_t pt, float *scratch) {
+  const conv_geom *g = &j->g;
+  int64_t cols = nb * pt, HW = g->H * g->W;
+  float *stage = scratch + g->K * cols;
   for (int64_t grp = 0; grp < g->G; grp++) {
-    const float *dyg = dyn + grp * g->Og * g->P;
-    const float *xg = xn + grp * g->Cg * g->H * g->W;
+    const float *dyg = j->b + (n0 * g->O + grp * g->Og) * g->P;
+    const float *xg = j->a + (n0 * g->C + grp * g->Cg) * HW;
     float *accg = acc + grp * g->Og * g->K;
-    if (g->pointwise) {
-      kcpu_sgemm(gp, 0, 1, g->Og, g->K, g->P, 1.0f, dyg, g->P, xg, g->P, 1.0f, accg, g->K);
+    if (nb == 1) {
+      const float *B = xg + p0;
+      int64_t ldb = g->P;
+      if (!g->pointwise) {
+        im2col_tile(g, xg, p0, pt, scratch, pt);
+        B = scratch, ldb = pt;
+      }
+      kcpu_sgemm(gp, 0, 1, g->Og, g->K, pt, 1.0f, dyg + p0, g->P, B, ldb, 1.0f, accg, g->K);
       continue;
     }
-    for (int64_t p0 = 0; p0 < g->P; p0 += g->pt) {
-      int64_t pt = g->P - p0 < g->pt ? g->P - p0 : g->pt;
-      im2col_tile(g, xg, p0, pt, scratch);
-      kcpu_sgemm(gp, 0, 1, g->Og, g->K, pt, 1.0f, dyg + p0, g->P, scratch, pt, 1.0f, accg, g->K);
+    for (int64_t i = 0; i < nb; i++) {
+      im2col_tile(g, xg + i * g->C * HW, 0, pt, scratch + i * pt, cols);
+      for (int64_t o = 0; o < g->Og; o++)
+        memcpy(stage + o * cols + i * pt, dyg + (i * g->O + o) * g->P, (size_t)pt * sizeof(float));
     }
+    kcpu_sgemm(gp, 0, 1, g->Og, g->K, cols, 1.0f, stage, cols, scratch, cols, 1.0f, accg, g->K);
   }
+}
+
+typedef void (*conv_block_fn)(const conv_job *j, kcpu_pool *gp, float *acc, int64_t n0, int64_t nb,
+                              int64_t p0, int64_t pt, float *scratch);
+
+/* Runs fn over images [n_begin, n_end) block by block, in order. */
+static void conv_blocks(const conv_job *j, kcpu_pool *gp, float *acc, int64_t n_begin,
+                        int64_t n_end, conv_block_fn fn, float *scratch) {
+  const conv_geom *g = &j->g;
+  if (g->nb > 1) {
+    for (int64_t n0 = n_begin; n0 < n_end; n0 += g->nb)
+      fn(j, gp, acc, n0, n_end - n0 < g->nb ? n_end - n0 : g->nb, 0, g->P, scratch);
+    return;
+  }
+  for (int64_t n = n_begin; n < n_end; n++)
+    for (int64_t p0 = 0; p0 < g->P; p0 += g->pt)
+      fn(j, gp, acc, n, 1, p0, g->P - p0 < g->pt ? g->P - p0 : g->pt, scratch);
 }
 
 /* ---- scheduling ---------------------------------------------------------- */
@@ -320,28 +403,21 @@ static void conv_parallel(kcpu_pool *pool, int64_t n, int64_t grain, kcpu_range_
   else kcpu_parallel_for(pool, n, grain, fn, arg);
 }
 
-/* Scratch for one im2col tile, or NULL when none is needed or none could be
- * had (*failed says which). */
+/* Scratch for one block, or NULL when none is needed or none could be had
+ * (*failed says which). */
 static float *conv_scratch(const conv_geom *g, int *failed) {
   *failed = 0;
-  if (g->pointwise) return NULL;
-  float *s = malloc((size_t)(g->K * g->pt) * sizeof(float));
+  if (g->pointwise && g->nb == 1) return NULL;
+  int64_t cols = g->nb * g->pt;
+  int64_t n = (g->K + (g->nb > 1 ? g->Og : 0)) * cols;
+  float *s = malloc((size_t)n * sizeof(float));
   if (!s) {
     *failed = 1;
-    kcpu_host->log(1, "cpu: conv2d: no memory for a %lld-float im2col tile; using direct loops",
-                   (long long)(g->K * g->pt));
+    kcpu_host->log(1, "cpu: conv2d: no memory for a %lld-float im2col block; using direct loops",
+                   (long long)n);
   }
   return s;
 }
-
-typedef struct conv_job {
-  conv_geom g;
-  const float *a;     /* x (forward, backward weight) or dy (backward input) */
-  const float *b;     /* w (forward, backward input) or dy (backward weight) */
-  const float *bias;  /* forward only, may be NULL */
-  float *out;         /* y, dx, or the weight-gradient partials */
-  int64_t n_chunks;   /* backward weight: batch chunks */
-} conv_job;
 
 static void conv_forward_direct_range(void *arg, int64_t begin, int64_t end) {
   const conv_job *j = arg;
@@ -357,8 +433,7 @@ static void conv_forward_images_range(void *arg, int64_t begin, int64_t end) {
     conv_forward_direct_range(arg, begin * j->g.O, end * j->g.O);
     return;
   }
-  for (int64_t n = begin; n < end; n++)
-    conv_forward_image(&j->g, NULL, j->a, j->b, j->bias, j->out, n, scratch);
+  conv_blocks(j, NULL, NULL, begin, end, conv_forward_block, scratch);
   free(scratch);
 }
 
@@ -378,7 +453,7 @@ void kcpu_conv2d(kcpu_pool *pool, const kcpu_node *n) {
     return;
   }
   if (g->N >= conv_threads(pool)) {
-    conv_parallel(pool, g->N, 1, conv_forward_images_range, &j);
+    conv_parallel(pool, g->N, g->nb, conv_forward_images_range, &j);
     return;
   }
   int failed;
@@ -387,7 +462,7 @@ void kcpu_conv2d(kcpu_pool *pool, const kcpu_node *n) {
     conv_parallel(pool, g->N * g->O, 1, conv_forward_direct_range, &j);
     return;
   }
-  for (int64_t i = 0; i < g->N; i++) conv_forward_image(g, pool, j.a, j.b, j.bias, j.out, i, scratch);
+  conv_blocks(&j, pool, NULL, 0, g->N, conv_forward_block, scratch);
   free(scratch);
 }
 
@@ -405,8 +480,7 @@ static void conv_backward_input_images_range(void *arg, int64_t begin, int64_t e
     conv_backward_input_direct_range(arg, begin * j->g.C, end * j->g.C);
     return;
   }
-  for (int64_t n = begin; n < end; n++)
-    conv_backward_input_image(&j->g, NULL, j->a, j->b, j->out, n, scratch);
+  conv_blocks(j, NULL, NULL, begin, end, conv_backward_input_block, scratch);
   free(scratch);
 }
 
@@ -426,7 +500,7 @@ void kcpu_conv2d_backward_input(kcpu_pool *pool, const kcpu_node *n) {
     return;
   }
   if (g->N >= conv_threads(pool)) {
-    conv_parallel(pool, g->N, 1, conv_backward_input_images_range, &j);
+    conv_parallel(pool, g->N, g->nb, conv_backward_input_images_range, &j);
     return;
   }
   int failed;
@@ -435,7 +509,7 @@ void kcpu_conv2d_backward_input(kcpu_pool *pool, const kcpu_node *n) {
     conv_parallel(pool, g->N * g->C, 1, conv_backward_input_direct_range, &j);
     return;
   }
-  for (int64_t i = 0; i < g->N; i++) conv_backward_input_image(g, pool, j.a, j.b, j.out, i, scratch);
+  conv_blocks(&j, pool, NULL, 0, g->N, conv_backward_input_block, scratch);
   free(scratch);
 }
 
@@ -461,7 +535,7 @@ static void conv_backward_weight_chunks_range(void *arg, int64_t begin, int64_t 
       continue;
     }
     memset(acc, 0, (size_t)(g->O * g->K) * sizeof(float));
-    for (int64_t i = n0; i < n1; i++) conv_backward_weight_image(g, NULL, j->b, j->a, acc, i, scratch);
+    conv_blocks(j, NULL, acc, n0, n1, conv_backward_weight_block, scratch);
   }
   free(scratch);
 }
@@ -505,7 +579,7 @@ void kcpu_conv2d_backward_weight(kcpu_pool *pool, const kcpu_node *n) {
     float *scratch = conv_scratch(g, &failed);
     if (failed) goto direct;
     memset(dw, 0, (size_t)OK * sizeof(float));
-    for (int64_t i = 0; i < g->N; i++) conv_backward_weight_image(g, pool, j.b, j.a, dw, i, scratch);
+    conv_blocks(&j, pool, dw, 0, g->N, conv_backward_weight_block, scratch);
     free(scratch);
     return;
   }
