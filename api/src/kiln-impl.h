@@ -119,4 +119,23 @@ struct kiln_graph {
 
 int64_t kiln__numel(int ndim, const int64_t *shape);
 
+
+/* ---- graph internals shared by graph.c, autodiff.c, optimizer.c, compile.c */
+
+/* Records a build error: sets the thread's last error and, if g has none
+ * yet, g's sticky status and message. Returns NULL for builders. */
+kiln_node *kiln__graph_fail(kiln_graph *g, kiln_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* NumPy broadcast of a and b into out[*nout]; returns 0, or -1 with
+ * *bad_axis (output axis, may be NULL) when two dims are incompatible. */
+int kiln__broadcast_shapes(int na, const int64_t *a, int nb, const int64_t *b, int *nout,
+                           int64_t *out, int *bad_axis);
+/* The param/state leaf whose storage n denotes (n itself, or the leaf an
+ * in-place chain writes), or NULL if n is not persistent. */
+kiln_node *kiln__storage_root(kiln_node *n);
+/* optimizer.c: validates the inputs of SGD/ADAM/INCREMENT; on error writes
+ * a message (without the op name) into msg and returns the status. */
+kiln_status kiln__optim_infer(kiln_op op, int n_in, kiln_node *const *in, const int64_t *ip,
+                              const float *fp, char *msg, size_t msg_size);
+
 #endif /* KILN_IMPL_H */
