@@ -25,7 +25,7 @@
 /* ---- validation ---------------------------------------------------------- */
 
 kiln_status kcpu_elementwise_validate(int index, const kcpu_node *n) {
-  char sa[KCPU_SHAPE_STR], sb[KCPU_SHAPE_STR], sy[KCPU_SHAPE_STR];
+  char sa[KCPU_SHAPE_STR], sb[KCPU_SHAPE_STR], sy[KCPU_SHAPE_STR], sw[KCPU_SHAPE_STR];
   switch (n->op) {
     case KILN_OP_ADD: case KILN_OP_SUB: case KILN_OP_MUL: case KILN_OP_DIV: {
       int nd;
@@ -41,8 +41,8 @@ kiln_status kcpu_elementwise_validate(int index, const kcpu_node *n) {
       if (!kcpu_same_shape(&want, &n->out))
         return kcpu_node_error(index, n, KILN_SHAPE_MISMATCH,
                                "a %s and b %s broadcast to %s, but the output is %s",
-                               KCPU_SHAPE(sa, a), KCPU_SHAPE(sb, b), KCPU_SHAPE(sy, &want),
-                               KCPU_SHAPE(sb, &n->out));
+                               KCPU_SHAPE(sa, a), KCPU_SHAPE(sb, b), KCPU_SHAPE(sw, &want),
+                               KCPU_SHAPE(sy, &n->out));
       return KILN_OK;
     }
     case KILN_OP_RELU_BACKWARD: case KILN_OP_TANH_BACKWARD: case KILN_OP_SIGMOID_BACKWARD:

@@ -42,6 +42,9 @@ kiln_status kcpu_layout_validate(int index, const kcpu_node *n) {
                              x->ndim - 1, x->ndim - 1, i, (long long)a,
                              a < 0 || a >= x->ndim ? "out of range" : "repeated");
     seen[a] = 1;
+  }
+  for (int i = 0; i < x->ndim; i++) {
+    int64_t a = n->ip[i];
     if (y->shape[i] != x->shape[a])
       return kcpu_node_error(index, n, KILN_SHAPE_MISMATCH,
                              "output axis %d takes x axis %lld of size %lld, but the output %s "

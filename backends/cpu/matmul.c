@@ -18,7 +18,7 @@
 
 kiln_status kcpu_matmul_validate(int index, const kcpu_node *n) {
   const kcpu_tensor *a = &n->in[0], *b = &n->in[1], *y = &n->out;
-  char sa[KCPU_SHAPE_STR], sb[KCPU_SHAPE_STR], sy[KCPU_SHAPE_STR];
+  char sa[KCPU_SHAPE_STR], sb[KCPU_SHAPE_STR], sy[KCPU_SHAPE_STR], sw[KCPU_SHAPE_STR];
   if ((n->ip[0] != 0 && n->ip[0] != 1) || (n->ip[1] != 0 && n->ip[1] != 1))
     return kcpu_node_error(index, n, KILN_INVALID_ARGUMENT,
                            "transpose flags ip[0] = %lld and ip[1] = %lld must be 0 or 1",
@@ -48,7 +48,7 @@ kiln_status kcpu_matmul_validate(int index, const kcpu_node *n) {
     return kcpu_node_error(index, n, KILN_SHAPE_MISMATCH,
                            "a %s%s times b %s%s gives %s, but the output is %s", KCPU_SHAPE(sa, a),
                            ta ? " (transposed)" : "", KCPU_SHAPE(sb, b),
-                           tb ? " (transposed)" : "", KCPU_SHAPE(sy, &want),
+                           tb ? " (transposed)" : "", KCPU_SHAPE(sw, &want),
                            KCPU_SHAPE(sy, y));
   return KILN_OK;
 }
