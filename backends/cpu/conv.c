@@ -11,20 +11,24 @@
  *
  * where cols = im2col(x[g]): row (c, kh, kw), column (oh, ow) holds
  * x[c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw], zero in the padding.
- * Columns are built in tiles of `pt` output pixels so a tile stays in L2;
- * a 1x1, stride-1, unpadded convolution uses x itself as cols.
+ * A GEMM call covers one block of columns: equal tiles of one image's
+ * pixels when the image is large, so a block stays in L2, or several whole
+ * images side by side when it is small (the CNN's last 3x3 layer has only
+ * 9 output pixels), so a call has enough columns to be efficient. A 1x1,
+ * stride-1, unpadded convolution reads x itself as cols.
  *
- * Depthwise-style convolutions (one input channel per group) gain nothing
- * from a GEMM with K = KH*KW and use direct loops instead; the same loops
- * are the fallback when scratch memory cannot be allocated (the kernels
- * return nothing, so they must not fail).
+ * Depthwise convolutions with one or two outputs per group gain nothing
+ * from a GEMM with K = KH*KW and so few rows, and use direct loops; the
+ * same loops are the fallback when scratch memory cannot be allocated (the
+ * kernels return nothing, so they must not fail).
  *
  * Threads: with at least as many images as threads the batch is split
- * across the pool and each image runs single-threaded GEMMs (kcpu_sgemm
- * with a NULL pool); with fewer images they run one after another with
- * pooled GEMMs. The weight gradient sums per-chunk partials, with chunks
- * fixed by the batch size and thread count, in chunk order. Nothing depends
- * on scheduling, so a fixed thread count gives bitwise-identical results.
+ * across the pool and each block runs a single-threaded GEMM (kcpu_sgemm
+ * with a NULL pool); with fewer images the blocks run one after another
+ * with pooled GEMMs. The weight gradient sums one partial per chunk of the
+ * batch (chunks fixed by the batch size and the thread count) in chunk
+ * order. So nothing depends on scheduling: y and dx depend only on the
+ * shapes, dw also on the thread count, and a run is bitwise reproducible.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,7 +45,7 @@
 #define CONV_TILE_ALIGN 16
 /* Depthwise-style convolutions with at most this many outputs per group use
  * direct loops: a GEMM with so few rows wastes most of its micro-tiles. */
-#define CONV_DIRECT_MAX_OG 4
+#define CONV_DIRECT_MAX_OG 2
 
 /* ---- geometry ------------------------------------------------------------ */
 
@@ -178,6 +182,42 @@ static void col2im_tile(const conv_geom *g, const float *cols, int64_t p0, int64
 
 /* ---- direct loops (depthwise, and the fallback without scratch) ---------- */
 
+/* dst[i] += a * src[i*stride] for i < n. */
+static void conv_axpy(float *restrict dst, const float *restrict src, int64_t stride, float a,
+                      int64_t n) {
+  if (stride == 1) {
+    for (int64_t i = 0; i < n; i++) dst[i] += a * src[i];
+  } else {
+    for (int64_t i = 0; i < n; i++) dst[i] += a * src[i * stride];
+  }
+}
+
+/* dst[i*stride] += a * src[i] for i < n. */
+static void conv_axpy_scatter(float *restrict dst, int64_t stride, const float *restrict src,
+                              float a, int64_t n) {
+  if (stride == 1) {
+    for (int64_t i = 0; i < n; i++) dst[i] += a * src[i];
+  } else {
+    for (int64_t i = 0; i < n; i++) dst[i * stride] += a * src[i];
+  }
+}
+
+/* The sum of a[i] * b[i*stride] for i < n, kept in 8 interleaved partial
+ * sums so it vectorizes; the order of additions depends on n alone. */
+static float conv_dot(const float *restrict a, const float *restrict b, int64_t stride, int64_t n) {
+  float part[8] = {0};
+  int64_t i = 0;
+  if (stride == 1) {
+    for (; i + 8 <= n; i += 8)
+      for (int l = 0; l < 8; l++) part[l] += a[i + l] * b[i + l];
+  } else {
+    for (; i + 8 <= n; i += 8)
+      for (int l = 0; l < 8; l++) part[l] += a[i + l] * b[(i + l) * stride];
+  }
+  for (int l = 0; i < n; i++, l++) part[l] += a[i] * b[i * stride];
+  return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+}
+
 /* y[n, o] [OH, OW] = bias[o] + sum over c, kh, kw of w[o, c, kh, kw] * x[n, g*Cg + c, ...]. */
 static void conv_forward_direct_plane(const conv_geom *g, const float *x, const float *w,
                                       const float *bias, float *y, int64_t n, int64_t o) {
@@ -195,9 +235,8 @@ static void conv_forward_direct_plane(const conv_geom *g, const float *x, const 
         for (int64_t oh = 0; oh < g->OH; oh++) {
           int64_t ih = oh * g->sh + kh * g->dh - g->ph;
           if (ih < 0 || ih >= g->H) continue;
-          const float *src = xc + ih * g->W;
-          float *dst = yo + oh * g->OW;
-          for (int64_t ow = lo; ow < hi; ow++) dst[ow] += wv * src[ow * g->sw + iw_off];
+          if (hi > lo)
+            conv_axpy(yo + oh * g->OW + lo, xc + ih * g->W + lo * g->sw + iw_off, g->sw, wv, hi - lo);
         }
       }
     }
@@ -221,9 +260,9 @@ static void conv_backward_input_direct_plane(const conv_geom *g, const float *dy
         for (int64_t oh = 0; oh < g->OH; oh++) {
           int64_t ih = oh * g->sh + kh * g->dh - g->ph;
           if (ih < 0 || ih >= g->H) continue;
-          float *dst = dxc + ih * g->W;
-          const float *src = dyo + oh * g->OW;
-          for (int64_t ow = lo; ow < hi; ow++) dst[ow * g->sw + iw_off] += wv * src[ow];
+          if (hi > lo)
+            conv_axpy_scatter(dxc + ih * g->W + lo * g->sw + iw_off, g->sw, dyo + oh * g->OW + lo, wv,
+                              hi - lo);
         }
       }
     }
@@ -247,11 +286,9 @@ static void conv_backward_weight_direct_row(const conv_geom *g, const float *dy,
           for (int64_t oh = 0; oh < g->OH; oh++) {
             int64_t ih = oh * g->sh + kh * g->dh - g->ph;
             if (ih < 0 || ih >= g->H) continue;
-            const float *src = xc + ih * g->W;
-            const float *d = dyo + oh * g->OW;
-            float row = 0.0f;
-            for (int64_t ow = lo; ow < hi; ow++) row += d[ow] * src[ow * g->sw + iw_off];
-            sum += row;
+            if (hi > lo)
+              sum += conv_dot(dyo + oh * g->OW + lo, xc + ih * g->W + lo * g->sw + iw_off, g->sw,
+                              hi - lo);
           }
         }
         dw_row[(c * g->KH + kh) * g->KW + kw] = sum;
