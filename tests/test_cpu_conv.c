@@ -414,6 +414,42 @@ Test(conv, repeated_runs_are_bitwise_identical) {
   free(x), free(w), free(b), free(dy), free(a), free(z);
 }
 
+/* y and dx do not depend on the thread count (each element is one GEMM dot
+ * product in a fixed order); only dw's chunk partials do. Batch 5 with 1
+ * and 3 threads takes the per-thread-batch and the pooled-GEMM paths. */
+Test(conv, forward_and_backward_input_do_not_depend_on_threads) {
+  static const conv_case cases[] = {
+      {5, 8, 14, 14, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},  /* one image per block */
+      {5, 16, 5, 5, 8, 3, 3, 1, 1, 0, 0, 1, 1, 2, 1},    /* several images per block */
+      {2, 6, 9, 9, 6, 3, 3, 2, 2, 1, 1, 1, 1, 3, 0},     /* batch below the thread count */
+  };
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    const conv_case *c = &cases[k];
+    int64_t ip[8];
+    conv_ip(c, ip);
+    tdesc xd = {4, {c->N, c->C, c->H, c->W}}, wd = {4, {c->O, c->C / c->G, c->KH, c->KW}};
+    tdesc bd = {1, {c->O}}, yd = {4, {c->N, c->O, conv_oh(c), conv_ow(c)}};
+    int64_t nx = tnumel(&xd), nw = tnumel(&wd), ny = tnumel(&yd);
+    float *x = random_floats(nx, 90 + k), *w = random_floats(nw, 91 + k);
+    float *b = random_floats(c->O, 92 + k), *dy = random_floats(ny, 93 + k);
+    float *out[2];
+    for (int t = 0; t < 2; t++) {
+      out[t] = malloc((size_t)(ny + nx) * sizeof(float));
+      cr_assert_not_null(out[t]);
+      open_plugin(t ? 3 : 1);
+      run_node(KILN_OP_CONV2D, 3, (tdesc[]){xd, wd, bd}, (const float *[]){x, w, b}, &yd, out[t], ip);
+      run_node(KILN_OP_CONV2D_BACKWARD_INPUT, 2, (tdesc[]){yd, wd}, (const float *[]){dy, w}, &xd,
+               out[t] + ny, ip);
+      close_plugin();
+    }
+    cr_assert(memcmp(out[0], out[1], (size_t)ny * sizeof(float)) == 0,
+              "conv2d (%s): 1 and 3 threads differ", conv_case_str(c));
+    cr_assert(memcmp(out[0] + ny, out[1] + ny, (size_t)nx * sizeof(float)) == 0,
+              "conv2d_backward_input (%s): 1 and 3 threads differ", conv_case_str(c));
+    free(x), free(w), free(b), free(dy), free(out[0]), free(out[1]);
+  }
+}
+
 /* ---- conv2d validation -------------------------------------------------------- */
 
 /* Compiles one conv node with the given shapes and params and expects
