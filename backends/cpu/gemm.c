@@ -166,6 +166,9 @@ static void compute_tiles(void *arg, int64_t t0, int64_t t1) {
   }
 }
 
+/* 64-byte aligned memory (C11 wants the size a multiple of the alignment). */
+static void *alloc64(size_t size) { return aligned_alloc(64, (size + 63) & ~(size_t)63); }
+
 /* C = beta * C for K == 0 (no product to add). */
 static void scale_c(int64_t M, int64_t N, float beta, float *C, int64_t ldc) {
   for (int64_t i = 0; i < M; i++) {
@@ -192,8 +195,8 @@ void kcpu_sgemm(kcpu_pool *pool, int trans_a, int trans_b, int64_t M, int64_t N,
    * GEMMs at once. Without memory for them, fall back to one micro-tile
    * per block in stack buffers: slow, but kernels cannot fail, and the
    * micro-kernel and K blocking (hence every result) stay the same. */
-  float *Ap = aligned_alloc(64, (size_t)(mb_blk * kc_max) * sizeof(float));
-  float *Bp = aligned_alloc(64, (size_t)(nc_blk * kc_max) * sizeof(float));
+  float *Ap = alloc64((size_t)(mb_blk * kc_max) * sizeof(float));
+  float *Bp = alloc64((size_t)(nc_blk * kc_max) * sizeof(float));
   float a_small[MR * KC] __attribute__((aligned(64)));
   float b_small[NR * KC] __attribute__((aligned(64)));
   int heap = Ap && Bp;
