@@ -624,22 +624,24 @@ static void t_optim(void) {
 /* ---- graphs: aliasing and chains ---------------------------------------- */
 
 static void t_graphs(void) {
-  /* One buffer: x at 0, w at 64 floats; matmul writes over x (the host may
-   * place an output over an input only if it is dead, but a plugin must
-   * still read its inputs before overwriting them). Then y = relu(y) in
-   * place, then z = sum(y, axis 1). */
+  /* One buffer: x [4, K] at 0, w [K, 8] after it; the matmul writes y over
+   * x (the host may place an output over an input only if it is dead, but
+   * a plugin must still read its inputs before overwriting them; K > the
+   * GEMM's K block makes a naive in-place GEMM read clobbered values). Then
+   * y = relu(y) in place, then z = sum(y, axis 1). */
+  enum { K = 300 };
   ph_graph g;
   ph_graph_init(&g, &P);
-  int buf = ph_buffer(&g, 4096);
-  int x = ph_tensor_at(&g, KILN_F32, 2, (int64_t[]){4, 8}, buf, 0);
-  int w = ph_tensor_at(&g, KILN_F32, 2, (int64_t[]){8, 8}, buf, 256);
+  int buf = ph_buffer(&g, (4 * K + K * 8 + 4) * 4);
+  int x = ph_tensor_at(&g, KILN_F32, 2, (int64_t[]){4, K}, buf, 0);
+  int w = ph_tensor_at(&g, KILN_F32, 2, (int64_t[]){K, 8}, buf, 4 * K * 4);
   int y = ph_tensor_at(&g, KILN_F32, 2, (int64_t[]){4, 8}, buf, 0);
-  int z = ph_tensor_at(&g, KILN_F32, 1, (int64_t[]){4}, buf, 1024);
+  int z = ph_tensor_at(&g, KILN_F32, 1, (int64_t[]){4}, buf, (4 * K + K * 8) * 4);
   ph_node(&g, KILN_OP_MATMUL, 2, (int[]){x, w}, y, NULL, NULL);
   ph_node(&g, KILN_OP_RELU, 1, (int[]){y}, y, NULL, NULL);
   ph_node(&g, KILN_OP_SUM, 1, (int[]){y}, z, (int64_t[8]){2, 0}, NULL);
   cr_assert_eq(ph_compile(&g), KILN_OK, "%s", ph_error());
-  float *xf = rnd(32, 5, -1, 1), *wf = rnd(64, 6, -1, 1), zf[4];
+  float *xf = rnd(4 * K, 5, -1, 1), *wf = rnd(K * 8, 6, -1, 1), zf[4];
   for (int rep = 0; rep < 2; rep++) {   /* runs repeat: rewrite x each time */
     cr_assert_eq(ph_write(&g, x, xf), KILN_OK);
     cr_assert_eq(ph_write(&g, w, wf), KILN_OK);
@@ -650,7 +652,7 @@ static void t_graphs(void) {
       ref[i] = scale[i] = 0;
       for (int j = 0; j < 8; j++) {
         double s = 0, sa = 0;
-        for (int k = 0; k < 8; k++) s += (double)xf[i * 8 + k] * wf[k * 8 + j], sa += fabs((double)xf[i * 8 + k] * wf[k * 8 + j]);
+        for (int k = 0; k < K; k++) s += (double)xf[i * K + k] * wf[k * 8 + j], sa += fabs((double)xf[i * K + k] * wf[k * 8 + j]);
         ref[i] += s > 0 ? s : 0;
         scale[i] += sa;
       }
@@ -658,6 +660,23 @@ static void t_graphs(void) {
     check_close("matmul over its input, relu in place, sum", zf, ref, scale, 4, 2e-6, 1e-7);
   }
   free(xf), free(wf);
+  ph_graph_free(&g);
+
+  /* A transpose whose output overlaps its input, shifted by 10 floats. */
+  ph_graph_init(&g, &P);
+  buf = ph_buffer(&g, (600 + 10) * 4);
+  x = ph_tensor_at(&g, KILN_F32, 2, (int64_t[]){20, 30}, buf, 0);
+  y = ph_tensor_at(&g, KILN_F32, 2, (int64_t[]){30, 20}, buf, 40);
+  ph_node(&g, KILN_OP_TRANSPOSE, 1, (int[]){x}, y, (int64_t[8]){1, 0}, NULL);
+  cr_assert_eq(ph_compile(&g), KILN_OK, "%s", ph_error());
+  float *tx = rnd(600, 8, -1, 1), ty[600];
+  cr_assert_eq(ph_write(&g, x, tx), KILN_OK);
+  cr_assert_eq(ph_run(&g), KILN_OK);
+  cr_assert_eq(ph_read(&g, y, ty), KILN_OK);
+  for (int i = 0; i < 30; i++)
+    for (int j = 0; j < 20; j++)
+      cr_assert_eq(ty[i * 20 + j], tx[j * 30 + i], "overlapping transpose at [%d, %d]", i, j);
+  free(tx);
   ph_graph_free(&g);
 }
 
