@@ -72,11 +72,11 @@ int main(int argc, char **argv) {
   kiln_mnist train = {0}, test = {0};
 
   /* Data: MNIST's 60,000 training and 10,000 test images. */
-  char dir[4096], sub[4200];
+  char base[4096], dir[4200];
   struct stat sb;
-  CHECK(kiln_data_dir(data, dir, sizeof dir));
-  snprintf(sub, sizeof sub, "%s/mnist", dir);
-  if (stat(sub, &sb) == 0 && S_ISDIR(sb.st_mode)) snprintf(dir, sizeof dir, "%s", sub);
+  CHECK(kiln_data_dir(data, base, sizeof base));
+  snprintf(dir, sizeof dir, "%s/mnist", base);
+  if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) snprintf(dir, sizeof dir, "%s", base);
   CHECK(kiln_mnist_load(dir, 1, 0, &train));
   CHECK(kiln_mnist_load(dir, 0, 0, &test));
 
