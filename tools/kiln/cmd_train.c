@@ -261,7 +261,7 @@ static int load_mnist(const char *cmd, const char *data_opt, int train, int64_t 
   if (st != KILN_OK) {
     fprintf(stderr, "kiln %s: cannot load the MNIST %s set from %s: %s\n", cmd,
             train ? "training" : "test", dir, kiln_last_error());
-    if (st == KILN_NOT_FOUND || st == KILN_IO_ERROR)
+    if ((st == KILN_NOT_FOUND || st == KILN_IO_ERROR) && !strstr(kiln_last_error(), "kiln fetch"))
       fprintf(stderr, "kiln %s: run `kiln fetch mnist` to download it, or give --data DIR "
                       "(or KILN_DATA) naming a directory that holds mnist/\n", cmd);
     return 0;
