@@ -39,7 +39,8 @@ static const char *shape_str(shp s) {
   static int k;
   char *b = bufs[k++ & 3];
   int len = snprintf(b, 128, "[");
-  for (int i = 0; i < s.ndim; i++) len += snprintf(b + len, 128 - len, i ? ", %lld" : "%lld", (long long)s.d[i]);
+  for (int i = 0; i < s.ndim; i++)
+    len += snprintf(b + len, 128 - len, i ? ", %lld" : "%lld", (long long)s.d[i]);
   snprintf(b + len, 128 - len, "]");
   return b;
 }
@@ -99,7 +100,8 @@ static kiln_status run_node(uint32_t op, int n_in, const tin *in, shp os, float 
   ph_node(&g, op, n_in, ids, y, ip, fp);
   kiln_status st = ph_compile(&g);
   if (st == KILN_OK) {
-    for (int i = 0; i < n_in; i++) cr_assert_eq(ph_write(&g, ids[i], in[i].data), KILN_OK, "%s", ph_error());
+    for (int i = 0; i < n_in; i++)
+      cr_assert_eq(ph_write(&g, ids[i], in[i].data), KILN_OK, "%s", ph_error());
     cr_assert_eq(ph_run(&g), KILN_OK, "run: %s", ph_error());
     cr_assert_eq(ph_read(&g, y, out), KILN_OK, "%s", ph_error());
   }
@@ -147,7 +149,7 @@ static void check_binary(uint32_t op, shp as, shp bs) {
   shp os = broadcast(as, bs);
   int64_t na = numel(as), nb = numel(bs), no = numel(os);
   float *a = rnd(na, 1 + (uint64_t)na, -2, 2), *b = rnd(nb, 7 + (uint64_t)nb, 0.5f, 2);
-  for (int64_t i = 0; i < nb; i += 3) b[i] = -b[i];   /* both signs, away from 0 */
+  for (int64_t i = 0; i < nb; i += 3) b[i] = -b[i]; /* both signs, away from 0 */
   float *y = malloc((size_t)no * sizeof *y);
   double *ref = malloc((size_t)no * sizeof *ref);
   run_ok(op, 2, (tin[]){F32IN(as, a), F32IN(bs, b)}, os, y, NULL, NULL);
@@ -155,7 +157,10 @@ static void check_binary(uint32_t op, shp as, shp bs) {
   for (int64_t i = 0; i < no; i++) {
     unravel(os, i, idx);
     double x = a[bcast_index(as, os, idx)], z = b[bcast_index(bs, os, idx)];
-    ref[i] = op == KILN_OP_ADD ? x + z : op == KILN_OP_SUB ? x - z : op == KILN_OP_MUL ? x * z : x / z;
+    ref[i] = op == KILN_OP_ADD   ? x + z
+             : op == KILN_OP_SUB ? x - z
+             : op == KILN_OP_MUL ? x * z
+                                 : x / z;
   }
   char what[256];
   snprintf(what, sizeof what, "op %u: %s and %s", op, shape_str(as), shape_str(bs));
@@ -165,20 +170,20 @@ static void check_binary(uint32_t op, shp as, shp bs) {
 
 static void t_binary(void) {
   static const shp pairs[][2] = {
-      {{0, {0}}, {0, {0}}},                           /* scalar, scalar */
-      {{2, {3, 5}}, {2, {3, 5}}},                     /* same shape */
-      {{2, {3, 5}}, {0, {0}}},                        /* scalar b */
-      {{0, {0}}, {3, {2, 3, 4}}},                     /* scalar a */
-      {{2, {4, 7}}, {1, {7}}},                        /* bias row */
-      {{2, {4, 7}}, {2, {4, 1}}},                     /* column */
-      {{3, {2, 1, 5}}, {3, {2, 3, 1}}},               /* both broadcast */
-      {{1, {1}}, {2, {3, 1}}},                        /* size-1 dims only */
-      {{4, {1, 3, 1, 6}}, {4, {2, 1, 4, 1}}},         /* alternating */
-      {{3, {5, 1, 3}}, {2, {4, 1}}},                  /* middle, rank differs */
-      {{8, {2, 1, 2, 1, 3, 1, 2, 1}}, {8, {1, 2, 1, 2, 1, 3, 1, 2}}},   /* rank 8 */
-      {{1, {100003}}, {1, {100003}}},                 /* long row, segmented */
-      {{2, {3, 40001}}, {1, {40001}}},                /* long broadcast rows */
-      {{2, {40001, 3}}, {2, {40001, 1}}},             /* many short rows */
+      {{0, {0}}, {0, {0}}},                                           /* scalar, scalar */
+      {{2, {3, 5}}, {2, {3, 5}}},                                     /* same shape */
+      {{2, {3, 5}}, {0, {0}}},                                        /* scalar b */
+      {{0, {0}}, {3, {2, 3, 4}}},                                     /* scalar a */
+      {{2, {4, 7}}, {1, {7}}},                                        /* bias row */
+      {{2, {4, 7}}, {2, {4, 1}}},                                     /* column */
+      {{3, {2, 1, 5}}, {3, {2, 3, 1}}},                               /* both broadcast */
+      {{1, {1}}, {2, {3, 1}}},                                        /* size-1 dims only */
+      {{4, {1, 3, 1, 6}}, {4, {2, 1, 4, 1}}},                         /* alternating */
+      {{3, {5, 1, 3}}, {2, {4, 1}}},                                  /* middle, rank differs */
+      {{8, {2, 1, 2, 1, 3, 1, 2, 1}}, {8, {1, 2, 1, 2, 1, 3, 1, 2}}}, /* rank 8 */
+      {{1, {100003}}, {1, {100003}}},                                 /* long row, segmented */
+      {{2, {3, 40001}}, {1, {40001}}},                                /* long broadcast rows */
+      {{2, {40001, 3}}, {2, {40001, 1}}},                             /* many short rows */
   };
   for (uint32_t op = KILN_OP_ADD; op <= KILN_OP_DIV; op++)
     for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
@@ -189,17 +194,28 @@ static void t_binary(void) {
 
 static double ref_unary(uint32_t op, double x, double x2, const float *fp) {
   switch (op) {
-    case KILN_OP_NEG: return -x;
-    case KILN_OP_RELU: return x > 0 ? x : 0;
-    case KILN_OP_TANH: return tanh(x);
-    case KILN_OP_SIGMOID: return 1 / (1 + exp(-x));
-    case KILN_OP_EXP: return exp(x);
-    case KILN_OP_LOG: return log(x);
-    case KILN_OP_SCALE: return (double)fp[0] * x + (double)fp[1];
-    case KILN_OP_RELU_BACKWARD: return x2 > 0 ? x : 0;
-    case KILN_OP_TANH_BACKWARD: return x * (1 - x2 * x2);
-    case KILN_OP_SIGMOID_BACKWARD: return x * x2 * (1 - x2);
-    case KILN_OP_COPY: return x;
+    case KILN_OP_NEG:
+      return -x;
+    case KILN_OP_RELU:
+      return x > 0 ? x : 0;
+    case KILN_OP_TANH:
+      return tanh(x);
+    case KILN_OP_SIGMOID:
+      return 1 / (1 + exp(-x));
+    case KILN_OP_EXP:
+      return exp(x);
+    case KILN_OP_LOG:
+      return log(x);
+    case KILN_OP_SCALE:
+      return (double)fp[0] * x + (double)fp[1];
+    case KILN_OP_RELU_BACKWARD:
+      return x2 > 0 ? x : 0;
+    case KILN_OP_TANH_BACKWARD:
+      return x * (1 - x2 * x2);
+    case KILN_OP_SIGMOID_BACKWARD:
+      return x * x2 * (1 - x2);
+    case KILN_OP_COPY:
+      return x;
   }
   return NAN;
 }
@@ -209,7 +225,7 @@ static void check_unary(uint32_t op, shp s) {
   int helper = op >= KILN_OP_RELU_BACKWARD && op <= KILN_OP_SIGMOID_BACKWARD;
   float lo = op == KILN_OP_LOG ? 0.01f : -6, hi = op == KILN_OP_LOG ? 50 : 6;
   float *x = rnd(n, 11 + (uint64_t)n, lo, hi), *x2 = rnd(n, 13, -1, 1);
-  if (op == KILN_OP_RELU || op == KILN_OP_RELU_BACKWARD)   /* exact zeros: not > 0 */
+  if (op == KILN_OP_RELU || op == KILN_OP_RELU_BACKWARD) /* exact zeros: not > 0 */
     for (int64_t i = 0; i < n; i += 5) (helper ? x2 : x)[i] = 0.0f;
   float fp[8] = {op == KILN_OP_SCALE ? -1.75f : 0, op == KILN_OP_SCALE ? 0.5f : 0};
   float *y = malloc((size_t)n * sizeof *y);
@@ -222,13 +238,15 @@ static void check_unary(uint32_t op, shp s) {
     /* magnitude of the terms, for ops that subtract (rounding is relative
      * to them, not to a result that cancels) */
     double y2 = (double)x2[i] * x2[i];
-    scale[i] = op == KILN_OP_SCALE ? fabs(fp[0] * (double)x[i]) + fabs((double)fp[1])
-             : op == KILN_OP_TANH_BACKWARD ? fabs((double)x[i]) * (1 + y2)
-             : op == KILN_OP_SIGMOID_BACKWARD ? fabs((double)x[i] * x2[i]) * (1 + fabs((double)x2[i]))
-             : fabs(ref[i]);
+    scale[i] = op == KILN_OP_SCALE           ? fabs(fp[0] * (double)x[i]) + fabs((double)fp[1])
+               : op == KILN_OP_TANH_BACKWARD ? fabs((double)x[i]) * (1 + y2)
+               : op == KILN_OP_SIGMOID_BACKWARD
+                   ? fabs((double)x[i] * x2[i]) * (1 + fabs((double)x2[i]))
+                   : fabs(ref[i]);
   }
   int libm = op == KILN_OP_TANH || op == KILN_OP_SIGMOID || op == KILN_OP_EXP || op == KILN_OP_LOG;
-  int two_step = op == KILN_OP_SCALE || op == KILN_OP_TANH_BACKWARD || op == KILN_OP_SIGMOID_BACKWARD;
+  int two_step =
+      op == KILN_OP_SCALE || op == KILN_OP_TANH_BACKWARD || op == KILN_OP_SIGMOID_BACKWARD;
   char what[128];
   snprintf(what, sizeof what, "op %u on %s", op, shape_str(s));
   check_close(what, y, ref, scale, n, libm ? 2e-6 : two_step ? 2e-6 : 1e-6, libm ? 1e-7 : 1e-30);
@@ -236,9 +254,12 @@ static void check_unary(uint32_t op, shp s) {
 }
 
 static void t_unary(void) {
-  static const uint32_t ops[] = {KILN_OP_NEG, KILN_OP_RELU, KILN_OP_TANH, KILN_OP_SIGMOID,
-                                 KILN_OP_EXP, KILN_OP_LOG, KILN_OP_SCALE, KILN_OP_RELU_BACKWARD,
-                                 KILN_OP_TANH_BACKWARD, KILN_OP_SIGMOID_BACKWARD, KILN_OP_COPY};
+  static const uint32_t ops[] = {KILN_OP_NEG,           KILN_OP_RELU,
+                                 KILN_OP_TANH,          KILN_OP_SIGMOID,
+                                 KILN_OP_EXP,           KILN_OP_LOG,
+                                 KILN_OP_SCALE,         KILN_OP_RELU_BACKWARD,
+                                 KILN_OP_TANH_BACKWARD, KILN_OP_SIGMOID_BACKWARD,
+                                 KILN_OP_COPY};
   shp shapes[] = {SCALAR, SHP(1), SHP(17), SHP(3, 1, 5), SHP(50001)};
   for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
     for (size_t j = 0; j < sizeof shapes / sizeof shapes[0]; j++) check_unary(ops[i], shapes[j]);
@@ -250,7 +271,8 @@ static void t_fill(void) {
     int64_t n = numel(shapes[j]);
     float *y = malloc((size_t)n * sizeof *y);
     run_ok(KILN_OP_FILL, 0, NULL, shapes[j], y, NULL, (float[8]){-3.25f});
-    for (int64_t i = 0; i < n; i++) cr_assert_eq(y[i], -3.25f, "fill %s: element %lld", shape_str(shapes[j]), (long long)i);
+    for (int64_t i = 0; i < n; i++)
+      cr_assert_eq(y[i], -3.25f, "fill %s: element %lld", shape_str(shapes[j]), (long long)i);
     free(y);
   }
 }
@@ -275,12 +297,14 @@ static void check_matmul(shp as, shp bs, int ta, int tb) {
   int64_t idx[KILN_MAX_DIMS];
   for (int64_t bi = 0; bi < batches; bi++) {
     unravel(ob, bi, idx);
-    const float *A = a + bcast_index(ab, ob, idx) * M * K, *B = b + bcast_index(bb, ob, idx) * K * N;
+    const float *A = a + bcast_index(ab, ob, idx) * M * K,
+                *B = b + bcast_index(bb, ob, idx) * K * N;
     for (int64_t i = 0; i < M; i++)
       for (int64_t j = 0; j < N; j++) {
         double s = 0, sa = 0;
         for (int64_t k = 0; k < K; k++) {
-          double p = (double)(ta ? A[k * M + i] : A[i * K + k]) * (tb ? B[j * K + k] : B[k * N + j]);
+          double p =
+              (double)(ta ? A[k * M + i] : A[i * K + k]) * (tb ? B[j * K + k] : B[k * N + j]);
           s += p;
           sa += fabs(p);
         }
@@ -289,7 +313,8 @@ static void check_matmul(shp as, shp bs, int ta, int tb) {
       }
   }
   char what[256];
-  snprintf(what, sizeof what, "matmul a %s%s b %s%s", shape_str(as), ta ? "^T" : "", shape_str(bs), tb ? "^T" : "");
+  snprintf(what, sizeof what, "matmul a %s%s b %s%s", shape_str(as), ta ? "^T" : "", shape_str(bs),
+           tb ? "^T" : "");
   check_close(what, y, ref, scale, no, 2e-6, 1e-7);
   free(a), free(b), free(y), free(ref), free(scale);
 }
@@ -297,7 +322,8 @@ static void check_matmul(shp as, shp bs, int ta, int tb) {
 static shp mat(int64_t rows, int64_t cols, int t) { return t ? SHP(cols, rows) : SHP(rows, cols); }
 
 static void t_matmul(void) {
-  static const int64_t mnk[][3] = {{1, 1, 1}, {3, 7, 5}, {17, 9, 33}, {6, 16, 256}, {7, 17, 257}, {257, 129, 300}};
+  static const int64_t mnk[][3] = {{1, 1, 1},    {3, 7, 5},    {17, 9, 33},
+                                   {6, 16, 256}, {7, 17, 257}, {257, 129, 300}};
   for (size_t s = 0; s < sizeof mnk / sizeof mnk[0]; s++)
     for (int ta = 0; ta < 2; ta++)
       for (int tb = 0; tb < 2; tb++) {
@@ -306,13 +332,17 @@ static void t_matmul(void) {
       }
   for (int ta = 0; ta < 2; ta++)
     for (int tb = 0; tb < 2; tb++) {
-      check_matmul(ta ? SHP(2, 3, 5, 4) : SHP(2, 3, 4, 5), tb ? SHP(2, 3, 6, 5) : SHP(2, 3, 5, 6), ta, tb);
-      check_matmul(ta ? SHP(2, 1, 5, 4) : SHP(2, 1, 4, 5), tb ? SHP(3, 6, 5) : SHP(3, 5, 6), ta, tb);
-      check_matmul(ta ? SHP(3, 9, 7) : SHP(3, 7, 9), tb ? SHP(11, 9) : SHP(9, 11), ta, tb);   /* shared b */
-      check_matmul(ta ? SHP(9, 7) : SHP(7, 9), tb ? SHP(4, 11, 9) : SHP(4, 9, 11), ta, tb);   /* shared a */
+      check_matmul(ta ? SHP(2, 3, 5, 4) : SHP(2, 3, 4, 5), tb ? SHP(2, 3, 6, 5) : SHP(2, 3, 5, 6),
+                   ta, tb);
+      check_matmul(ta ? SHP(2, 1, 5, 4) : SHP(2, 1, 4, 5), tb ? SHP(3, 6, 5) : SHP(3, 5, 6), ta,
+                   tb);
+      check_matmul(ta ? SHP(3, 9, 7) : SHP(3, 7, 9), tb ? SHP(11, 9) : SHP(9, 11), ta,
+                   tb); /* shared b */
+      check_matmul(ta ? SHP(9, 7) : SHP(7, 9), tb ? SHP(4, 11, 9) : SHP(4, 9, 11), ta,
+                   tb); /* shared a */
     }
-  check_matmul(SHP(1, 2, 1, 3, 4), SHP(2, 1, 3, 4, 2), 0, 0);   /* rank 5, size-1 batches */
-  check_matmul(SHP(64, 40, 70), SHP(70, 300), 0, 0);             /* tall fast path, threaded */
+  check_matmul(SHP(1, 2, 1, 3, 4), SHP(2, 1, 3, 4, 2), 0, 0); /* rank 5, size-1 batches */
+  check_matmul(SHP(64, 40, 70), SHP(70, 300), 0, 0);          /* tall fast path, threaded */
 }
 
 /* ---- reductions ---------------------------------------------------------- */
@@ -342,7 +372,8 @@ static void check_reduce(uint32_t op, shp xs, int64_t mask, int keep) {
   if (op == KILN_OP_MEAN)
     for (int64_t o = 0; o < no; o++) ref[o] /= (double)count, scale[o] /= (double)count;
   char what[128];
-  snprintf(what, sizeof what, "%s %s mask 0x%llx keep %d", op == KILN_OP_SUM ? "sum" : "mean", shape_str(xs), (unsigned long long)mask, keep);
+  snprintf(what, sizeof what, "%s %s mask 0x%llx keep %d", op == KILN_OP_SUM ? "sum" : "mean",
+           shape_str(xs), (unsigned long long)mask, keep);
   check_close(what, y, ref, scale, no, 1e-6, 1e-7);
   free(x), free(y), free(ref), free(scale);
 }
@@ -354,13 +385,13 @@ static void t_reduce(void) {
     for (int keep = 0; keep < 2; keep++) {
       check_reduce(op, SCALAR, 0, keep);
       check_reduce(op, SHP(1), 1, keep);
-      check_reduce(op, SHP(1000, 37), 1, keep);      /* batch sum: columns */
-      check_reduce(op, SHP(1000, 37), 2, keep);      /* row sums */
-      check_reduce(op, SHP(3, 600, 5), 2, keep);     /* middle axis */
-      check_reduce(op, SHP(2, 1, 3, 1), 0xa, keep);  /* only size-1 axes */
-      check_reduce(op, SHP(7, 1100), 1, keep);       /* rows longer than a chunk */
-      check_reduce(op, SHP(100003), 1, keep);        /* full reduction */
-      check_reduce(op, SHP(2, 3, 4, 5, 1, 2, 3, 2), 0xb5, keep);   /* rank 8 */
+      check_reduce(op, SHP(1000, 37), 1, keep);                  /* batch sum: columns */
+      check_reduce(op, SHP(1000, 37), 2, keep);                  /* row sums */
+      check_reduce(op, SHP(3, 600, 5), 2, keep);                 /* middle axis */
+      check_reduce(op, SHP(2, 1, 3, 1), 0xa, keep);              /* only size-1 axes */
+      check_reduce(op, SHP(7, 1100), 1, keep);                   /* rows longer than a chunk */
+      check_reduce(op, SHP(100003), 1, keep);                    /* full reduction */
+      check_reduce(op, SHP(2, 3, 4, 5, 1, 2, 3, 2), 0xb5, keep); /* rank 8 */
     }
   }
 }
@@ -403,7 +434,7 @@ static void ref_softmax_row(const float *x, int64_t C, double *y, int log_) {
 static void check_softmax(shp s) {
   int64_t n = numel(s), C = s.ndim ? s.d[s.ndim - 1] : 1, R = n / C;
   float *x = rnd(n, 51 + (uint64_t)n, -8, 8), *dy = rnd(n, 53, -1, 1);
-  if (n > 1) x[0] += 1000.0f;   /* stability: a huge logit */
+  if (n > 1) x[0] += 1000.0f; /* stability: a huge logit */
   float *y = malloc((size_t)n * sizeof *y), *yf = malloc((size_t)n * sizeof *yf);
   double *ref = malloc((size_t)n * sizeof *ref), *yr = malloc((size_t)n * sizeof *yr);
   for (int log_ = 0; log_ < 2; log_++) {
@@ -417,7 +448,8 @@ static void check_softmax(shp s) {
     run_ok(bop, 2, (tin[]){F32IN(s, dy), F32IN(s, yf)}, s, y, NULL, NULL);
     for (int64_t r = 0; r < R; r++) {
       double acc = 0;
-      for (int64_t c = 0; c < C; c++) acc += log_ ? dy[r * C + c] : (double)dy[r * C + c] * yf[r * C + c];
+      for (int64_t c = 0; c < C; c++)
+        acc += log_ ? dy[r * C + c] : (double)dy[r * C + c] * yf[r * C + c];
       for (int64_t c = 0; c < C; c++) {
         int64_t i = r * C + c;
         yr[i] = log_ ? dy[i] - exp(yf[i]) * acc : yf[i] * (dy[i] - acc);
@@ -436,15 +468,18 @@ static void t_softmax(void) {
 static void check_cross_entropy(int64_t N, int64_t C, float spread) {
   float *x = rnd(N * C, 61 + (uint64_t)N, -spread, spread);
   int32_t *labels = malloc((size_t)N * sizeof *labels);
-  for (int64_t i = 0; i < N; i++) labels[i] = (int32_t)((i * 7 + 3) % (C + 2)) - 1;   /* some -1 and C */
+  for (int64_t i = 0; i < N; i++)
+    labels[i] = (int32_t)((i * 7 + 3) % (C + 2)) - 1; /* some -1 and C */
   float loss, dloss = 2.5f;
   tin in[] = {F32IN(SHP(N, C), x), {KILN_I32, SHP(N), labels}};
   run_ok(KILN_OP_CROSS_ENTROPY, 2, in, SCALAR, &loss, NULL, NULL);
-  double total = 0, *sm = malloc((size_t)(N * C) * sizeof *sm), *ref = malloc((size_t)(N * C) * sizeof *ref);
+  double total = 0, *sm = malloc((size_t)(N * C) * sizeof *sm),
+         *ref = malloc((size_t)(N * C) * sizeof *ref);
   for (int64_t r = 0; r < N; r++) {
     ref_softmax_row(x + r * C, C, sm + r * C, 0);
     int32_t l = labels[r];
-    for (int64_t c = 0; c < C; c++) ref[r * C + c] = (l < 0 || l >= C) ? 0 : dloss * (sm[r * C + c] - (c == l)) / (double)N;
+    for (int64_t c = 0; c < C; c++)
+      ref[r * C + c] = (l < 0 || l >= C) ? 0 : dloss * (sm[r * C + c] - (c == l)) / (double)N;
     if (l >= 0 && l < C) {
       double lsm[4096];
       ref_softmax_row(x + r * C, C, lsm, 1);
@@ -461,15 +496,17 @@ static void check_cross_entropy(int64_t N, int64_t C, float spread) {
   check_close("cross_entropy_backward", dx, ref, NULL, N * C, 2e-5, 2e-6);
   for (int64_t r = 0; r < N; r++)
     if (labels[r] < 0 || labels[r] >= C)
-      for (int64_t c = 0; c < C; c++) cr_assert_eq(dx[r * C + c], 0.0f, "row %lld with label %d must have zero gradient", (long long)r, labels[r]);
+      for (int64_t c = 0; c < C; c++)
+        cr_assert_eq(dx[r * C + c], 0.0f, "row %lld with label %d must have zero gradient",
+                     (long long)r, labels[r]);
   free(x), free(labels), free(sm), free(ref), free(dx);
 }
 
 static void t_cross_entropy(void) {
   check_cross_entropy(5, 7, 3);
   check_cross_entropy(1, 1, 3);
-  check_cross_entropy(600, 3, 3);      /* several loss blocks */
-  check_cross_entropy(37, 10, 300);    /* logits far apart: stability */
+  check_cross_entropy(600, 3, 3);   /* several loss blocks */
+  check_cross_entropy(37, 10, 300); /* logits far apart: stability */
   check_cross_entropy(16, 1000, 5);
 }
 
@@ -505,7 +542,9 @@ static void t_layout(void) {
     for (p[1] = 0; p[1] < 4; p[1]++)
       for (p[2] = 0; p[2] < 4; p[2]++)
         for (p[3] = 0; p[3] < 4; p[3]++) {
-          if (p[0] == p[1] || p[0] == p[2] || p[0] == p[3] || p[1] == p[2] || p[1] == p[3] || p[2] == p[3]) continue;
+          if (p[0] == p[1] || p[0] == p[2] || p[0] == p[3] || p[1] == p[2] || p[1] == p[3] ||
+              p[2] == p[3])
+            continue;
           check_transpose(SHP(2, 3, 1, 5), p);
           check_transpose(SHP(3, 35, 2, 33), p);
         }
@@ -535,7 +574,8 @@ static void check_sgd(float lr, float mom, float wd, float damp, int nesterov) {
   int p = ph_tensor(&g, KILN_F32, 1, (int64_t[]){OPT_N});
   int gr = ph_tensor(&g, KILN_F32, 1, (int64_t[]){OPT_N});
   int v = ph_tensor(&g, KILN_F32, 1, (int64_t[]){OPT_N});
-  ph_node(&g, KILN_OP_SGD, mom != 0 ? 3 : 2, (int[]){p, gr, v}, p, (int64_t[8]){nesterov}, (float[8]){lr, mom, wd, damp});
+  ph_node(&g, KILN_OP_SGD, mom != 0 ? 3 : 2, (int[]){p, gr, v}, p, (int64_t[8]){nesterov},
+          (float[8]){lr, mom, wd, damp});
   cr_assert_eq(ph_compile(&g), KILN_OK, "%s", ph_error());
   float *pf = rnd(OPT_N, 91, -1, 1), *vf = malloc(OPT_N * sizeof *vf);
   double rp[OPT_N], rv[OPT_N] = {0};
@@ -563,7 +603,8 @@ static void check_sgd(float lr, float mom, float wd, float damp, int nesterov) {
   ph_graph_free(&g);
 }
 
-static void check_adam(float lr, float b1, float b2, float eps, float wd, int decoupled, int lr_tensor) {
+static void check_adam(float lr, float b1, float b2, float eps, float wd, int decoupled,
+                       int lr_tensor) {
   ph_graph g;
   ph_graph_init(&g, &P);
   int64_t n[1] = {OPT_N};
@@ -573,9 +614,11 @@ static void check_adam(float lr, float b1, float b2, float eps, float wd, int de
   /* the step counter is incremented in the graph, before the update */
   ph_node(&g, KILN_OP_INCREMENT, 1, (int[]){t}, t, NULL, (float[8]){1.0f});
   float fp[8] = {lr_tensor ? 123.0f : lr, b1, b2, eps, wd};
-  ph_node(&g, KILN_OP_ADAM, lr_tensor ? 6 : 5, (int[]){p, gr, m, v, t, lrt}, p, (int64_t[8]){decoupled}, fp);
+  ph_node(&g, KILN_OP_ADAM, lr_tensor ? 6 : 5, (int[]){p, gr, m, v, t, lrt}, p,
+          (int64_t[8]){decoupled}, fp);
   cr_assert_eq(ph_compile(&g), KILN_OK, "%s", ph_error());
-  float *pf = rnd(OPT_N, 92, -1, 1), *mf = malloc(OPT_N * sizeof *mf), *vf = malloc(OPT_N * sizeof *vf);
+  float *pf = rnd(OPT_N, 92, -1, 1), *mf = malloc(OPT_N * sizeof *mf),
+        *vf = malloc(OPT_N * sizeof *vf);
   double rp[OPT_N], rm[OPT_N] = {0}, rv[OPT_N] = {0};
   for (int i = 0; i < OPT_N; i++) rp[i] = pf[i];
   cr_assert_eq(ph_write(&g, p, pf), KILN_OK);
@@ -616,9 +659,9 @@ static void t_optim(void) {
   check_sgd(0.05f, 0.9f, 0.0f, 0, 1);
   check_sgd(0.05f, 0.8f, 0.001f, 0.1f, 0);
   check_adam(1e-2f, 0.9f, 0.999f, 1e-8f, 0, 0, 0);
-  check_adam(1e-2f, 0.9f, 0.999f, 1e-8f, 0.1f, 0, 0);   /* Adam, L2 */
-  check_adam(1e-2f, 0.9f, 0.99f, 1e-6f, 0.1f, 1, 0);    /* AdamW */
-  check_adam(3e-3f, 0.8f, 0.9f, 1e-8f, 0.01f, 1, 1);    /* lr from a tensor */
+  check_adam(1e-2f, 0.9f, 0.999f, 1e-8f, 0.1f, 0, 0); /* Adam, L2 */
+  check_adam(1e-2f, 0.9f, 0.99f, 1e-6f, 0.1f, 1, 0);  /* AdamW */
+  check_adam(3e-3f, 0.8f, 0.9f, 1e-8f, 0.01f, 1, 1);  /* lr from a tensor */
 }
 
 /* ---- graphs: aliasing and chains ---------------------------------------- */
@@ -642,7 +685,7 @@ static void t_graphs(void) {
   ph_node(&g, KILN_OP_SUM, 1, (int[]){y}, z, (int64_t[8]){2, 0}, NULL);
   cr_assert_eq(ph_compile(&g), KILN_OK, "%s", ph_error());
   float *xf = rnd(4 * K, 5, -1, 1), *wf = rnd(K * 8, 6, -1, 1), zf[4];
-  for (int rep = 0; rep < 2; rep++) {   /* runs repeat: rewrite x each time */
+  for (int rep = 0; rep < 2; rep++) { /* runs repeat: rewrite x each time */
     cr_assert_eq(ph_write(&g, x, xf), KILN_OK);
     cr_assert_eq(ph_write(&g, w, wf), KILN_OK);
     cr_assert_eq(ph_run(&g), KILN_OK);
@@ -652,7 +695,9 @@ static void t_graphs(void) {
       ref[i] = scale[i] = 0;
       for (int j = 0; j < 8; j++) {
         double s = 0, sa = 0;
-        for (int k = 0; k < K; k++) s += (double)xf[i * K + k] * wf[k * 8 + j], sa += fabs((double)xf[i * K + k] * wf[k * 8 + j]);
+        for (int k = 0; k < K; k++)
+          s += (double)xf[i * K + k] * wf[k * 8 + j],
+              sa += fabs((double)xf[i * K + k] * wf[k * 8 + j]);
         ref[i] += s > 0 ? s : 0;
         scale[i] += sa;
       }
@@ -693,19 +738,27 @@ static void t_validation(void) {
   float buf[64] = {0};
   int32_t ibuf[8] = {0};
   float out[64];
-  EXPECT(run_node(KILN_OP_MATMUL, 2, (tin[]){F32IN(SHP(2, 3), buf), F32IN(SHP(4, 5), buf)}, SHP(2, 5), out, NULL, NULL),
-         KILN_SHAPE_MISMATCH, "cpu: node 0 (matmul)", "a [2, 3] and b [4, 5]", "inner dimensions 3 and 4 differ");
-  EXPECT(run_node(KILN_OP_MATMUL, 2, (tin[]){F32IN(SHP(2, 3), buf), F32IN(SHP(3, 5), buf)}, SHP(2, 4), out, NULL, NULL),
+  EXPECT(run_node(KILN_OP_MATMUL, 2, (tin[]){F32IN(SHP(2, 3), buf), F32IN(SHP(4, 5), buf)},
+                  SHP(2, 5), out, NULL, NULL),
+         KILN_SHAPE_MISMATCH, "cpu: node 0 (matmul)", "a [2, 3] and b [4, 5]",
+         "inner dimensions 3 and 4 differ");
+  EXPECT(run_node(KILN_OP_MATMUL, 2, (tin[]){F32IN(SHP(2, 3), buf), F32IN(SHP(3, 5), buf)},
+                  SHP(2, 4), out, NULL, NULL),
          KILN_SHAPE_MISMATCH, "(matmul)", "gives [2, 5]", "output is [2, 4]");
-  EXPECT(run_node(KILN_OP_MATMUL, 2, (tin[]){F32IN(SHP(3), buf), F32IN(SHP(3, 5), buf)}, SHP(5), out, NULL, NULL),
+  EXPECT(run_node(KILN_OP_MATMUL, 2, (tin[]){F32IN(SHP(3), buf), F32IN(SHP(3, 5), buf)}, SHP(5),
+                  out, NULL, NULL),
          KILN_SHAPE_MISMATCH, "(matmul)", "rank >= 2");
-  EXPECT(run_node(KILN_OP_MATMUL, 2, (tin[]){F32IN(SHP(2, 3), buf), F32IN(SHP(3, 5), buf)}, SHP(2, 5), out, (int64_t[8]){2}, NULL),
+  EXPECT(run_node(KILN_OP_MATMUL, 2, (tin[]){F32IN(SHP(2, 3), buf), F32IN(SHP(3, 5), buf)},
+                  SHP(2, 5), out, (int64_t[8]){2}, NULL),
          KILN_INVALID_ARGUMENT, "(matmul)", "transpose flags");
-  EXPECT(run_node(KILN_OP_MATMUL, 2, (tin[]){F32IN(SHP(2, 2, 3), buf), F32IN(SHP(3, 3, 5), buf)}, SHP(3, 2, 5), out, NULL, NULL),
+  EXPECT(run_node(KILN_OP_MATMUL, 2, (tin[]){F32IN(SHP(2, 2, 3), buf), F32IN(SHP(3, 3, 5), buf)},
+                  SHP(3, 2, 5), out, NULL, NULL),
          KILN_SHAPE_MISMATCH, "(matmul)", "batch dimensions");
-  EXPECT(run_node(KILN_OP_ADD, 2, (tin[]){F32IN(SHP(2, 3), buf), F32IN(SHP(4), buf)}, SHP(2, 3), out, NULL, NULL),
+  EXPECT(run_node(KILN_OP_ADD, 2, (tin[]){F32IN(SHP(2, 3), buf), F32IN(SHP(4), buf)}, SHP(2, 3),
+                  out, NULL, NULL),
          KILN_SHAPE_MISMATCH, "cpu: node 0 (add)", "a [2, 3] and b [4] do not broadcast");
-  EXPECT(run_node(KILN_OP_SUB, 2, (tin[]){F32IN(SHP(2, 3), buf), F32IN(SHP(3), buf)}, SHP(3, 2), out, NULL, NULL),
+  EXPECT(run_node(KILN_OP_SUB, 2, (tin[]){F32IN(SHP(2, 3), buf), F32IN(SHP(3), buf)}, SHP(3, 2),
+                  out, NULL, NULL),
          KILN_SHAPE_MISMATCH, "(sub)", "broadcast to [2, 3]", "output is [3, 2]");
   EXPECT(run_node(KILN_OP_ADD, 1, (tin[]){F32IN(SHP(2), buf)}, SHP(2), out, NULL, NULL),
          KILN_INVALID_ARGUMENT, "(add)", "expects 2 inputs, got 1");
@@ -715,23 +768,34 @@ static void t_validation(void) {
          KILN_DTYPE_MISMATCH, "(relu)", "f16");
   EXPECT(run_node(KILN_OP_TANH, 1, (tin[]){F32IN(SHP(2, 3), buf)}, SHP(3, 2), out, NULL, NULL),
          KILN_SHAPE_MISMATCH, "(tanh)", "[3, 2]", "[2, 3]");
-  EXPECT(run_node(KILN_OP_TANH_BACKWARD, 2, (tin[]){F32IN(SHP(2, 3), buf), F32IN(SHP(3), buf)}, SHP(2, 3), out, NULL, NULL),
+  EXPECT(run_node(KILN_OP_TANH_BACKWARD, 2, (tin[]){F32IN(SHP(2, 3), buf), F32IN(SHP(3), buf)},
+                  SHP(2, 3), out, NULL, NULL),
          KILN_SHAPE_MISMATCH, "(tanh_backward)", "same shape");
-  EXPECT(run_node(KILN_OP_CROSS_ENTROPY, 2, (tin[]){F32IN(SHP(2, 3), buf), F32IN(SHP(2), buf)}, SCALAR, out, NULL, NULL),
+  EXPECT(run_node(KILN_OP_CROSS_ENTROPY, 2, (tin[]){F32IN(SHP(2, 3), buf), F32IN(SHP(2), buf)},
+                  SCALAR, out, NULL, NULL),
          KILN_DTYPE_MISMATCH, "(cross_entropy)", "input 1", "expected i32");
-  EXPECT(run_node(KILN_OP_CROSS_ENTROPY, 2, (tin[]){F32IN(SHP(2, 3), buf), {KILN_I32, SHP(3), ibuf}}, SCALAR, out, NULL, NULL),
-         KILN_SHAPE_MISMATCH, "(cross_entropy)", "labels [3]", "logits [2, 3]");
-  EXPECT(run_node(KILN_OP_CROSS_ENTROPY, 2, (tin[]){F32IN(SHP(2, 3), buf), {KILN_I32, SHP(2), ibuf}}, SHP(1), out, NULL, NULL),
-         KILN_SHAPE_MISMATCH, "(cross_entropy)", "scalar");
-  EXPECT(run_node(KILN_OP_CROSS_ENTROPY_BACKWARD, 3, (tin[]){F32IN(SHP(1), buf), F32IN(SHP(2, 3), buf), {KILN_I32, SHP(2), ibuf}}, SHP(2, 3), out, NULL, NULL),
+  EXPECT(
+      run_node(KILN_OP_CROSS_ENTROPY, 2, (tin[]){F32IN(SHP(2, 3), buf), {KILN_I32, SHP(3), ibuf}},
+               SCALAR, out, NULL, NULL),
+      KILN_SHAPE_MISMATCH, "(cross_entropy)", "labels [3]", "logits [2, 3]");
+  EXPECT(
+      run_node(KILN_OP_CROSS_ENTROPY, 2, (tin[]){F32IN(SHP(2, 3), buf), {KILN_I32, SHP(2), ibuf}},
+               SHP(1), out, NULL, NULL),
+      KILN_SHAPE_MISMATCH, "(cross_entropy)", "scalar");
+  EXPECT(run_node(KILN_OP_CROSS_ENTROPY_BACKWARD, 3,
+                  (tin[]){F32IN(SHP(1), buf), F32IN(SHP(2, 3), buf), {KILN_I32, SHP(2), ibuf}},
+                  SHP(2, 3), out, NULL, NULL),
          KILN_SHAPE_MISMATCH, "(cross_entropy_backward)", "dloss [1]");
   EXPECT(run_node(KILN_OP_SOFTMAX, 1, (tin[]){F32IN(SHP(2, 3), buf)}, SHP(6), out, NULL, NULL),
          KILN_SHAPE_MISMATCH, "(softmax)");
-  EXPECT(run_node(KILN_OP_SUM, 1, (tin[]){F32IN(SHP(2, 3), buf)}, SHP(2), out, (int64_t[8]){4, 0}, NULL),
+  EXPECT(run_node(KILN_OP_SUM, 1, (tin[]){F32IN(SHP(2, 3), buf)}, SHP(2), out, (int64_t[8]){4, 0},
+                  NULL),
          KILN_INVALID_ARGUMENT, "(sum)", "axis mask", "outside x [2, 3]");
-  EXPECT(run_node(KILN_OP_MEAN, 1, (tin[]){F32IN(SHP(2, 3), buf)}, SHP(3), out, (int64_t[8]){2, 0}, NULL),
+  EXPECT(run_node(KILN_OP_MEAN, 1, (tin[]){F32IN(SHP(2, 3), buf)}, SHP(3), out, (int64_t[8]){2, 0},
+                  NULL),
          KILN_SHAPE_MISMATCH, "(mean)", "gives [2]", "output is [3]");
-  EXPECT(run_node(KILN_OP_MEAN, 1, (tin[]){F32IN(SHP(2, 3), buf)}, SHP(2), out, (int64_t[8]){2, 2}, NULL),
+  EXPECT(run_node(KILN_OP_MEAN, 1, (tin[]){F32IN(SHP(2, 3), buf)}, SHP(2), out, (int64_t[8]){2, 2},
+                  NULL),
          KILN_INVALID_ARGUMENT, "(mean)", "keepdim");
   EXPECT(run_node(KILN_OP_EXPAND, 1, (tin[]){F32IN(SHP(2, 3), buf)}, SHP(3, 3), out, NULL, NULL),
          KILN_SHAPE_MISMATCH, "(expand)", "x [2, 3]", "[3, 3]");
@@ -739,20 +803,27 @@ static void t_validation(void) {
          KILN_SHAPE_MISMATCH, "(expand)");
   EXPECT(run_node(KILN_OP_RESHAPE, 1, (tin[]){F32IN(SHP(2, 3), buf)}, SHP(5), out, NULL, NULL),
          KILN_SHAPE_MISMATCH, "(reshape)", "6 elements", "has 5");
-  EXPECT(run_node(KILN_OP_TRANSPOSE, 1, (tin[]){F32IN(SHP(2, 3), buf)}, SHP(3, 2), out, (int64_t[8]){1, 1}, NULL),
+  EXPECT(run_node(KILN_OP_TRANSPOSE, 1, (tin[]){F32IN(SHP(2, 3), buf)}, SHP(3, 2), out,
+                  (int64_t[8]){1, 1}, NULL),
          KILN_INVALID_ARGUMENT, "(transpose)", "permutation", "repeated");
-  EXPECT(run_node(KILN_OP_TRANSPOSE, 1, (tin[]){F32IN(SHP(2, 3), buf)}, SHP(3, 2), out, (int64_t[8]){0, 2}, NULL),
+  EXPECT(run_node(KILN_OP_TRANSPOSE, 1, (tin[]){F32IN(SHP(2, 3), buf)}, SHP(3, 2), out,
+                  (int64_t[8]){0, 2}, NULL),
          KILN_INVALID_ARGUMENT, "(transpose)", "out of range");
-  EXPECT(run_node(KILN_OP_TRANSPOSE, 1, (tin[]){F32IN(SHP(2, 3), buf)}, SHP(2, 3), out, (int64_t[8]){1, 0}, NULL),
+  EXPECT(run_node(KILN_OP_TRANSPOSE, 1, (tin[]){F32IN(SHP(2, 3), buf)}, SHP(2, 3), out,
+                  (int64_t[8]){1, 0}, NULL),
          KILN_SHAPE_MISMATCH, "(transpose)", "output axis 0");
-  EXPECT(run_node(KILN_OP_SCALE, 1, (tin[]){F32IN(SHP(2), buf)}, SHP(2), out, NULL, (float[8]){NAN}),
-         KILN_INVALID_ARGUMENT, "(scale)", "finite");
-  EXPECT(run_node(KILN_OP_INCREMENT, 1, (tin[]){F32IN(SHP(2), buf)}, SHP(2), out, NULL, (float[8]){1}),
-         KILN_INVALID_ARGUMENT, "(increment)", "in-place");
+  EXPECT(
+      run_node(KILN_OP_SCALE, 1, (tin[]){F32IN(SHP(2), buf)}, SHP(2), out, NULL, (float[8]){NAN}),
+      KILN_INVALID_ARGUMENT, "(scale)", "finite");
+  EXPECT(
+      run_node(KILN_OP_INCREMENT, 1, (tin[]){F32IN(SHP(2), buf)}, SHP(2), out, NULL, (float[8]){1}),
+      KILN_INVALID_ARGUMENT, "(increment)", "in-place");
   EXPECT(run_node(99, 1, (tin[]){F32IN(SHP(2), buf)}, SHP(2), out, NULL, NULL), KILN_UNSUPPORTED,
          "cpu: node 0", "unknown op 99");
-  EXPECT(run_node(5, 1, (tin[]){F32IN(SHP(2), buf)}, SHP(2), out, NULL, NULL), KILN_UNSUPPORTED, "unknown op 5");
-  EXPECT(run_node(0xffffffffu, 0, NULL, SHP(2), out, NULL, NULL), KILN_UNSUPPORTED, "unknown op 4294967295");
+  EXPECT(run_node(5, 1, (tin[]){F32IN(SHP(2), buf)}, SHP(2), out, NULL, NULL), KILN_UNSUPPORTED,
+         "unknown op 5");
+  EXPECT(run_node(0xffffffffu, 0, NULL, SHP(2), out, NULL, NULL), KILN_UNSUPPORTED,
+         "unknown op 4294967295");
   cr_assert_eq(P.api->op_support(0, KILN_OP_ADD, KILN_F32), 1);
   cr_assert_eq(P.api->op_support(0, KILN_OP_CROSS_ENTROPY, KILN_F32), 1);
   cr_assert_eq(P.api->op_support(0, KILN_OP_INCREMENT, KILN_F32), 1);
@@ -775,7 +846,10 @@ static void t_validation_optim(void) {
   g.nodes[node].n_inputs = 3;
   g.nodes[node].inputs[2] = (uint32_t)v;
   EXPECT(ph_compile(&g), KILN_SHAPE_MISMATCH, "(sgd)", "velocity [5]", "param's shape [4]");
-  g.nodes[node] = (kiln_plugin_node){.op = KILN_OP_ADAM, .n_inputs = 5, .inputs = {p, gr, m, (uint32_t)m, t}, .output = p,
+  g.nodes[node] = (kiln_plugin_node){.op = KILN_OP_ADAM,
+                                     .n_inputs = 5,
+                                     .inputs = {p, gr, m, (uint32_t)m, t},
+                                     .output = p,
                                      .fp = {0.1f, 1.0f, 0.999f, 1e-8f}};
   EXPECT(ph_compile(&g), KILN_INVALID_ARGUMENT, "(adam)", "beta1", "[0, 1)");
   g.nodes[node].fp[1] = 0.9f;
@@ -798,9 +872,10 @@ static void t_validation_tensors(void) {
   ph_node(&g, KILN_OP_RELU, 1, (int[]){x}, y, NULL, NULL);
   int n1 = ph_node(&g, KILN_OP_NEG, 1, (int[]){y}, x, NULL, NULL);
   cr_assert_eq(ph_compile(&g), KILN_OK, "%s", ph_error());
-  g.tensors[x].offset = 36;   /* [36, 68) exceeds the 64-byte buffer */
-  EXPECT(ph_compile(&g), KILN_INVALID_ARGUMENT, "cpu: node 0 (relu)", "outside buffer 0 of 64 bytes");
-  g.tensors[x].offset = UINT64_MAX - 8;   /* overflow must not wrap */
+  g.tensors[x].offset = 36; /* [36, 68) exceeds the 64-byte buffer */
+  EXPECT(ph_compile(&g), KILN_INVALID_ARGUMENT, "cpu: node 0 (relu)",
+         "outside buffer 0 of 64 bytes");
+  g.tensors[x].offset = UINT64_MAX - 8; /* overflow must not wrap */
   EXPECT(ph_compile(&g), KILN_INVALID_ARGUMENT, "(relu)", "outside buffer");
   g.tensors[x].offset = 2;
   EXPECT(ph_compile(&g), KILN_INVALID_ARGUMENT, "(relu)", "not a multiple");
@@ -825,7 +900,8 @@ static void t_validation_tensors(void) {
   /* buffer calls refuse out-of-range bytes */
   char tmp[128];
   kiln_plugin_buffer *b = g.buffers[buf];
-  EXPECT(P.api->buffer_read(P.dev, b, 60, tmp, 8), KILN_INVALID_ARGUMENT, "buffer_read", "64 bytes");
+  EXPECT(P.api->buffer_read(P.dev, b, 60, tmp, 8), KILN_INVALID_ARGUMENT, "buffer_read",
+         "64 bytes");
   EXPECT(P.api->buffer_write(P.dev, b, UINT64_MAX, tmp, 2), KILN_INVALID_ARGUMENT, "buffer_write");
   EXPECT(P.api->buffer_copy(P.dev, b, 0, b, 40, 32), KILN_INVALID_ARGUMENT, "buffer_copy");
   cr_assert_eq(P.api->buffer_copy(P.dev, b, 0, b, 32, 32), KILN_OK);
@@ -842,7 +918,7 @@ static void t_buffers(void) {
   for (int i = 0; i < 1000; i++) cr_assert_eq(bytes[i], 0, "buffers are zero-filled");
   for (int i = 0; i < 1000; i++) bytes[i] = (unsigned char)i;
   cr_assert_eq(P.api->buffer_write(P.dev, b, 0, bytes, 1000), KILN_OK);
-  cr_assert_eq(P.api->buffer_copy(P.dev, b, 1, b, 0, 999), KILN_OK);   /* overlapping */
+  cr_assert_eq(P.api->buffer_copy(P.dev, b, 1, b, 0, 999), KILN_OK); /* overlapping */
   unsigned char back[1000];
   cr_assert_eq(P.api->buffer_read(P.dev, b, 0, back, 1000), KILN_OK);
   cr_assert_eq(back[0], 0);
@@ -889,7 +965,8 @@ static float *determinism_run(const char *threads, int64_t *count) {
   const int64_t M = 257, K = 300, N = 129;
   ph_graph g;
   ph_graph_init(&g, &P);
-  int a = ph_tensor(&g, KILN_F32, 2, (int64_t[]){M, K}), b = ph_tensor(&g, KILN_F32, 2, (int64_t[]){K, N});
+  int a = ph_tensor(&g, KILN_F32, 2, (int64_t[]){M, K}),
+      b = ph_tensor(&g, KILN_F32, 2, (int64_t[]){K, N});
   int c = ph_tensor(&g, KILN_F32, 2, (int64_t[]){M, N});
   int s = ph_tensor(&g, KILN_F32, 1, (int64_t[]){N});
   int sm = ph_tensor(&g, KILN_F32, 2, (int64_t[]){M, N});
@@ -922,7 +999,8 @@ static float *determinism_run(const char *threads, int64_t *count) {
 
 Test(determinism, same_bits_for_1_2_and_3_threads) {
   int64_t n1, n2, n3;
-  float *r1 = determinism_run("1", &n1), *r2 = determinism_run("2", &n2), *r3 = determinism_run("3", &n3);
+  float *r1 = determinism_run("1", &n1), *r2 = determinism_run("2", &n2),
+        *r3 = determinism_run("3", &n3);
   cr_assert_eq(n1, n2);
   cr_assert(memcmp(r1, r2, (size_t)n1 * sizeof *r1) == 0, "1 and 2 threads differ");
   cr_assert(memcmp(r1, r3, (size_t)n1 * sizeof *r1) == 0, "1 and 3 threads differ");
@@ -931,22 +1009,23 @@ Test(determinism, same_bits_for_1_2_and_3_threads) {
 
 /* ---- suites: the same checks with 2 threads and with 1 ------------------- */
 
-#define OP_TEST(suite, name, fn, opener) Test(suite, name, .init = opener, .fini = close_plugin) { fn(); }
-#define OP_TESTS(suite, opener)                                        \
-  OP_TEST(suite, binary_broadcast, t_binary, opener)                   \
-  OP_TEST(suite, unary_and_helpers, t_unary, opener)                   \
-  OP_TEST(suite, fill, t_fill, opener)                                 \
-  OP_TEST(suite, matmul, t_matmul, opener)                             \
-  OP_TEST(suite, sum_mean, t_reduce, opener)                           \
-  OP_TEST(suite, expand, t_expand, opener)                             \
-  OP_TEST(suite, softmax_family, t_softmax, opener)                    \
-  OP_TEST(suite, cross_entropy, t_cross_entropy, opener)               \
-  OP_TEST(suite, transpose_reshape, t_layout, opener)                  \
-  OP_TEST(suite, optimizers, t_optim, opener)                          \
-  OP_TEST(suite, graph_aliasing, t_graphs, opener)                     \
-  OP_TEST(suite, validation_ops, t_validation, opener)                 \
-  OP_TEST(suite, validation_optimizers, t_validation_optim, opener)    \
-  OP_TEST(suite, validation_tensors, t_validation_tensors, opener)     \
+#define OP_TEST(suite, name, fn, opener) \
+  Test(suite, name, .init = opener, .fini = close_plugin) { fn(); }
+#define OP_TESTS(suite, opener)                                     \
+  OP_TEST(suite, binary_broadcast, t_binary, opener)                \
+  OP_TEST(suite, unary_and_helpers, t_unary, opener)                \
+  OP_TEST(suite, fill, t_fill, opener)                              \
+  OP_TEST(suite, matmul, t_matmul, opener)                          \
+  OP_TEST(suite, sum_mean, t_reduce, opener)                        \
+  OP_TEST(suite, expand, t_expand, opener)                          \
+  OP_TEST(suite, softmax_family, t_softmax, opener)                 \
+  OP_TEST(suite, cross_entropy, t_cross_entropy, opener)            \
+  OP_TEST(suite, transpose_reshape, t_layout, opener)               \
+  OP_TEST(suite, optimizers, t_optim, opener)                       \
+  OP_TEST(suite, graph_aliasing, t_graphs, opener)                  \
+  OP_TEST(suite, validation_ops, t_validation, opener)              \
+  OP_TEST(suite, validation_optimizers, t_validation_optim, opener) \
+  OP_TEST(suite, validation_tensors, t_validation_tensors, opener)  \
   OP_TEST(suite, buffers, t_buffers, opener)
 
 OP_TESTS(ops, open2)

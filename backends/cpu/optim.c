@@ -43,8 +43,8 @@ kiln_status kcpu_optim_validate(int index, const kcpu_node *n) {
     for (int i = 0; i < 4; i++)
       if ((st = check_finite(index, n, fp_names[i], i)) != KILN_OK) return st;
     if (n->ip[0] != 0 && n->ip[0] != 1)
-      return kcpu_node_error(index, n, KILN_INVALID_ARGUMENT, "nesterov ip[0] must be 0 or 1, got %lld",
-                             (long long)n->ip[0]);
+      return kcpu_node_error(index, n, KILN_INVALID_ARGUMENT,
+                             "nesterov ip[0] must be 0 or 1, got %lld", (long long)n->ip[0]);
     if (n->fp[1] != 0.0f && n->n_inputs < 3)
       return kcpu_node_error(index, n, KILN_INVALID_ARGUMENT,
                              "momentum fp[1] = %g needs a velocity input (inputs: param, grad, "

@@ -42,41 +42,96 @@ static void pool_geom_init(pool_geom *g, const kcpu_node *n, const int64_t *xs, 
   g->include_pad = n->ip[6] != 0;
 }
 
-/* The window of (oh, ow) clipped to the input: rows [*h0, *h1), cols [*w0, *w1). */
-static void pool_window(const pool_geom *g, int64_t oh, int64_t ow, int64_t *h0, int64_t *h1,
-                        int64_t *w0, int64_t *w1) {
-  int64_t hs = oh * g->sh - g->ph, ws = ow * g->sw - g->pw;
+/* ---- window rows ------------------------------------------------------------
+ * The kernels work one output row at a time, on up to POOL_COLS output
+ * columns held in stack buffers: for each window row ih and column tap kw,
+ * one pass over the columns updates every window at once. Passes run in
+ * row-major window order, so each window still sees its elements in that
+ * order, and the inner loops vectorize. */
+
+#define POOL_COLS 128
+
+/* Rows [*h0, *h1) of the input that output row oh's windows cover. */
+static void pool_rows(const pool_geom *g, int64_t oh, int64_t *h0, int64_t *h1) {
+  int64_t hs = oh * g->sh - g->ph;
   *h0 = hs < 0 ? 0 : hs;
   *h1 = hs + g->KH > g->H ? g->H : hs + g->KH;
-  *w0 = ws < 0 ? 0 : ws;
-  *w1 = ws + g->KW > g->W ? g->W : ws + g->KW;
 }
 
-/* Index within the plane xp [H, W] of the first maximum of window (oh, ow). */
-static int64_t pool_argmax(const pool_geom *g, const float *xp, int64_t oh, int64_t ow) {
-  int64_t h0, h1, w0, w1;
-  pool_window(g, oh, ow, &h0, &h1, &w0, &w1);
-  int64_t best = h0 * g->W + w0;
-  float m = xp[best];
+/* Output columns in [c0, c1) whose tap kw lands inside the input: [*a, *b). */
+static void pool_cols(const pool_geom *g, int64_t kw, int64_t c0, int64_t c1, int64_t *a,
+                      int64_t *b) {
+  int64_t off = kw - g->pw;
+  int64_t lo = off >= 0 ? 0 : (-off + g->sw - 1) / g->sw;
+  int64_t hi = g->W - 1 - off < 0 ? 0 : (g->W - 1 - off) / g->sw + 1;
+  if (lo < c0) lo = c0;
+  if (hi > c1) hi = c1;
+  *a = lo;
+  *b = hi > lo ? hi : lo;
+}
+
+/* In-bounds elements of window column ow: [w0, w1) clipped to the input. */
+static int64_t pool_width(const pool_geom *g, int64_t ow) {
+  int64_t ws = ow * g->sw - g->pw;
+  int64_t w0 = ws < 0 ? 0 : ws, w1 = ws + g->KW > g->W ? g->W : ws + g->KW;
+  return w1 - w0;
+}
+
+/* One max pass: window i = ow - c0 takes xp[base + ow*sw] if it is greater
+ * than its maximum so far, or the first NaN. `sw` is a constant where it is
+ * inlined, so the strided load vectorizes. */
+static inline __attribute__((always_inline)) void
+maxpool_pass(float *restrict m, int32_t *restrict arg, const float *restrict xp, int64_t base,
+             int64_t sw, int64_t c0, int64_t a, int64_t b) {
+  for (int64_t ow = a; ow < b; ow++) {
+    int32_t idx = (int32_t)(base + ow * sw);
+    float v = xp[idx], cur = m[ow - c0];
+    int take = (v > cur) | ((v != v) & (cur == cur));
+    m[ow - c0] = take ? v : cur;
+    arg[ow - c0] = take ? idx : arg[ow - c0];
+  }
+}
+
+/* m[i] and arg[i], i < c1 - c0: the maximum of window (oh, c0 + i) of the
+ * plane xp [H, W] and its index in the plane, the first maximum in
+ * row-major window order (a NaN counts as the maximum). */
+static void maxpool_row(const pool_geom *g, const float *xp, int64_t oh, int64_t c0, int64_t c1,
+                        float *m, int32_t *arg) {
+  int64_t h0, h1;
+  pool_rows(g, oh, &h0, &h1);
+  for (int64_t ow = c0; ow < c1; ow++) {
+    int64_t ws = ow * g->sw - g->pw;
+    arg[ow - c0] = (int32_t)(h0 * g->W + (ws < 0 ? 0 : ws));
+    m[ow - c0] = xp[arg[ow - c0]];
+  }
   for (int64_t ih = h0; ih < h1; ih++) {
-    for (int64_t iw = w0; iw < w1; iw++) {
-      float v = xp[ih * g->W + iw];
-      if (v > m || (v != v && m == m)) {
-        m = v;
-        best = ih * g->W + iw;
-      }
+    for (int64_t kw = 0; kw < g->KW; kw++) {
+      int64_t a, b, base = ih * g->W + kw - g->pw;
+      pool_cols(g, kw, c0, c1, &a, &b);
+      if (g->sw == 1) maxpool_pass(m, arg, xp, base, 1, c0, a, b);
+      else if (g->sw == 2) maxpool_pass(m, arg, xp, base, 2, c0, a, b);
+      else maxpool_pass(m, arg, xp, base, g->sw, c0, a, b);
     }
   }
-  return best;
 }
 
-/* The divisor of window (oh, ow): KH*KW with count_include_pad, else the
- * number of input elements in it. */
-static float pool_divisor(const pool_geom *g, int64_t oh, int64_t ow) {
-  if (g->include_pad) return (float)(g->KH * g->KW);
-  int64_t h0, h1, w0, w1;
-  pool_window(g, oh, ow, &h0, &h1, &w0, &w1);
-  return (float)((h1 - h0) * (w1 - w0));
+/* s[i], i < c1 - c0: the sum of window (oh, c0 + i) of xp in row-major
+ * window order, divided by its divisor (KH*KW with count_include_pad, else
+ * the number of in-bounds elements). */
+static void avgpool_row(const pool_geom *g, const float *xp, int64_t oh, int64_t c0, int64_t c1,
+                        float *s) {
+  int64_t h0, h1;
+  pool_rows(g, oh, &h0, &h1);
+  for (int64_t i = 0; i < c1 - c0; i++) s[i] = 0.0f;
+  for (int64_t ih = h0; ih < h1; ih++) {
+    for (int64_t kw = 0; kw < g->KW; kw++) {
+      int64_t a, b, base = ih * g->W + kw - g->pw;
+      pool_cols(g, kw, c0, c1, &a, &b);
+      for (int64_t ow = a; ow < b; ow++) s[ow - c0] += xp[base + ow * g->sw];
+    }
+  }
+  for (int64_t ow = c0; ow < c1; ow++)
+    s[ow - c0] /= g->include_pad ? (float)(g->KH * g->KW) : (float)((h1 - h0) * pool_width(g, ow));
 }
 
 /* ---- kernels ------------------------------------------------------------- */
@@ -85,25 +140,40 @@ static float pool_divisor(const pool_geom *g, int64_t oh, int64_t ow) {
 static void maxpool_range(void *arg, int64_t begin, int64_t end) {
   const pool_job *j = arg;
   const pool_geom *g = &j->g;
+  float m[POOL_COLS];
+  int32_t idx[POOL_COLS];
   for (int64_t p = begin; p < end; p++) {
     const float *xp = j->a + p * g->H * g->W;
     float *yp = j->out + p * g->OH * g->OW;
-    for (int64_t oh = 0; oh < g->OH; oh++)
-      for (int64_t ow = 0; ow < g->OW; ow++) yp[oh * g->OW + ow] = xp[pool_argmax(g, xp, oh, ow)];
+    for (int64_t oh = 0; oh < g->OH; oh++) {
+      for (int64_t c0 = 0; c0 < g->OW; c0 += POOL_COLS) {
+        int64_t c1 = c0 + POOL_COLS < g->OW ? c0 + POOL_COLS : g->OW;
+        maxpool_row(g, xp, oh, c0, c1, m, idx);
+        memcpy(yp + oh * g->OW + c0, m, (size_t)(c1 - c0) * sizeof(float));
+      }
+    }
   }
 }
 
-/* dx[p] = 0, then dx[p, argmax of window (oh, ow)] += dy[p, oh, ow]. */
+/* dx[p] = 0, then dx[p, argmax of window (oh, ow)] += dy[p, oh, ow] in
+ * (oh, ow) order. */
 static void maxpool_backward_range(void *arg, int64_t begin, int64_t end) {
   const pool_job *j = arg;
   const pool_geom *g = &j->g;
+  float m[POOL_COLS];
+  int32_t idx[POOL_COLS];
   for (int64_t p = begin; p < end; p++) {
     const float *dyp = j->a + p * g->OH * g->OW;
     const float *xp = j->b + p * g->H * g->W;
     float *dxp = j->out + p * g->H * g->W;
     memset(dxp, 0, (size_t)(g->H * g->W) * sizeof(float));
-    for (int64_t oh = 0; oh < g->OH; oh++)
-      for (int64_t ow = 0; ow < g->OW; ow++) dxp[pool_argmax(g, xp, oh, ow)] += dyp[oh * g->OW + ow];
+    for (int64_t oh = 0; oh < g->OH; oh++) {
+      for (int64_t c0 = 0; c0 < g->OW; c0 += POOL_COLS) {
+        int64_t c1 = c0 + POOL_COLS < g->OW ? c0 + POOL_COLS : g->OW;
+        maxpool_row(g, xp, oh, c0, c1, m, idx);
+        for (int64_t ow = c0; ow < c1; ow++) dxp[idx[ow - c0]] += dyp[oh * g->OW + ow];
+      }
+    }
   }
 }
 
@@ -115,33 +185,40 @@ static void avgpool_range(void *arg, int64_t begin, int64_t end) {
     const float *xp = j->a + p * g->H * g->W;
     float *yp = j->out + p * g->OH * g->OW;
     for (int64_t oh = 0; oh < g->OH; oh++) {
-      for (int64_t ow = 0; ow < g->OW; ow++) {
-        int64_t h0, h1, w0, w1;
-        pool_window(g, oh, ow, &h0, &h1, &w0, &w1);
-        float s = 0.0f;
-        for (int64_t ih = h0; ih < h1; ih++)
-          for (int64_t iw = w0; iw < w1; iw++) s += xp[ih * g->W + iw];
-        yp[oh * g->OW + ow] = s / pool_divisor(g, oh, ow);
+      for (int64_t c0 = 0; c0 < g->OW; c0 += POOL_COLS) {
+        int64_t c1 = c0 + POOL_COLS < g->OW ? c0 + POOL_COLS : g->OW;
+        avgpool_row(g, xp, oh, c0, c1, yp + oh * g->OW + c0);
       }
     }
   }
 }
 
-/* dx[p] = 0, then every input element of window (oh, ow) += dy[p, oh, ow] / divisor. */
+/* dx[p] = 0, then every input element of window (oh, ow) += dy[p, oh, ow] /
+ * divisor, window row by window row. */
 static void avgpool_backward_range(void *arg, int64_t begin, int64_t end) {
   const pool_job *j = arg;
   const pool_geom *g = &j->g;
+  float d[POOL_COLS];
   for (int64_t p = begin; p < end; p++) {
     const float *dyp = j->a + p * g->OH * g->OW;
     float *dxp = j->out + p * g->H * g->W;
     memset(dxp, 0, (size_t)(g->H * g->W) * sizeof(float));
     for (int64_t oh = 0; oh < g->OH; oh++) {
-      for (int64_t ow = 0; ow < g->OW; ow++) {
-        int64_t h0, h1, w0, w1;
-        pool_window(g, oh, ow, &h0, &h1, &w0, &w1);
-        float d = dyp[oh * g->OW + ow] / pool_divisor(g, oh, ow);
-        for (int64_t ih = h0; ih < h1; ih++)
-          for (int64_t iw = w0; iw < w1; iw++) dxp[ih * g->W + iw] += d;
+      int64_t h0, h1;
+      pool_rows(g, oh, &h0, &h1);
+      for (int64_t c0 = 0; c0 < g->OW; c0 += POOL_COLS) {
+        int64_t c1 = c0 + POOL_COLS < g->OW ? c0 + POOL_COLS : g->OW;
+        for (int64_t ow = c0; ow < c1; ow++)
+          d[ow - c0] = dyp[oh * g->OW + ow] /
+                       (g->include_pad ? (float)(g->KH * g->KW)
+                                       : (float)((h1 - h0) * pool_width(g, ow)));
+        for (int64_t ih = h0; ih < h1; ih++) {
+          for (int64_t kw = 0; kw < g->KW; kw++) {
+            int64_t a, b, base = ih * g->W + kw - g->pw;
+            pool_cols(g, kw, c0, c1, &a, &b);
+            for (int64_t ow = a; ow < b; ow++) dxp[base + ow * g->sw] += d[ow - c0];
+          }
+        }
       }
     }
   }

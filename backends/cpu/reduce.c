@@ -28,13 +28,13 @@ kiln_status kcpu_reduce_validate(int index, const kcpu_node *n) {
   const kcpu_tensor *x = &n->in[0], *y = &n->out;
   char sx[KCPU_SHAPE_STR], sy[KCPU_SHAPE_STR], sw[KCPU_SHAPE_STR];
   if (n->op == KILN_OP_EXPAND) {
-    int nd;
-    int64_t shape[KILN_MAX_DIMS];
+    /* x broadcasts to y exactly when broadcast(x, y) is y. */
     kcpu_tensor want = {0};
-    if (x->ndim > y->ndim ||
-        kcpu_broadcast_shape(x->ndim, x->shape, y->ndim, y->shape, &nd, shape) != 0 ||
-        (want.ndim = nd, memcpy(want.shape, shape, sizeof(int64_t) * (size_t)nd),
-         !kcpu_same_shape(&want, y)))
+    int ok = x->ndim <= y->ndim &&
+             kcpu_broadcast_shape(x->ndim, x->shape, y->ndim, y->shape, &want.ndim,
+                                  want.shape) == 0 &&
+             kcpu_same_shape(&want, y);
+    if (!ok)
       return kcpu_node_error(index, n, KILN_SHAPE_MISMATCH,
                              "x %s does not broadcast to the output %s (right-aligned, each "
                              "dimension of x must equal the output's or be 1)",
@@ -47,8 +47,8 @@ kiln_status kcpu_reduce_validate(int index, const kcpu_node *n) {
                            "axis mask ip[0] = 0x%llx names axes outside x %s (rank %d)",
                            (unsigned long long)mask, KCPU_SHAPE(sx, x), x->ndim);
   if (keep != 0 && keep != 1)
-    return kcpu_node_error(index, n, KILN_INVALID_ARGUMENT, "keepdim ip[1] must be 0 or 1, got %lld",
-                           (long long)keep);
+    return kcpu_node_error(index, n, KILN_INVALID_ARGUMENT,
+                           "keepdim ip[1] must be 0 or 1, got %lld", (long long)keep);
   kcpu_tensor want = {0};
   for (int d = 0; d < x->ndim; d++) {
     int red = (int)((mask >> d) & 1);

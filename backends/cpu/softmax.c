@@ -172,7 +172,8 @@ static void cross_entropy(kcpu_pool *pool, sm_plan *p) {
   double total = 0.0;
   if (p->partials) {
     int64_t per_block = CE_BLOCK * (p->C > 0 ? p->C : 1);
-    kcpu_parallel_for(pool, nblocks, per_block >= SM_GRAIN ? 1 : SM_GRAIN / per_block, ce_blocks, p);
+    int64_t grain = per_block >= SM_GRAIN ? 1 : SM_GRAIN / per_block;
+    kcpu_parallel_for(pool, nblocks, grain, ce_blocks, p);
     for (int64_t b = 0; b < nblocks; b++) total += p->partials[b];
     free(p->partials);
   } else {

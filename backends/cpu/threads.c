@@ -70,7 +70,8 @@ static void *worker_main(void *p) {
     }
     if (g == seen) {
       pthread_mutex_lock(&pool->mu);
-      while ((g = atomic_load(&pool->generation)) == seen) pthread_cond_wait(&pool->wake, &pool->mu);
+      while ((g = atomic_load(&pool->generation)) == seen)
+        pthread_cond_wait(&pool->wake, &pool->mu);
       pthread_mutex_unlock(&pool->mu);
     }
     seen = g;
