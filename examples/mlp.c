@@ -86,13 +86,13 @@ static void usage(FILE *f, const char *argv0) {
   fprintf(f,
           "usage: %s [--steps N] [--backend NAME]\n"
           "Trains a 2-64-64-3 tanh MLP with Adam on three interleaved spirals.\n"
-          "  --steps N        training steps (full batch of %d points), default 1500\n"
+          "  --steps N        training steps (full batch of %d points), default 1000\n"
           "  --backend NAME   cpu, vulkan or auto (default auto)\n",
           argv0, N);
 }
 
 int main(int argc, char **argv) {
-  int steps = 1500;
+  int steps = 1000;
   const char *backend = "auto";
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
