@@ -1,0 +1,3 @@
+/* A valid plugin named "fake" with one virtual-GPU device. */
+
+#include "fake_plugin.h"
