@@ -559,3 +559,42 @@ Test(compiled, adam_checks_moments_are_state) {
   kiln_tensor_destroy(st);
   kiln_tensor_destroy(mt);
 }
+
+Test(compiled, unsupported_op_dtype_is_refused_before_the_plugin_compiles) {
+  /* the CPU device computes f32 only; an i32 add passes graph validation */
+  kiln_node *a = kiln_input(g, "a", KILN_I32, 1, (int64_t[]){4});
+  kiln_node *s = kiln_add(g, a, a);
+  cr_assert_not_null(s, "%s", kiln_last_error());
+  cr_assert_eq(kiln_graph_output(g, s), KILN_OK);
+  kiln_compiled *c = NULL;
+  cr_assert_eq(kiln_graph_compile(g, dev, &c), KILN_UNSUPPORTED);
+  cr_assert_null(c);
+  cr_assert(strstr(kiln_last_error(), "compile: device 'cpu' does not support add on i32"), "%s",
+            kiln_last_error());
+}
+
+Test(compiled, params_on_shared_storage_and_outputs_of_state) {
+  /* two param nodes on one tensor are one plugin tensor; a state output
+   * reads the updated storage */
+  kiln_tensor *wt = tensor(1, (int64_t[]){2}, (float[]){1.0f, 2.0f}), *st = tensor(0, NULL, NULL);
+  kiln_node *w1 = kiln_param(g, "w", wt), *w2 = kiln_param(g, "w again", wt);
+  kiln_node *y = kiln_add(g, w1, w2);
+  kiln_node *t = kiln_increment(g, kiln_state(g, "t", st), 2.5f);
+  cr_assert_eq(kiln_graph_output(g, y), KILN_OK);
+  cr_assert_eq(kiln_graph_output(g, t), KILN_OK);
+  kiln_compiled *c = compile();
+  kiln_memory_stats m = {.struct_size = sizeof m};
+  cr_assert_eq(kiln_compiled_memory(c, &m), KILN_OK);
+  cr_assert_eq(m.persistent_bytes, 8 + 4, "persistent %llu", (unsigned long long)m.persistent_bytes);
+  for (int run = 1; run <= 2; run++) {
+    cr_assert_eq(kiln_compiled_run(c), KILN_OK, "%s", kiln_last_error());
+    float ys[2], tv;
+    cr_assert_eq(kiln_compiled_get_output(c, y, ys, sizeof ys), KILN_OK);
+    cr_assert_eq(kiln_compiled_get_output(c, t, &tv, sizeof tv), KILN_OK, "%s", kiln_last_error());
+    cr_assert(ys[0] == 2.0f && ys[1] == 4.0f, "y = %g %g", ys[0], ys[1]);
+    cr_assert(tv == 2.5f * run, "t = %g after run %d", tv, run);
+  }
+  kiln_compiled_destroy(c);
+  kiln_tensor_destroy(wt);
+  kiln_tensor_destroy(st);
+}

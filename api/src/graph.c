@@ -240,14 +240,6 @@ static int need_same_shape(infer_ctx *c, int i, int j, const char *ri, const cha
   return 1;
 }
 
-static int need_rank(infer_ctx *c, int i, int rank, const char *role) {
-  if (c->in[i]->ndim != rank) {
-    char a[SHAPE_BUF];
-    return fail(c, KILN_SHAPE_MISMATCH, "%s %s must have rank %d", role, SHP(a, c->in[i]), rank);
-  }
-  return 1;
-}
-
 int kiln__broadcast_shapes(int na, const int64_t *a, int nb, const int64_t *b, int *nout,
                            int64_t *out, int *bad_axis) {
   int n = na > nb ? na : nb;
@@ -803,6 +795,7 @@ kiln_node *kiln_cross_entropy(kiln_graph *g, kiln_node *logits, kiln_node *label
 }
 
 kiln_node *kiln_reshape(kiln_graph *g, kiln_node *x, int ndim, const int64_t *shape) {
+  if (g && !x) return NULL;
   if (g && ndim < 0)
     return kiln__graph_fail(g, KILN_INVALID_ARGUMENT, "reshape: rank %d is negative", ndim);
   return kiln_node_create(g, KILN_OP_RESHAPE, 1, &x, NULL, NULL, KILN_DTYPE_INVALID, ndim, shape);
@@ -845,6 +838,7 @@ kiln_node *kiln_conv2d(kiln_graph *g, kiln_node *x, kiln_node *w, kiln_node *bia
 }
 
 static kiln_node *pool(kiln_graph *g, kiln_op op, kiln_node *x, const kiln_pool2d_params *p) {
+  if (g && !x) return NULL;
   if (!p) {
     if (!g) { kiln__error(KILN_INVALID_ARGUMENT, "%s: graph is NULL", kiln_op_name(op)); return NULL; }
     return kiln__graph_fail(g, KILN_INVALID_ARGUMENT, "%s: params is NULL (the kernel size is required)",

@@ -123,6 +123,7 @@ kiln_status kiln__optim_infer(kiln_op op, int n_in, kiln_node *const *in, const 
 
 kiln_node *kiln_sgd_update(kiln_graph *g, kiln_node *param, kiln_node *grad, kiln_node *velocity,
                            float lr, float momentum, float weight_decay, int nesterov) {
+  if (g && (!param || !grad)) return NULL; /* an earlier error, or no gradient */
   if (g && !velocity && momentum != 0.0f)
     return kiln__graph_fail(g, KILN_INVALID_ARGUMENT,
                             "sgd: momentum %g needs a velocity state (pass a kiln_state of the param's shape)",
