@@ -13,14 +13,21 @@
  *   - the innermost axis is kept: rows of outputs accumulate whole input
  *     rows (unit stride, vectorisable), or
  *   - the innermost axis is reduced: each output sums contiguous runs.
+ * When that leaves few work items and the one reduced axis is long (a bias
+ * gradient over a large batch, a full sum), the axis is cut into fixed
+ * blocks summed in parallel and added in block order (see "blocked").
  */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cpu-impl.h"
 
 #define RED_COLS 512      /* outputs per work item when the last axis is kept */
 #define RED_GRAIN 16384   /* input elements per parallel chunk */
+#define RED_FEW 64        /* fewer work items than this: block the reduced axis */
+#define RED_BLOCK_ROWS 256     /* reduced rows per block (last axis kept) */
+#define RED_BLOCK_RUN 16384    /* reduced elements per block (last axis reduced) */
 
 /* ---- validation ---------------------------------------------------------- */
 
@@ -78,6 +85,8 @@ typedef struct red_plan {
   int64_t count;                /* reduced elements per output */
   int64_t L;                    /* last axis kept: its length; else 0 */
   int64_t ncol;                 /* column chunks per output row (last kept) */
+  int64_t nblk;                 /* blocked: blocks of the one reduced axis */
+  double *part;                 /* blocked: partial sums */
 } red_plan;
 
 /* Input offset of the first element of output `o` over kept axes
@@ -103,6 +112,26 @@ static int odo_next(int nr_outer, const int64_t *shape, const int64_t *stride, i
     idx[d] = 0;
   }
   return 0;
+}
+
+/* Sums of reduced rows [r0, r1) (of the single reduced axis) for columns
+ * [c0, c0 + nc) of output row `row`, into acc (last axis kept, nr == 1). */
+static void block_rows(const red_plan *p, int64_t row, int64_t c0, int64_t nc, int64_t r0,
+                       int64_t r1, double *acc) {
+  const float *base = p->x + kept_offset(p, p->nk - 1, row) + c0;
+  for (int64_t j = 0; j < nc; j++) acc[j] = 0.0;
+  for (int64_t r = r0; r < r1; r++) {
+    const float *src = base + r * p->rstride[0];
+    for (int64_t j = 0; j < nc; j++) acc[j] += (double)src[j];
+  }
+}
+
+/* Sum of run elements [e0, e1) of output o (last axis reduced, nr == 1). */
+static double block_run(const red_plan *p, int64_t o, int64_t e0, int64_t e1) {
+  const float *src = p->x + kept_offset(p, p->nk, o);
+  double s = 0.0;
+  for (int64_t j = e0; j < e1; j++) s += (double)src[j];
+  return s;
 }
 
 /* Last axis kept. Item t: output row t / ncol, columns chunk t % ncol. */
@@ -140,6 +169,102 @@ static void red_scalars(void *arg, int64_t o0, int64_t o1) {
     } while (odo_next(p->nr - 1, p->rshape, p->rstride, idx, &off));
     p->y[o] = (float)(acc * p->scale);
   }
+}
+
+/* ---- blocked: one long reduced axis, few outputs ---------------------------
+ * When the only reduced axis is long, it is cut into fixed blocks (of
+ * RED_BLOCK_ROWS rows or RED_BLOCK_RUN elements); block sums are computed in
+ * parallel into p->part and added in block order. The blocks depend only on
+ * the shape, so the result does not depend on the pool. */
+
+/* Last axis kept. Item t: block t % nblk of columns chunk (t / nblk) %
+ * ncol of output row t / nblk / ncol. */
+static void blk_rows(void *arg, int64_t t0, int64_t t1) {
+  const red_plan *p = arg;
+  double acc[RED_COLS];
+  for (int64_t t = t0; t < t1; t++) {
+    int64_t b = t % p->nblk, rest = t / p->nblk;
+    int64_t row = rest / p->ncol, c0 = (rest % p->ncol) * RED_COLS;
+    int64_t nc = p->L - c0 < RED_COLS ? p->L - c0 : RED_COLS;
+    int64_t r0 = b * RED_BLOCK_ROWS, r1 = r0 + RED_BLOCK_ROWS;
+    block_rows(p, row, c0, nc, r0, r1 < p->rshape[0] ? r1 : p->rshape[0], acc);
+    double *dst = p->part + (row * p->nblk + b) * p->L + c0;
+    for (int64_t j = 0; j < nc; j++) dst[j] = acc[j];
+  }
+}
+
+/* Last axis kept: y[o] = sum over blocks, in order, of the partials. */
+static void blk_rows_combine(void *arg, int64_t o0, int64_t o1) {
+  const red_plan *p = arg;
+  for (int64_t o = o0; o < o1; o++) {
+    int64_t row = o / p->L, c = o % p->L;
+    double s = 0.0;
+    for (int64_t b = 0; b < p->nblk; b++) s += p->part[(row * p->nblk + b) * p->L + c];
+    p->y[o] = (float)(s * p->scale);
+  }
+}
+
+/* Last axis reduced. Item t: block t % nblk of output t / nblk. */
+static void blk_run(void *arg, int64_t t0, int64_t t1) {
+  const red_plan *p = arg;
+  for (int64_t t = t0; t < t1; t++) {
+    int64_t o = t / p->nblk, b = t % p->nblk;
+    int64_t e0 = b * RED_BLOCK_RUN, e1 = e0 + RED_BLOCK_RUN;
+    p->part[t] = block_run(p, o, e0, e1 < p->rshape[0] ? e1 : p->rshape[0]);
+  }
+}
+
+static void blk_run_combine(void *arg, int64_t o0, int64_t o1) {
+  const red_plan *p = arg;
+  for (int64_t o = o0; o < o1; o++) {
+    double s = 0.0;
+    for (int64_t b = 0; b < p->nblk; b++) s += p->part[o * p->nblk + b];
+    p->y[o] = (float)(s * p->scale);
+  }
+}
+
+/* The blocked sums without partial storage (no memory for it): the same
+ * blocks added in the same order, one output at a time. */
+static void blk_serial(red_plan *p, int64_t n_out) {
+  double acc[RED_COLS], tot[RED_COLS];
+  if (p->L) {
+    for (int64_t row = 0; row < n_out / p->L; row++)
+      for (int64_t c0 = 0; c0 < p->L; c0 += RED_COLS) {
+        int64_t nc = p->L - c0 < RED_COLS ? p->L - c0 : RED_COLS;
+        for (int64_t j = 0; j < nc; j++) tot[j] = 0.0;
+        for (int64_t b = 0; b < p->nblk; b++) {
+          int64_t r0 = b * RED_BLOCK_ROWS, r1 = r0 + RED_BLOCK_ROWS;
+          block_rows(p, row, c0, nc, r0, r1 < p->rshape[0] ? r1 : p->rshape[0], acc);
+          for (int64_t j = 0; j < nc; j++) tot[j] += acc[j];
+        }
+        for (int64_t j = 0; j < nc; j++) p->y[row * p->L + c0 + j] = (float)(tot[j] * p->scale);
+      }
+    return;
+  }
+  for (int64_t o = 0; o < n_out; o++) {
+    double s = 0.0;
+    for (int64_t b = 0; b < p->nblk; b++) {
+      int64_t e0 = b * RED_BLOCK_RUN, e1 = e0 + RED_BLOCK_RUN;
+      s += block_run(p, o, e0, e1 < p->rshape[0] ? e1 : p->rshape[0]);
+    }
+    p->y[o] = (float)(s * p->scale);
+  }
+}
+
+/* Runs the blocked reduction of p (nblk set, L set iff last axis kept). */
+static void blocked(kcpu_pool *pool, red_plan *p, int64_t n_out) {
+  size_t n_part = (size_t)(n_out * p->nblk);
+  p->part = malloc(n_part * sizeof *p->part);
+  if (!p->part) {
+    blk_serial(p, n_out);
+    return;
+  }
+  if (p->L)
+    kcpu_parallel_for(pool, n_out / p->L * p->ncol * p->nblk, 1, blk_rows, p);
+  else
+    kcpu_parallel_for(pool, n_out * p->nblk, 1, blk_run, p);
+  kcpu_parallel_for(pool, n_out, RED_GRAIN / 4, p->L ? blk_rows_combine : blk_run_combine, p);
+  free(p->part);
 }
 
 static void sum_mean(kcpu_pool *pool, const kcpu_node *n) {
@@ -190,10 +315,20 @@ static void sum_mean(kcpu_pool *pool, const kcpu_node *n) {
   if (nd > 0 && !red[nd - 1]) {
     p.L = shape[nd - 1];
     p.ncol = (p.L + RED_COLS - 1) / RED_COLS;
+    if (p.nr == 1 && p.rshape[0] > RED_BLOCK_ROWS && Y->numel / p.L * p.ncol < RED_FEW) {
+      p.nblk = (p.rshape[0] + RED_BLOCK_ROWS - 1) / RED_BLOCK_ROWS;
+      blocked(pool, &p, Y->numel);
+      return;
+    }
     int64_t items = (Y->numel / p.L) * p.ncol;
     int64_t per_item = p.count * (p.L < RED_COLS ? p.L : RED_COLS);
     kcpu_parallel_for(pool, items, per_item >= RED_GRAIN ? 1 : RED_GRAIN / per_item, red_rows, &p);
   } else {
+    if (p.nr == 1 && p.rshape[0] > RED_BLOCK_RUN && Y->numel < RED_FEW) {
+      p.nblk = (p.rshape[0] + RED_BLOCK_RUN - 1) / RED_BLOCK_RUN;
+      blocked(pool, &p, Y->numel);
+      return;
+    }
     kcpu_parallel_for(pool, Y->numel, p.count >= RED_GRAIN ? 1 : RED_GRAIN / p.count, red_scalars,
                       &p);
   }
