@@ -664,6 +664,26 @@ static void t_optim(void) {
   check_adam(3e-3f, 0.8f, 0.9f, 1e-8f, 0.01f, 1, 1);  /* lr from a tensor */
 }
 
+/* ---- empty tensors ------------------------------------------------------- */
+
+static void t_empty(void) {
+  float x[4] = {1, 2, 3, 4}, y[16];
+  /* nothing to compute, and nothing may be touched or crash */
+  run_ok(KILN_OP_ADD, 2, (tin[]){F32IN(SHP(0, 3), x), F32IN(SHP(3), x)}, SHP(0, 3), y, NULL, NULL);
+  run_ok(KILN_OP_TRANSPOSE, 1, (tin[]){F32IN(SHP(2, 0), x)}, SHP(0, 2), y, (int64_t[8]){1, 0},
+         NULL);
+  /* an empty inner dimension: the product is all zeros */
+  for (int i = 0; i < 16; i++) y[i] = NAN;
+  run_ok(KILN_OP_MATMUL, 2, (tin[]){F32IN(SHP(2, 0), x), F32IN(SHP(0, 3), x)}, SHP(2, 3), y, NULL,
+         NULL);
+  for (int i = 0; i < 6; i++) cr_assert_eq(y[i], 0.0f, "matmul with K = 0: element %d", i);
+  /* reducing an empty axis: sum 0, mean NaN (0/0) */
+  run_ok(KILN_OP_SUM, 1, (tin[]){F32IN(SHP(0, 2), x)}, SHP(2), y, (int64_t[8]){1, 0}, NULL);
+  cr_assert(y[0] == 0.0f && y[1] == 0.0f, "sum over an empty axis: %g %g", y[0], y[1]);
+  run_ok(KILN_OP_MEAN, 1, (tin[]){F32IN(SHP(0, 2), x)}, SHP(2), y, (int64_t[8]){1, 0}, NULL);
+  cr_assert(isnan(y[0]) && isnan(y[1]), "mean over an empty axis: %g %g", y[0], y[1]);
+}
+
 /* ---- graphs: aliasing and chains ---------------------------------------- */
 
 static void t_graphs(void) {
@@ -1026,7 +1046,8 @@ Test(determinism, same_bits_for_1_2_and_3_threads) {
   OP_TEST(suite, validation_ops, t_validation, opener)              \
   OP_TEST(suite, validation_optimizers, t_validation_optim, opener) \
   OP_TEST(suite, validation_tensors, t_validation_tensors, opener)  \
-  OP_TEST(suite, buffers, t_buffers, opener)
+  OP_TEST(suite, buffers, t_buffers, opener)                        \
+  OP_TEST(suite, empty_tensors, t_empty, opener)
 
 OP_TESTS(ops, open2)
 OP_TESTS(ops1, open1)

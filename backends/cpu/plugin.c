@@ -23,6 +23,7 @@
 
 #define KCPU_NAME "cpu"
 #define KCPU_VERSION "0.1.0"
+#define KCPU_MAX_THREADS 256
 
 const kiln_host_api *kcpu_host;
 
@@ -219,11 +220,20 @@ static void cpuinfo_field(const char *key, char *dst, size_t size) {
 
 static void detect_cpu(void) {
   const char *env = getenv("KILN_NUM_THREADS");
-  long n = env && *env ? strtol(env, NULL, 10) : 0;
-  if (n <= 0) n = sysconf(_SC_NPROCESSORS_ONLN);
-  if (n <= 0) n = 1;
-  if (n > 256) n = 256;
-  kcpu_threads = (int)n;
+  long cores = sysconf(_SC_NPROCESSORS_ONLN), n = 0;
+  if (cores <= 0) cores = 1;
+  if (env && *env) {
+    char *end;
+    n = strtol(env, &end, 10);
+    if (*end != '\0' || n <= 0 || n > KCPU_MAX_THREADS) {
+      if (kcpu_host->log)
+        kcpu_host->log(1, "cpu: KILN_NUM_THREADS=\"%s\" is not a thread count in [1, %d]; "
+                          "using %ld (the online cores)",
+                       env, KCPU_MAX_THREADS, cores);
+      n = 0;
+    }
+  }
+  kcpu_threads = (int)(n > 0 ? n : cores > KCPU_MAX_THREADS ? KCPU_MAX_THREADS : cores);
 
   snprintf(kcpu_model, sizeof kcpu_model, "CPU");
   snprintf(kcpu_vendor, sizeof kcpu_vendor, "unknown");
