@@ -696,6 +696,30 @@ Test(pool, maxpool_ties_go_to_first_maximum) {
   close_plugin();
 }
 
+/* A NaN in a window makes its maximum NaN, and the gradient goes to the
+ * first NaN (as in PyTorch). */
+Test(pool, maxpool_propagates_nan) {
+  open_plugin(1);
+  int64_t ip[8] = {2, 2, 2, 2, 0, 0, 0, 0};
+  tdesc xd = T4(1, 1, 4, 4), yd = T4(1, 1, 2, 2);
+  float x[16], y[4], dx[16], dy[4] = {1, 2, 3, 4};
+  for (int i = 0; i < 16; i++) x[i] = (float)i;
+  x[1] = NAN;  /* window (0, 0): after a larger-than-x[0] value */
+  x[4] = 100;  /* window (0, 0), row 1: larger, but after the NaN */
+  x[15] = NAN; /* window (1, 1): the last element */
+  x[14] = NAN; /* window (1, 1): the first NaN, before x[15] */
+  run_node(KILN_OP_MAXPOOL2D, 1, &xd, (const float *[]){x}, &yd, y, ip);
+  cr_assert(isnan(y[0]) && isnan(y[3]), "windows with a NaN give %g and %g", y[0], y[3]);
+  cr_assert_eq(y[1], 7.0f);
+  cr_assert_eq(y[2], 13.0f);
+  run_node(KILN_OP_MAXPOOL2D_BACKWARD, 2, (tdesc[]){yd, xd}, (const float *[]){dy, x}, &xd, dx, ip);
+  float want[16] = {0};
+  want[1] = 1, want[7] = 2, want[13] = 3, want[14] = 4;
+  for (int i = 0; i < 16; i++)
+    cr_assert_eq(dx[i], want[i], "dx[%d] is %g, expected %g", i, dx[i], want[i]);
+  close_plugin();
+}
+
 /* Finite differences of the double forward. Max pooling uses well separated
  * distinct values so no step changes a window's maximum. */
 Test(pool, backward_matches_finite_differences) {

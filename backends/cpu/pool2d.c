@@ -15,6 +15,7 @@
  * Every (n, c) plane is independent: the kernels run planes in parallel
  * and each plane in a fixed order, so results never depend on scheduling.
  */
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -61,6 +62,11 @@ static void pool_rows(const pool_geom *g, int64_t oh, int64_t *h0, int64_t *h1) 
 /* Output columns in [c0, c1) whose tap kw lands inside the input: [*a, *b). */
 static void pool_cols(const pool_geom *g, int64_t kw, int64_t c0, int64_t c1, int64_t *a,
                       int64_t *b) {
+  if (g->pw == 0) { /* every tap of every window lies inside the input */
+    *a = c0;
+    *b = c1;
+    return;
+  }
   int64_t off = kw - g->pw;
   int64_t lo = off >= 0 ? 0 : (-off + g->sw - 1) / g->sw;
   int64_t hi = g->W - 1 - off < 0 ? 0 : (g->W - 1 - off) / g->sw + 1;
@@ -89,6 +95,37 @@ maxpool_pass(float *restrict m, int32_t *restrict arg, const float *restrict xp,
     int take = (v > cur) | ((v != v) & (cur == cur));
     m[ow - c0] = take ? v : cur;
     arg[ow - c0] = take ? idx : arg[ow - c0];
+  }
+}
+
+/* One max pass without indices: the forward pass only needs the values. */
+static inline __attribute__((always_inline)) void
+maxpool_pass_value(float *restrict m, const float *restrict xp, int64_t base, int64_t sw, int64_t c0,
+                   int64_t a, int64_t b) {
+  for (int64_t ow = a; ow < b; ow++) {
+    float v = xp[base + ow * sw], cur = m[ow - c0];
+    m[ow - c0] = (v > cur) | (v != v) ? v : cur;
+  }
+}
+
+/* m[i], i < c1 - c0: the maximum of window (oh, c0 + i) of the plane
+ * xp [H, W] (NaN if the window holds one). */
+static void maxpool_row_value(const pool_geom *g, const float *xp, int64_t oh, int64_t c0,
+                              int64_t c1, float *m) {
+  int64_t h0, h1;
+  pool_rows(g, oh, &h0, &h1);
+  for (int64_t ow = c0; ow < c1; ow++) {
+    int64_t ws = ow * g->sw - g->pw;
+    m[ow - c0] = xp[h0 * g->W + (ws < 0 ? 0 : ws)];
+  }
+  for (int64_t ih = h0; ih < h1; ih++) {
+    for (int64_t kw = 0; kw < g->KW; kw++) {
+      int64_t a, b, base = ih * g->W + kw - g->pw;
+      pool_cols(g, kw, c0, c1, &a, &b);
+      if (g->sw == 1) maxpool_pass_value(m, xp, base, 1, c0, a, b);
+      else if (g->sw == 2) maxpool_pass_value(m, xp, base, 2, c0, a, b);
+      else maxpool_pass_value(m, xp, base, g->sw, c0, a, b);
+    }
   }
 }
 
@@ -140,16 +177,13 @@ static void avgpool_row(const pool_geom *g, const float *xp, int64_t oh, int64_t
 static void maxpool_range(void *arg, int64_t begin, int64_t end) {
   const pool_job *j = arg;
   const pool_geom *g = &j->g;
-  float m[POOL_COLS];
-  int32_t idx[POOL_COLS];
   for (int64_t p = begin; p < end; p++) {
     const float *xp = j->a + p * g->H * g->W;
     float *yp = j->out + p * g->OH * g->OW;
     for (int64_t oh = 0; oh < g->OH; oh++) {
       for (int64_t c0 = 0; c0 < g->OW; c0 += POOL_COLS) {
         int64_t c1 = c0 + POOL_COLS < g->OW ? c0 + POOL_COLS : g->OW;
-        maxpool_row(g, xp, oh, c0, c1, m, idx);
-        memcpy(yp + oh * g->OW + c0, m, (size_t)(c1 - c0) * sizeof(float));
+        maxpool_row_value(g, xp, oh, c0, c1, yp + oh * g->OW + c0);
       }
     }
   }
@@ -351,6 +385,14 @@ kiln_status kcpu_pool2d_validate(const kcpu_node *n) {
                            pool_shape_str(xin, s0, sizeof s0), pool_shape_str(x, s1, sizeof s1));
       return KILN_SHAPE_MISMATCH;
     }
+  }
+
+  if (is_max && x->shape[2] * x->shape[3] > INT32_MAX) {
+    kcpu_host->set_error("cpu: %s: %s %s has planes of %lld elements; the CPU plugin indexes a "
+                         "plane with 32 bits (at most %d)",
+                         op, xn, pool_shape_str(x, s0, sizeof s0),
+                         (long long)(x->shape[2] * x->shape[3]), INT32_MAX);
+    return KILN_UNSUPPORTED;
   }
 
   const int64_t *ip = n->ip;
