@@ -864,8 +864,9 @@ static void sb_printf(sbuf *b, const char *fmt, ...) {
   if (n > 0) sb_put(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
 }
 
-/* A JSON string literal: '"', '\\' and control characters escaped; UTF-8
- * passes through (the caller checked it is valid). */
+/* A JSON string literal escaped as Python's json.dumps(ensure_ascii=False)
+ * does: '"', '\\', \b \f \n \r \t, other control characters as \u00XX;
+ * UTF-8 passes through (the caller checked it is valid). */
 static void sb_json_string(sbuf *b, const char *s) {
   sb_puts(b, "\"");
   for (; *s; s++) {
@@ -875,6 +876,8 @@ static void sb_json_string(sbuf *b, const char *s) {
     else if (c == '\n') sb_puts(b, "\\n");
     else if (c == '\t') sb_puts(b, "\\t");
     else if (c == '\r') sb_puts(b, "\\r");
+    else if (c == '\b') sb_puts(b, "\\b");
+    else if (c == '\f') sb_puts(b, "\\f");
     else if (c < 0x20) sb_printf(b, "\\u%04x", c);
     else sb_put(b, (const char *)s, 1);
   }
