@@ -36,7 +36,7 @@ typedef struct gc_case {
   int64_t shape[MAXIN][RANK];
   int64_t ip[8];             /* the op's parameters, as in kiln/ops.h */
   float fp[2];               /* scale: a, b */
-  int out_ndim;              /* reshape / expand target */
+  int out_ndim;              /* reshape / expand target; -1: flatten */
   int64_t out_shape[RANK];
   float lo[MAXIN], hi[MAXIN];/* input ranges; lo == hi means [-1, 1] */
   int values;                /* VAL_* */
@@ -253,7 +253,8 @@ static kiln_node *build(kiln_graph *g, const gc_case *c, kiln_node **in, kiln_no
     case KILN_OP_SOFTMAX: return kiln_softmax(g, in[0]);
     case KILN_OP_LOG_SOFTMAX: return kiln_log_softmax(g, in[0]);
     case KILN_OP_CROSS_ENTROPY: return kiln_cross_entropy(g, in[0], labels);
-    case KILN_OP_RESHAPE: return kiln_reshape(g, in[0], c->out_ndim, c->out_shape);
+    case KILN_OP_RESHAPE: /* out_ndim -1: kiln_flatten, which is a reshape */
+      return c->out_ndim < 0 ? kiln_flatten(g, in[0]) : kiln_reshape(g, in[0], c->out_ndim, c->out_shape);
     case KILN_OP_TRANSPOSE: {
       int perm[RANK];
       for (int i = 0; i < c->ndim[0]; i++) perm[i] = (int)p[i];
@@ -469,6 +470,7 @@ static const gc_case softmaxes[] = {
 static const gc_case layouts[] = {
   {"reshape", KILN_OP_RESHAPE, 1, {3}, {{2, 3, 4}}, .out_ndim = 2, .out_shape = {6, -1}, .tol = TOL_ELEM},
   {"reshape to scalar-like", KILN_OP_RESHAPE, 1, {2}, {{1, 1}}, .out_ndim = 0, .tol = TOL_ELEM},
+  {"flatten", KILN_OP_RESHAPE, 1, {4}, {{2, 3, 2, 2}}, .out_ndim = -1, .tol = TOL_ELEM},
   {"transpose 201", KILN_OP_TRANSPOSE, 1, {3}, {{2, 3, 4}}, .ip = {2, 0, 1}, .tol = TOL_ELEM},
   {"transpose 2d", KILN_OP_TRANSPOSE, 1, {2}, {{3, 5}}, .ip = {1, 0}, .tol = TOL_ELEM},
   {"transpose 4d", KILN_OP_TRANSPOSE, 1, {4}, {{2, 3, 2, 2}}, .ip = {0, 2, 3, 1}, .tol = TOL_ELEM},
