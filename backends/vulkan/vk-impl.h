@@ -1,0 +1,254 @@
+/*
+ * vk-impl.h - the Vulkan plugin's private interface between its files.
+ *
+ *   plugin.c     entry point, the plugin table, validation-message checks
+ *   device.c     volk, the instance (validation layer), physical devices,
+ *                their ordering and kiln_device_info, logical devices
+ *   memory.c     device-local blocks suballocated into buffers, the staging
+ *                buffer, buffer_write/read/copy
+ *   pipeline.c   shader modules from the embedded SPIR-V, descriptor and
+ *                pipeline layouts, pipelines cached per (shader, spec consts)
+ *   graph.c      graph_compile (validate, plan dispatches, record ONE command
+ *                buffer with barriers only where byte ranges conflict),
+ *                graph_run (resubmit), graph_free
+ *   ops_*.c      one file per op family: validation and dispatch planning
+ *
+ * Names are kvk_*. All Vulkan calls go through volk's function pointers,
+ * loaded with volkLoadInstance (the loader's trampolines dispatch to the
+ * right driver for every device, so several open devices are fine).
+ */
+#ifndef KVK_IMPL_H
+#define KVK_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "volk.h"
+#include "kiln/plugin.h"
+
+#define KVK_NAME "vulkan"
+#define KVK_VERSION "0.1.0"
+
+/* The host table given to init(); used for set_error/log. */
+extern const kiln_host_api *kvk_host;
+
+/* ---- validation messages (plugin.c) --------------------------------------
+ * With $KILN_VK_VALIDATION=1 every debug-utils message is logged through the
+ * host and counted. kvk_validation_check() returns KILN_INTERNAL (with the
+ * message as the error) if a message arrived since the last check. */
+void kvk_validation_record(int severity_error, const char *msg);
+kiln_status kvk_validation_check(const char *call);
+
+/* Sets the host error to "vulkan: <call>: <what> failed: VkResult name" and
+ * returns the matching status (OUT_OF_MEMORY, DEVICE_LOST or PLUGIN_ERROR). */
+kiln_status kvk_vk_error(const char *call, const char *what, VkResult r);
+const char *kvk_result_name(VkResult r);
+
+/* ---- physical devices (device.c) ----------------------------------------- */
+
+typedef struct kvk_physical {
+  VkPhysicalDevice pd;
+  VkPhysicalDeviceProperties props;
+  VkPhysicalDeviceDriverProperties driver;     /* zero when not available */
+  VkPhysicalDeviceSubgroupProperties subgroup;
+  VkPhysicalDeviceMemoryProperties mem;
+  uint32_t queue_family;                       /* first family with COMPUTE */
+  uint32_t kind;                               /* kiln_device_kind */
+  uint64_t device_local_bytes;                 /* largest DEVICE_LOCAL heap */
+} kvk_physical;
+
+/* volk, the instance (validation when asked) and the ordered device list.
+ * On failure sets the host error ("no Vulkan driver found: ...") and leaves
+ * nothing behind. */
+kiln_status kvk_instance_init(void);
+void kvk_instance_shutdown(void);
+uint32_t kvk_physical_count(void);
+const kvk_physical *kvk_physical_get(uint32_t index);
+kiln_status kvk_device_info(uint32_t index, kiln_device_info *info);
+
+/* ---- memory (memory.c) --------------------------------------------------- */
+
+typedef struct kvk_block kvk_block;
+
+struct kiln_plugin_buffer {
+  VkBuffer buf;
+  uint64_t size;                 /* bytes the host asked for */
+  kvk_block *block;              /* memory it is bound to */
+  VkDeviceSize mem_offset, mem_size;
+};
+
+/* ---- pipelines (pipeline.c) ---------------------------------------------- */
+
+/* One entry per shaders/NAME.comp. */
+typedef enum kvk_shader {
+  KVK_SHADER_FILL,
+  KVK_SHADER_UNARY,
+  KVK_SHADER_BINARY,
+  KVK_SHADER_GATHER,
+  KVK_SHADER_MATMUL,
+  KVK_SHADER_REDUCE,
+  KVK_SHADER_SOFTMAX,
+  KVK_SHADER_SOFTMAX_BACKWARD,
+  KVK_SHADER_CROSS_ENTROPY,
+  KVK_SHADER_CROSS_ENTROPY_BACKWARD,
+  KVK_SHADER_SGD,
+  KVK_SHADER_ADAM,
+  KVK_SHADER_COUNT
+} kvk_shader;
+
+#define KVK_MAX_BINDINGS 6
+#define KVK_MAX_SPEC 10
+#define KVK_PUSH_WORDS 32        /* 128 bytes, the guaranteed minimum */
+
+typedef struct kvk_pipeline_entry {
+  kvk_shader shader;
+  uint32_t n_spec;
+  uint32_t spec[KVK_MAX_SPEC];
+  VkPipeline pipeline;
+} kvk_pipeline_entry;
+
+typedef struct kvk_pipelines {
+  VkShaderModule modules[KVK_SHADER_COUNT];
+  VkDescriptorSetLayout set_layouts[KVK_MAX_BINDINGS + 1];   /* by binding count */
+  VkPipelineLayout layouts[KVK_MAX_BINDINGS + 1];
+  VkPipelineCache cache;
+  uint32_t n_entries, cap_entries;
+  kvk_pipeline_entry *entries;
+} kvk_pipelines;
+
+/* ---- the open device ----------------------------------------------------- */
+
+struct kiln_plugin_device {
+  const kvk_physical *phys;
+  uint32_t index;
+  VkDevice dev;
+  VkQueue queue;
+  VkCommandPool cmd_pool;
+  VkCommandBuffer xfer_cmd;      /* transfers and fills, one at a time */
+  VkFence xfer_fence;
+
+  /* memory.c */
+  uint32_t mem_type;             /* device-local type for buffers */
+  VkDeviceSize block_size;
+  kvk_block *blocks;             /* linked list */
+  VkBuffer staging;
+  VkDeviceMemory staging_mem;
+  void *staging_map;
+  VkDeviceSize staging_size;
+
+  kvk_pipelines pipes;
+};
+
+kiln_status kvk_device_open(uint32_t index, kiln_plugin_device **out);
+void kvk_device_close(kiln_plugin_device *dev);
+
+kiln_status kvk_memory_init(kiln_plugin_device *dev);
+void kvk_memory_shutdown(kiln_plugin_device *dev);
+kiln_status kvk_buffer_alloc(kiln_plugin_device *dev, uint64_t size, kiln_plugin_buffer **out);
+void kvk_buffer_free(kiln_plugin_device *dev, kiln_plugin_buffer *buf);
+kiln_status kvk_buffer_write(kiln_plugin_device *dev, kiln_plugin_buffer *dst, uint64_t offset,
+                             const void *src, uint64_t size);
+kiln_status kvk_buffer_read(kiln_plugin_device *dev, kiln_plugin_buffer *src, uint64_t offset,
+                            void *dst, uint64_t size);
+kiln_status kvk_buffer_copy(kiln_plugin_device *dev, kiln_plugin_buffer *dst, uint64_t dst_offset,
+                            kiln_plugin_buffer *src, uint64_t src_offset, uint64_t size);
+/* Records the barrier every submitted command buffer starts with: all
+ * earlier work on the queue (any stage, any write) happens before, and is
+ * visible to, everything in this command buffer. */
+void kvk_cmd_barrier_all(VkCommandBuffer cmd);
+
+kiln_status kvk_pipelines_init(kiln_plugin_device *dev);
+void kvk_pipelines_shutdown(kiln_plugin_device *dev);
+/* The pipeline of `shader` specialised with spec[0..n_spec) (constant ids
+ * 0..n_spec-1, 32-bit each), created on first use and cached. */
+kiln_status kvk_pipeline_get(kiln_plugin_device *dev, kvk_shader shader, const uint32_t *spec,
+                             uint32_t n_spec, VkPipeline *out);
+uint32_t kvk_shader_bindings(kvk_shader shader);
+const char *kvk_shader_name(kvk_shader shader);
+
+/* ---- graphs (graph.c) and op families (ops_*.c) --------------------------- */
+
+/* A tensor of a node, resolved at compile time. */
+typedef struct kvk_tensor {
+  uint32_t dtype;
+  int ndim;
+  int64_t shape[KILN_MAX_DIMS];
+  int64_t numel;
+  kiln_plugin_buffer *buffer;
+  uint64_t offset, nbytes;
+} kvk_tensor;
+
+typedef struct kvk_node {
+  uint32_t op;
+  int n_inputs;
+  kvk_tensor in[KILN_OP_MAX_INPUTS];
+  kvk_tensor out;
+  int64_t ip[KILN_OP_MAX_IPARAMS];
+  float fp[KILN_OP_MAX_FPARAMS];
+} kvk_node;
+
+/* One compute dispatch. Binding i is tensor bind[i]; it is written by the
+ * dispatch when bit i of write_mask is set. Push constants: words
+ * [0, n_bind) are the element offsets of the bindings (filled by graph.c),
+ * the op's own parameters follow from word n_bind (params[0..n_params)). */
+typedef struct kvk_dispatch {
+  kvk_shader shader;
+  uint32_t n_spec;
+  uint32_t spec[KVK_MAX_SPEC];
+  uint32_t n_bind;
+  const kvk_tensor *bind[KVK_MAX_BINDINGS];
+  uint32_t write_mask;
+  uint32_t n_params;
+  uint32_t params[KVK_PUSH_WORDS];
+  uint32_t groups[3];
+} kvk_dispatch;
+
+/* The dispatches a node plans; ops append with kvk_plan_add(). */
+typedef struct kvk_plan {
+  kiln_plugin_device *dev;
+  uint32_t n, cap;
+  kvk_dispatch *d;
+} kvk_plan;
+
+/* Appends a zeroed dispatch (NULL and the host error set when out of memory). */
+kvk_dispatch *kvk_plan_add(kvk_plan *p, int index, const kvk_node *n);
+/* Pushes a parameter word (or a float's bits). */
+void kvk_param_u(kvk_dispatch *d, uint64_t v);
+void kvk_param_f(kvk_dispatch *d, float v);
+/* Groups for a grid-stride loop over n items with workgroups of wg threads
+ * (capped at the device limit; the shaders loop). */
+uint32_t kvk_groups_1d(const kiln_plugin_device *dev, uint64_t n, uint32_t wg);
+/* Largest power of two <= min(n, cap), at least lo. */
+uint32_t kvk_pow2_wg(uint64_t n, uint32_t lo, uint32_t cap);
+
+kiln_status kvk_node_error(int index, const kvk_node *n, kiln_status st, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+const char *kvk_op_name(uint32_t op);
+#define KVK_SHAPE_STR 128
+char *kvk_shape_str(char *buf, size_t size, int ndim, const int64_t *shape);
+#define KVK_SHAPE(buf, t) kvk_shape_str((buf), sizeof(buf), (t)->ndim, (t)->shape)
+int kvk_broadcast_shape(int na, const int64_t *a, int nb, const int64_t *b, int *nout,
+                        int64_t *out);
+int kvk_same_shape(const kvk_tensor *a, const kvk_tensor *b);
+/* Element strides of t (right-aligned against y's rank) for each axis of y;
+ * 0 where t broadcasts (ops_elementwise.c). */
+void kvk_broadcast_strides(const kvk_tensor *t, const kvk_tensor *y, uint32_t *st);
+
+/* Each family validates a node (shapes, params) and plans its dispatches. */
+typedef kiln_status (*kvk_plan_fn)(kvk_plan *p, int index, const kvk_node *n);
+kiln_status kvk_elementwise_plan(kvk_plan *p, int index, const kvk_node *n);  /* ops_elementwise.c */
+kiln_status kvk_layout_plan(kvk_plan *p, int index, const kvk_node *n);       /* ops_layout.c */
+kiln_status kvk_matmul_plan(kvk_plan *p, int index, const kvk_node *n);       /* ops_matmul.c */
+kiln_status kvk_reduce_plan(kvk_plan *p, int index, const kvk_node *n);       /* ops_reduce.c */
+kiln_status kvk_softmax_plan(kvk_plan *p, int index, const kvk_node *n);      /* ops_softmax.c */
+kiln_status kvk_optim_plan(kvk_plan *p, int index, const kvk_node *n);        /* ops_optim.c */
+
+/* graph.c: the plugin table members. */
+int kvk_op_supported(uint32_t op);
+kiln_status kvk_graph_compile(kiln_plugin_device *dev, const kiln_plugin_graph *graph,
+                              kiln_plugin_exec **out);
+kiln_status kvk_graph_run(kiln_plugin_device *dev, kiln_plugin_exec *exec);
+void kvk_graph_free(kiln_plugin_device *dev, kiln_plugin_exec *exec);
+kiln_status kvk_synchronize(kiln_plugin_device *dev);
+
+#endif /* KVK_IMPL_H */
