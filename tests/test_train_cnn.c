@@ -351,6 +351,80 @@ Test(nn_train, same_seed_same_result_other_seed_differs) {
   fx_close(&f);
 }
 
+/* Every optimizer trains a small MLP, and its state survives a checkpoint:
+ * one epoch, save, load into a fresh trainer, one more epoch equals two
+ * epochs straight. */
+static kiln_trainer *make_mlp(fixture *f, const kiln_optimizer_config *o, kiln_model **m) {
+  const int64_t in[3] = {1, 28, 28};
+  kiln_trainer *t = NULL;
+  OK(kiln_model_create(f->dev, "mnist-mlp", 3, in, m));
+  OK(kiln_model_flatten(*m));
+  OK(kiln_model_dense(*m, "fc1", 32, KILN_ACT_TANH));
+  OK(kiln_model_dense(*m, "fc2", 10, KILN_ACT_SOFTMAX));
+  OK(kiln_model_init(*m, 4));
+  OK(kiln_trainer_create(*m, o, 32, 4, &t));
+  return t;
+}
+
+Test(nn_train, every_optimizer_learns_and_resumes) {
+  fixture f;
+  fx_open(&f, 600, 0);
+  kiln_dataset tr = dataset(&f.train);
+  static const struct { kiln_optimizer_kind kind; float momentum; const char *state; } cases[] = {
+      {KILN_OPTIM_ADAM, 0, "optimizer.fc1.weight.exp_avg_sq"},
+      {KILN_OPTIM_ADAMW, 0, "optimizer.fc1.weight.exp_avg"},
+      {KILN_OPTIM_SGD, 0.9f, "optimizer.fc1.weight.momentum_buffer"},
+      {KILN_OPTIM_SGD, 0, NULL}};
+  for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+    kiln_optimizer_config o;
+    OK(kiln_optimizer_defaults(cases[c].kind, &o));
+    o.momentum = cases[c].momentum;
+    if (cases[c].kind == KILN_OPTIM_SGD) o.lr = 0.05f;
+    kiln_model *ma, *mb;
+    kiln_trainer *ta = make_mlp(&f, &o, &ma), *tb = make_mlp(&f, &o, &mb);
+    kiln_epoch_stats s1, s2;
+    OK(kiln_trainer_fit_epoch(ta, &tr, NULL, NULL, &s1));
+    char path[512];
+    snprintf(path, sizeof path, "%s/opt%zu.safetensors", f.dir, c);
+    OK(kiln_trainer_save(ta, path));
+    OK(kiln_trainer_fit_epoch(ta, &tr, NULL, NULL, &s2));
+    cr_assert_lt(s2.loss, s1.loss, "%s momentum %g: loss %g then %g",
+                 kiln_optimizer_name(o.kind), (double)o.momentum, s1.loss, s2.loss);
+    kiln_safetensors *st;
+    kiln_st_tensor e;
+    OK(kiln_safetensors_open(path, &st));
+    cr_assert_eq(kiln_safetensors_count(st),
+                 4 + (cases[c].state ? (cases[c].kind == KILN_OPTIM_SGD ? 4 : 8) : 0) + 1);
+    if (cases[c].state) OK(kiln_safetensors_find(st, cases[c].state, &e));
+    OK(kiln_safetensors_find(st, "optimizer.step", &e));
+    kiln_safetensors_close(st);
+    char buf[64];
+    OK(kiln_checkpoint_meta(path, "optimizer", buf, sizeof buf));
+    cr_assert_str_eq(buf, kiln_optimizer_name(o.kind));
+
+    OK(kiln_trainer_load(tb, path));
+    OK(kiln_trainer_fit_epoch(tb, &tr, NULL, NULL, NULL));
+    assert_same_params(ma, mb, kiln_optimizer_name(o.kind));
+    kiln_trainer_destroy(ta);
+    kiln_trainer_destroy(tb);
+    kiln_model_destroy(ma);
+    kiln_model_destroy(mb);
+  }
+  /* An Adam checkpoint does not resume an SGD trainer. */
+  kiln_optimizer_config sgd;
+  OK(kiln_optimizer_defaults(KILN_OPTIM_SGD, &sgd));
+  kiln_model *m;
+  kiln_trainer *t = make_mlp(&f, &sgd, &m);
+  char path[512];
+  snprintf(path, sizeof path, "%s/opt0.safetensors", f.dir);
+  cr_assert_eq(kiln_trainer_load(t, path), KILN_INVALID_ARGUMENT);
+  cr_assert(strstr(kiln_last_error(), "adam") && strstr(kiln_last_error(), "sgd"), "%s",
+            kiln_last_error());
+  kiln_trainer_destroy(t);
+  kiln_model_destroy(m);
+  fx_close(&f);
+}
+
 /* ---- refusals ------------------------------------------------------------- */
 
 /* Writes a checkpoint of the CNN whose tensor `bad` gets shape {5, 5}. */
