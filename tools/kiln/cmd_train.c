@@ -446,6 +446,11 @@ int kiln_cmd_train(int argc, char **argv) {
   printf("  %lld training and %lld test images, batch %d, Adam lr %g, seed %llu, epochs %d\n",
          (long long)train.n, (long long)test.n, o.batch, o.lr, (unsigned long long)o.seed,
          o.epochs);
+  char tail[96] = "";
+  if (train.n % o.batch)
+    snprintf(tail, sizeof tail, " + a final partial batch of %lld (its own compiled graph)",
+             (long long)(train.n % o.batch));
+  printf("  %lld batches of %d per epoch%s\n", (long long)(train.n / o.batch), o.batch, tail);
   if (o.resume)
     printf("  resumed from %s at epoch %lld, step %lld\n", o.resume, (long long)start_epoch,
            (long long)kiln_trainer_step(tr));
@@ -492,7 +497,8 @@ int kiln_cmd_train(int argc, char **argv) {
     goto done;
   }
   double ips = train_seconds > 0 ? (double)train_images / train_seconds : 0;
-  printf("done: %lld epochs, %lld steps, %.1f s training, test accuracy %.2f%% on %lld images%s%s\n",
+  printf("done: %lld epochs, %lld steps (partial batches trained, none dropped), %.1f s "
+         "training, test accuracy %.2f%% on %lld images%s%s\n",
          (long long)kiln_trainer_epoch(tr), (long long)kiln_trainer_step(tr), train_seconds,
          100.0 * te.accuracy, (long long)te.samples, o.save ? ", saved to " : "",
          o.save ? o.save : "");
