@@ -46,6 +46,9 @@
 /* Depthwise-style convolutions with at most this many outputs per group use
  * direct loops: a GEMM with so few rows wastes most of its micro-tiles. */
 #define CONV_DIRECT_MAX_OG 2
+/* Memory for the weight gradient's per-chunk partial sums; beyond it the
+ * batch is cut into fewer chunks (wide layers on many threads). */
+#define CONV_PARTIALS_BYTES (64 << 20)
 
 /* ---- geometry ------------------------------------------------------------ */
 
@@ -58,7 +61,7 @@ typedef struct conv_geom {
   int64_t K, P;             /* Cg*KH*KW and OH*OW */
   int64_t nb, pt;           /* a GEMM block: nb whole images, or pt pixels of one */
   int pointwise;            /* 1x1, stride 1, no padding: cols is x itself */
-  int direct;               /* one input channel per group: direct loops */
+  int direct;               /* depthwise, few outputs per group: direct loops */
 } conv_geom;
 
 static void conv_geom_init(conv_geom *g, const kcpu_node *n, const int64_t *xs, const int64_t *ws,
@@ -610,6 +613,8 @@ void kcpu_conv2d_backward_weight(kcpu_pool *pool, const kcpu_node *n) {
   if (g->direct) goto direct;
 
   int64_t n_chunks = g->N < conv_threads(pool) ? g->N : conv_threads(pool);
+  int64_t fit = CONV_PARTIALS_BYTES / ((int64_t)sizeof(float) * OK);
+  if (n_chunks > fit) n_chunks = fit;
   if (n_chunks <= 1) {
     /* One chunk: accumulate straight into dw, GEMMs on the whole pool. */
     int failed;
