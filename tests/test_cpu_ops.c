@@ -343,6 +343,11 @@ static void t_matmul(void) {
     }
   check_matmul(SHP(1, 2, 1, 3, 4), SHP(2, 1, 3, 4, 2), 0, 0); /* rank 5, size-1 batches */
   check_matmul(SHP(64, 40, 70), SHP(70, 300), 0, 0);          /* tall fast path, threaded */
+  /* past one packed block of rows (1536) and of columns (3072) of the GEMM */
+  check_matmul(SHP(1600, 10), SHP(10, 20), 0, 0);
+  check_matmul(SHP(10, 1600), SHP(20, 10), 1, 1);
+  check_matmul(SHP(3, 5), SHP(5, 3100), 0, 0);
+  check_matmul(SHP(5, 3), SHP(3100, 5), 1, 1);
 }
 
 /* ---- reductions ---------------------------------------------------------- */

@@ -195,6 +195,7 @@ static const char *dtype_name(uint32_t dt) {
 /* ---- device description -------------------------------------------------- */
 
 static int kcpu_threads;            /* from KILN_NUM_THREADS or online cores */
+static const char *kcpu_threads_from;
 static char kcpu_model[256];
 static char kcpu_vendor[64];
 static char kcpu_isa[256];
@@ -234,6 +235,7 @@ static void detect_cpu(void) {
     }
   }
   kcpu_threads = (int)(n > 0 ? n : cores > KCPU_MAX_THREADS ? KCPU_MAX_THREADS : cores);
+  kcpu_threads_from = n > 0 ? "KILN_NUM_THREADS" : "online cores; set KILN_NUM_THREADS to change";
 
   snprintf(kcpu_model, sizeof kcpu_model, "CPU");
   snprintf(kcpu_vendor, sizeof kcpu_vendor, "unknown");
@@ -290,8 +292,8 @@ static kiln_status cpu_device_info(uint32_t index, kiln_device_info *info) {
   d.features = KILN_FEATURE_UNIFIED;
   d.compute_units = (uint32_t)kcpu_threads;
   d.subgroup_size = 0;
-  snprintf(d.details, sizeof d.details, "threads: %d (KILN_NUM_THREADS)\nisa: %s\n", kcpu_threads,
-           kcpu_isa);
+  snprintf(d.details, sizeof d.details, "threads: %d (%s)\nisa: %s\n", kcpu_threads,
+           kcpu_threads_from, kcpu_isa);
   size_t n = info->struct_size < sizeof d ? info->struct_size : sizeof d;
   memcpy(info, &d, n);
   return KILN_OK;
