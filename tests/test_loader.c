@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "kiln/kiln.h"
@@ -489,4 +490,114 @@ Test(status, last_error_is_per_thread) {
   kiln_clear_error();
   cr_assert_str_eq(kiln_last_error(), "");
   kiln_context_destroy(ctx);
+}
+
+/* ---- plugin logging ----------------------------------------------------------- */
+
+/* Loads fake_good with stderr sent to a file; returns what was printed. */
+static void load_capturing_stderr(char *out, size_t size) {
+  char path[] = "/tmp/kiln-test-stderr-XXXXXX";
+  int fd = mkstemp(path);
+  cr_assert(fd >= 0);
+  fflush(stderr);
+  int saved = dup(2);
+  dup2(fd, 2);
+  kiln_context *ctx = bare_context();
+  kiln_status st = kiln_plugin_load(ctx, FAKE("fake_good"), NULL);
+  kiln_context_destroy(ctx);
+  fflush(stderr);
+  dup2(saved, 2);
+  close(saved);
+  cr_assert_eq(st, KILN_OK);
+  ssize_t n = pread(fd, out, size - 1, 0);
+  out[n > 0 ? n : 0] = '\0';
+  close(fd);
+  unlink(path);
+}
+
+Test(log, filtered_by_level) {
+  char buf[1024];
+  char want[128];
+  snprintf(want, sizeof want, "kiln[plugin]: info: fake: initialised for host ABI %u.%u\n",
+           KILN_PLUGIN_ABI_MAJOR, KILN_PLUGIN_ABI_MINOR);
+
+  unsetenv("KILN_LOG_LEVEL");
+  load_capturing_stderr(buf, sizeof buf);
+  cr_assert_str_eq(buf, "", "info is hidden by default, got: %s", buf);
+
+  setenv("KILN_LOG_LEVEL", "info", 1);
+  load_capturing_stderr(buf, sizeof buf);
+  cr_assert_str_eq(buf, want);
+
+  setenv("KILN_LOG_LEVEL", "3", 1);
+  load_capturing_stderr(buf, sizeof buf);
+  cr_assert_str_eq(buf, want);
+
+  setenv("KILN_LOG_LEVEL", "error", 1);
+  load_capturing_stderr(buf, sizeof buf);
+  cr_assert_str_eq(buf, "");
+  unsetenv("KILN_LOG_LEVEL");
+}
+
+/* ---- the CLI over the loader ------------------------------------------------------ */
+
+static const char kiln_exe[] = KILN_BUILD_DIR "/bin/kiln";
+
+/* Runs a shell command; returns its exit status and its stdout in out. */
+static int run(const char *cmd, char *out, size_t size) {
+  FILE *p = popen(cmd, "r");
+  cr_assert_not_null(p, "popen %s", cmd);
+  size_t n = fread(out, 1, size - 1, p);
+  out[n] = '\0';
+  int rc = pclose(p);
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+Test(cli, version_help_and_unknown_command) {
+  if (access(kiln_exe, X_OK) != 0) cr_skip_test("%s is not built", kiln_exe);
+  char out[8192], cmd[PATH_MAX + 64];
+  snprintf(cmd, sizeof cmd, "%s --version", kiln_exe);
+  cr_assert_eq(run(cmd, out, sizeof out), 0);
+  char want[64];
+  snprintf(want, sizeof want, "kiln %s (plugin ABI %u.%u)\n", KILN_VERSION_STRING,
+           KILN_PLUGIN_ABI_MAJOR, KILN_PLUGIN_ABI_MINOR);
+  cr_assert_str_eq(out, want);
+
+  snprintf(cmd, sizeof cmd, "%s --help", kiln_exe);
+  cr_assert_eq(run(cmd, out, sizeof out), 0);
+  cr_assert(strstr(out, "  info ") && strstr(out, "  train ") && strstr(out, "  fetch "), "%s",
+            out);
+
+  snprintf(cmd, sizeof cmd, "%s frobnicate 2>&1", kiln_exe);
+  cr_assert_eq(run(cmd, out, sizeof out), 2);
+  cr_assert(strstr(out, "unknown command 'frobnicate'") && strstr(out, "usage: kiln"), "%s", out);
+
+  snprintf(cmd, sizeof cmd, "%s 2>/dev/null", kiln_exe);
+  cr_assert_eq(run(cmd, out, sizeof out), 2, "no command is a usage error");
+}
+
+Test(cli, info_lists_plugins_and_refusals) {
+  if (access(kiln_exe, X_OK) != 0) cr_skip_test("%s is not built", kiln_exe);
+  char dir[] = "/tmp/kiln-test-info-XXXXXX";
+  make_dir(dir);
+  link_in(dir, "libkiln-fake.so", FAKE("fake_good"));
+  link_in(dir, "libkiln-old.so", FAKE("fake_abi_major"));
+  char out[65536], cmd[2 * PATH_MAX];
+  snprintf(cmd, sizeof cmd, "KILN_PLUGIN_PATH=%s %s info", dir, kiln_exe);
+  cr_assert_eq(run(cmd, out, sizeof out), 0);
+  cr_assert(strstr(out, "plugin fake 0.0.1-test: fake backend for the loader tests"), "%s", out);
+  cr_assert(strstr(out, "device 0: Fake Device 0 (virtual GPU)"), "%s", out);
+  cr_assert(strstr(out, "ops on f32:     1 of "), "%s", out);
+  cr_assert(strstr(out, "libkiln-old.so: ABI major 2, host supports 1"), "%s", out);
+
+  snprintf(cmd, sizeof cmd, "KILN_PLUGIN_PATH=%s %s info --json", dir, kiln_exe);
+  cr_assert_eq(run(cmd, out, sizeof out), 0);
+  cr_assert(out[0] == '{' && strstr(out, "\"name\":\"fake\""), "%s", out);
+  cr_assert(strstr(out, "\"loaded\":false,\"result\":\"abi_mismatch\","
+                        "\"message\":\"ABI major 2, host supports 1\""),
+            "%s", out);
+
+  snprintf(cmd, sizeof cmd, "%s info --bogus 2>/dev/null", kiln_exe);
+  cr_assert_eq(run(cmd, out, sizeof out), 2);
+  remove_dir(dir, (const char *const[]){"libkiln-fake.so", "libkiln-old.so", NULL});
 }

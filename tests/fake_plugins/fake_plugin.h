@@ -19,7 +19,7 @@
  *
  * The working plugin has one device (a virtual GPU named "Fake Device 0")
  * with host-memory buffers; it supports only KILN_OP_ADD on f32 and refuses
- * every graph. If $KILN_FAKE_LOG names a file, init and shutdown append a
+ * every graph. init logs one info-level line through host->log. If $KILN_FAKE_LOG names a file, init and shutdown append a
  * line to it so tests can see what the host called.
  */
 #include <stdarg.h>
@@ -230,6 +230,8 @@ static kiln_status fake_init(const kiln_host_api *h, const kiln_plugin_api **api
 #else
   host = h;
   fake_log("init");
+  h->log(2, "%s: initialised for host ABI %u.%u", FAKE_NAME, KILN_ABI_MAJOR_OF(h->abi_version),
+         KILN_ABI_MINOR_OF(h->abi_version));
 #ifdef FAKE_INIT_FAILS
   *api = &fake_table.api;
   h->set_error("fake: probing the widget failed: no widget on bus %d", 7);
