@@ -885,6 +885,10 @@ static void t_validation_optim(void) {
   EXPECT(ph_compile(&g), KILN_INVALID_ARGUMENT, "(adam)", "in-place");
   g.nodes[node].output = p;
   cr_assert_eq(ph_compile(&g), KILN_OK, "%s", ph_error());
+  /* the output must describe param itself, not other bytes at its offset */
+  int p2 = ph_tensor_at(&g, KILN_F32, 1, (int64_t[]){2}, (int)g.tensors[p].buffer, 0);
+  g.nodes[node].output = (uint32_t)p2;
+  EXPECT(ph_compile(&g), KILN_SHAPE_MISMATCH, "(adam)", "output [2]", "input 0 [4]");
   ph_graph_free(&g);
 }
 

@@ -535,6 +535,12 @@ static kiln_status compile_node(const kiln_plugin_graph *g, uint32_t index, kcpu
     return kcpu_node_error(ix, n, KILN_INVALID_ARGUMENT,
                            "is in-place: its output must be its input 0 (tensor %u), got tensor %u",
                            pn->inputs[0], pn->output);
+  if (d->in_place && !kcpu_same_shape(&n->out, &n->in[0])) {
+    char so[KCPU_SHAPE_STR], si[KCPU_SHAPE_STR];
+    return kcpu_node_error(ix, n, KILN_SHAPE_MISMATCH,
+                           "is in-place: its output %s must describe input 0 %s",
+                           KCPU_SHAPE(so, &n->out), KCPU_SHAPE(si, &n->in[0]));
+  }
   st = d->validate(ix, n);
   if (st != KILN_OK) return st;
   step->run = d->run;
