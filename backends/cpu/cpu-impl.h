@@ -4,12 +4,14 @@
  *   plugin.c     entry point, device, buffers, graph compile/run, validation
  *   threads.c    the persistent thread pool (KILN_NUM_THREADS)
  *   gemm.c       blocked single-precision GEMM used by matmul and conv
- *   elementwise.c, reduce.c, softmax.c, layout.c, optim.c   op families
+ *   elementwise.c, reduce.c, softmax.c, layout.c, matmul.c, optim.c   op families
  *   conv.c       conv2d forward and both backward passes (im2col + GEMM)
  *   pool2d.c     max and average pooling, forward and backward
  *
  * Names are kcpu_*. Kernels receive resolved tensors (data pointers) and
- * assume the node was validated by kcpu_validate_node() at compile time.
+ * assume the node was validated at compile time: plugin.c checks the op,
+ * input count, dtypes and byte ranges, then calls the family's validator
+ * (kcpu_*_validate below). Kernels return nothing and must not fail.
  */
 #ifndef KCPU_IMPL_H
 #define KCPU_IMPL_H
