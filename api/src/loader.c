@@ -120,7 +120,7 @@ kiln_status kiln_plugin_load(kiln_context *ctx, const char *path, kiln_plugin **
   const kiln_plugin_entry_info *entry = NULL;
   const kiln_plugin_api *api = NULL;
   kiln_plugin *p = NULL;
-  int initialised = 0;
+  int initialised = 0, out_of_memory = 0;
 
   dlerror();
   void *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
@@ -218,15 +218,12 @@ kiln_status kiln_plugin_load(kiln_context *ctx, const char *path, kiln_plugin **
   return KILN_OK;
 
 oom:
-  /* kiln__* left the OUT_OF_MEMORY message; keep it, report what we can. */
+  /* kiln__* left the OUT_OF_MEMORY message; report it like any refusal. */
   snprintf(msg, sizeof msg, "%s", kiln_last_error());
   if (p) free(p->path);
   free(p);
-  if (initialised && api && KILN__HAS_MEMBER(api, kiln_plugin_api, shutdown) && api->shutdown)
-    api->shutdown();
-  dlclose(handle);
-  add_report(ctx, KILN_LOAD_INIT_FAILED, path, name, abi, msg);
-  return kiln__error(KILN_OUT_OF_MEMORY, "loading plugin %s: %s", path, msg);
+  result = KILN_LOAD_INIT_FAILED;
+  out_of_memory = 1;
 
 fail:
   /* A plugin whose init failed has released what it took; never call
@@ -242,7 +239,8 @@ fail:
   }
   if (handle) dlclose(handle);
   add_report(ctx, result, path, name, abi, msg);
-  return kiln__error(status_of(result), "loading plugin %s: %s", path, msg);
+  return kiln__error(out_of_memory ? KILN_OUT_OF_MEMORY : status_of(result),
+                     "loading plugin %s: %s", path, msg);
 }
 
 /* ---- queries on a loaded plugin ------------------------------------------ */
