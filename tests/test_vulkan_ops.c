@@ -1,0 +1,756 @@
+/*
+ * test_vulkan_ops.c - the Vulkan plugin against the CPU plugin, op by op.
+ *
+ * Every case builds the same graph on both plugins (through the plugin ABI,
+ * tests/util/plugin_harness.h), writes the same random inputs, runs, reads
+ * back EVERY tensor and compares within the case's stated bound:
+ *     |vulkan - cpu| <= atol + rtol * |cpu|      (NaN only against NaN)
+ * Bounds, per op family (inputs in [-1, 1) unless the op needs otherwise):
+ *   fill, copy, reshape, transpose, expand, neg, relu, add/sub/mul/div,
+ *   relu_backward:                   exact (0)
+ *   exp, log, tanh, sigmoid, scale, the other backward helpers:
+ *                                    atol 1e-6, rtol 1e-5 (GPU exp/log are
+ *                                    a few ulp from libm)
+ *   matmul (K terms):                atol 1e-6 * K, rtol 1e-5 (float sums in
+ *                                    another order than the CPU's GEMM)
+ *   sum/mean (R terms):              atol 1e-6 * R, rtol 1e-5
+ *   softmax family, cross-entropy:   atol 1e-6, rtol 1e-5
+ *   sgd, adam:                       atol 1e-6, rtol 1e-5
+ * Shapes include 1, odd sizes, sizes that are not multiples of any tile or
+ * workgroup size (matmul tiles are 32 and 64, workgroups 32..256) and a few
+ * large ones. KILN_VK_VALIDATION=1 is set before the plugin loads, so any
+ * validation-layer message (synchronization included) fails the call that
+ * saw it. Without a Vulkan device the suite skips, saying why.
+ */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "plugin_harness.h"
+#include "testutil.h"
+
+#define VK_PLUGIN KILN_BUILD_DIR "/lib/kiln/libkiln-vulkan.so"
+
+/* ---- a graph description both plugins build ------------------------------ */
+
+typedef struct tspec {
+  uint32_t dt;
+  int ndim;
+  int64_t shape[KILN_MAX_DIMS];
+  float lo, hi;                 /* random range; i32: integers in [lo, hi] */
+  int alias;                    /* >= 0: same bytes as tensor alias (no own buffer) */
+} tspec;
+
+typedef struct nspec {
+  uint32_t op;
+  int n_in;
+  int in[KILN_OP_MAX_INPUTS];
+  int out;
+  int64_t ip[KILN_OP_MAX_IPARAMS];
+  float fp[KILN_OP_MAX_FPARAMS];
+} nspec;
+
+typedef struct tcase {
+  int nt, nn;
+  tspec t[24];
+  nspec n[12];
+  double atol, rtol;
+  uint64_t seed;
+  int shared_buffer;            /* 1: all tensors in one buffer at 4-byte-aligned offsets */
+} tcase;
+
+static ph_plugin vk, cpu;
+
+static void open_both(void) {
+  setenv("KILN_VK_VALIDATION", "1", 1);
+  kiln_status st = ph_open(&vk, VK_PLUGIN);
+  if (st == KILN_NO_DEVICE)
+    cr_skip_test("no Vulkan device on this machine (%s); the Vulkan op suite needs one", ph_error());
+  cr_assert_eq(st, KILN_OK, "opening the Vulkan plugin: %s", ph_error());
+  cr_assert_eq(ph_open(&cpu, NULL), KILN_OK, "opening the CPU plugin: %s", ph_error());
+}
+
+static void close_both(void) {
+  ph_close(&vk);
+  ph_close(&cpu);
+}
+
+static void case_init(tcase *c, double atol, double rtol) {
+  memset(c, 0, sizeof *c);
+  c->atol = atol;
+  c->rtol = rtol;
+  c->seed = 1;
+}
+
+/* Adds a tensor; shape given as ndim values. Returns its index. */
+static int T(tcase *c, uint32_t dt, int ndim, const int64_t *shape, float lo, float hi) {
+  tspec *t = &c->t[c->nt];
+  memset(t, 0, sizeof *t);
+  t->dt = dt;
+  t->ndim = ndim;
+  for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
+  t->lo = lo;
+  t->hi = hi;
+  t->alias = -1;
+  return c->nt++;
+}
+#define SH(...) (sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]){__VA_ARGS__}
+#define F(c, ...) T((c), KILN_F32, SH(__VA_ARGS__), -1.0f, 1.0f)
+#define SCALAR(c) T((c), KILN_F32, 0, NULL, -1.0f, 1.0f)
+
+static int N_(tcase *c, uint32_t op, int n_in, const int *in, int out, const int64_t *ip,
+              const float *fp) {
+  nspec *n = &c->n[c->nn];
+  memset(n, 0, sizeof *n);
+  n->op = op;
+  n->n_in = n_in;
+  for (int i = 0; i < n_in; i++) n->in[i] = in[i];
+  n->out = out;
+  if (ip) memcpy(n->ip, ip, sizeof n->ip);
+  if (fp) memcpy(n->fp, fp, sizeof n->fp);
+  return c->nn++;
+}
+#define NODE(c, op, out, ip, fp, ...)                                                   \
+  N_((c), (op), (int)(sizeof((int[]){__VA_ARGS__}) / sizeof(int)), (int[]){__VA_ARGS__}, \
+     (out), (ip), (fp))
+#define IP(...) ((const int64_t[KILN_OP_MAX_IPARAMS]){__VA_ARGS__})
+#define FP(...) ((const float[KILN_OP_MAX_FPARAMS]){__VA_ARGS__})
+
+static int64_t numel_of(const tspec *t) { return ph_numel(t->ndim, t->shape); }
+
+/* Builds c on p into g (tensors in their own buffers, or all in one). */
+static void build(const tcase *c, ph_plugin *p, ph_graph *g) {
+  ph_graph_init(g, p);
+  uint64_t offs[24] = {0};
+  int shared = -1;
+  if (c->shared_buffer) {
+    uint64_t at = 4;   /* deliberately not 16- or 64-byte aligned */
+    for (int i = 0; i < c->nt; i++) {
+      if (c->t[i].alias >= 0) continue;
+      offs[i] = at;
+      at += (uint64_t)numel_of(&c->t[i]) * 4 + 4 * (uint64_t)(i + 1);
+    }
+    shared = ph_buffer(g, at + 64);
+    cr_assert_geq(shared, 0, "%s", ph_error());
+  }
+  for (int i = 0; i < c->nt; i++) {
+    const tspec *t = &c->t[i];
+    int ti;
+    if (t->alias >= 0) {
+      const kiln_plugin_tensor *a = &g->tensors[t->alias];
+      ti = ph_tensor_at(g, t->dt, t->ndim, t->shape, (int)a->buffer, a->offset);
+    } else if (shared >= 0) {
+      ti = ph_tensor_at(g, t->dt, t->ndim, t->shape, shared, offs[i]);
+    } else {
+      ti = ph_tensor(g, t->dt, t->ndim, t->shape);
+    }
+    cr_assert_eq(ti, i, "tensor %d: %s", i, ph_error());
+  }
+  for (int i = 0; i < c->nn; i++) {
+    const nspec *n = &c->n[i];
+    cr_assert_geq(ph_node(g, n->op, n->n_in, n->in, n->out, n->ip, n->fp), 0, "%s", ph_error());
+  }
+}
+
+static void *random_data(const tcase *c, int i) {
+  const tspec *t = &c->t[i];
+  int64_t n = numel_of(t);
+  void *d = malloc((size_t)(n ? n : 1) * 4);
+  cr_assert_not_null(d);
+  if (t->dt == KILN_I32) {
+    float *tmp = malloc((size_t)(n ? n : 1) * 4);
+    cr_assert_not_null(tmp);
+    tu_fill_uniform(tmp, n, c->seed * 131 + (uint64_t)i, 0.0f, 1.0f);
+    int span = (int)(t->hi - t->lo) + 1;
+    for (int64_t k = 0; k < n; k++) ((int32_t *)d)[k] = (int32_t)t->lo + (int32_t)(tmp[k] * span) % span;
+    free(tmp);
+  } else {
+    tu_fill_uniform(d, n, c->seed * 131 + (uint64_t)i, t->lo, t->hi);
+  }
+  return d;
+}
+
+static void compare(const tcase *c, int i, const float *v, const float *r, int64_t n,
+                    const char *what) {
+  const tspec *t = &c->t[i];
+  for (int64_t k = 0; k < n; k++) {
+    if (t->dt == KILN_I32) {
+      cr_assert_eq(((const int32_t *)v)[k], ((const int32_t *)r)[k], "%s: tensor %d [%lld]", what,
+                   i, (long long)k);
+      continue;
+    }
+    if (isnan(r[k])) {
+      cr_assert(isnan(v[k]), "%s: tensor %d [%lld]: vulkan %.9g, cpu NaN", what, i, (long long)k,
+                (double)v[k]);
+      continue;
+    }
+    double err = fabs((double)v[k] - (double)r[k]);
+    double bound = c->atol + c->rtol * fabs((double)r[k]);
+    cr_assert(err <= bound || (isinf(r[k]) && v[k] == r[k]),
+              "%s: tensor %d [%lld] of %lld: vulkan %.9g, cpu %.9g, |diff| %.3g > bound %.3g",
+              what, i, (long long)k, (long long)n, (double)v[k], (double)r[k], err, bound);
+  }
+}
+
+/* Runs c on both plugins `runs` times (the same inputs written before the
+ * first run only when runs > 1 tests resubmission) and compares every
+ * tensor after each run. */
+static void run_case_n(const tcase *c, int runs) {
+  ph_graph *gv = malloc(sizeof *gv), *gc = malloc(sizeof *gc);
+  cr_assert(gv && gc);
+  build(c, &vk, gv);
+  build(c, &cpu, gc);
+  cr_assert_eq(ph_compile(gc), KILN_OK, "cpu compile: %s", ph_error());
+  cr_assert_eq(ph_compile(gv), KILN_OK, "vulkan compile: %s", ph_error());
+  for (int i = 0; i < c->nt; i++) {
+    if (c->t[i].alias >= 0) continue;
+    void *d = random_data(c, i);
+    cr_assert_eq(ph_write(gc, i, d), KILN_OK, "cpu write: %s", ph_error());
+    cr_assert_eq(ph_write(gv, i, d), KILN_OK, "vulkan write: %s", ph_error());
+    free(d);
+  }
+  for (int r = 0; r < runs; r++) {
+    cr_assert_eq(ph_run(gc), KILN_OK, "cpu run: %s", ph_error());
+    cr_assert_eq(ph_run(gv), KILN_OK, "vulkan run %d: %s", r, ph_error());
+    for (int i = 0; i < c->nt; i++) {
+      int64_t n = numel_of(&c->t[i]);
+      float *a = malloc((size_t)(n ? n : 1) * 4), *b = malloc((size_t)(n ? n : 1) * 4);
+      cr_assert(a && b);
+      cr_assert_eq(ph_read(gv, i, a), KILN_OK, "vulkan read: %s", ph_error());
+      cr_assert_eq(ph_read(gc, i, b), KILN_OK, "cpu read: %s", ph_error());
+      char what[64];
+      snprintf(what, sizeof what, "run %d", r);
+      compare(c, i, a, b, n, what);
+      free(a);
+      free(b);
+    }
+  }
+  ph_graph_free(gv);
+  ph_graph_free(gc);
+  free(gv);
+  free(gc);
+}
+
+static void run_case(const tcase *c) { run_case_n(c, 1); }
+
+TestSuite(vulkan, .init = open_both, .fini = close_both, .timeout = 600);
+
+/* ---- plugin, devices, refusals ------------------------------------------- */
+
+Test(vulkan, device_info) {
+  uint32_t n = vk.api->device_count();
+  cr_assert_geq(n, 1);
+  uint32_t prev_rank = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    kiln_device_info info;
+    memset(&info, 0, sizeof info);
+    info.struct_size = sizeof info;
+    cr_assert_eq(vk.api->device_info(i, &info), KILN_OK, "%s", ph_error());
+    cr_assert_neq(info.name[0], '\0');
+    cr_assert_neq(info.vendor[0], '\0');
+    cr_assert_neq(info.driver[0], '\0');
+    cr_assert_gt(info.memory_bytes, 0);
+    cr_assert_not_null(strstr(info.details, "vulkan api: "), "details: %s", info.details);
+    cr_assert_not_null(strstr(info.details, "max workgroup size"), "details: %s", info.details);
+    cr_assert_not_null(strstr(info.details, "memory heap 0"), "details: %s", info.details);
+    /* discrete (4) > integrated (3) > virtual (2) > cpu (1), others last */
+    uint32_t rank = info.kind == KILN_DEVICE_OTHER ? 5 : 5 - info.kind;
+    cr_assert_geq(rank, prev_rank, "device %u (%s, kind %u) is listed after a less preferred one",
+                  i, info.name, info.kind);
+    prev_rank = rank;
+  }
+  kiln_device_info info = {.struct_size = sizeof info};
+  cr_assert_eq(vk.api->device_info(n, &info), KILN_NOT_FOUND);
+}
+
+Test(vulkan, op_support_claims_only_implemented_ops) {
+  cr_assert_eq(vk.api->op_support(0, KILN_OP_MATMUL, KILN_F32), 1);
+  cr_assert_eq(vk.api->op_support(0, KILN_OP_ADD, KILN_F32), 1);
+  cr_assert_eq(vk.api->op_support(0, KILN_OP_ADD, KILN_F16), 0);
+  cr_assert_eq(vk.api->op_support(0, KILN_OP_CONV2D, KILN_F32), 0);
+  cr_assert_eq(vk.api->op_support(0, KILN_OP_MAXPOOL2D, KILN_F32), 0);
+  cr_assert_eq(vk.api->op_support(0, 9999, KILN_F32), 0);
+  cr_assert_eq(vk.api->op_support(999, KILN_OP_ADD, KILN_F32), 0);
+
+  /* an op it does not implement is refused at compile, by name */
+  ph_graph g;
+  ph_graph_init(&g, &vk);
+  int x = ph_tensor(&g, KILN_F32, 4, (int64_t[]){1, 1, 4, 4});
+  int y = ph_tensor(&g, KILN_F32, 4, (int64_t[]){1, 1, 2, 2});
+  ph_node(&g, KILN_OP_MAXPOOL2D, 1, (int[]){x}, y, IP(2, 2, 2, 2), NULL);
+  cr_assert_eq(ph_compile(&g), KILN_UNSUPPORTED);
+  cr_assert_not_null(strstr(ph_error(), "maxpool2d"), "%s", ph_error());
+  ph_graph_free(&g);
+}
+
+Test(vulkan, shape_errors_name_op_and_shapes) {
+  ph_graph g;
+  ph_graph_init(&g, &vk);
+  int a = ph_tensor(&g, KILN_F32, 2, (int64_t[]){3, 4});
+  int b = ph_tensor(&g, KILN_F32, 2, (int64_t[]){5, 6});
+  int y = ph_tensor(&g, KILN_F32, 2, (int64_t[]){3, 6});
+  ph_node(&g, KILN_OP_MATMUL, 2, (int[]){a, b}, y, NULL, NULL);
+  cr_assert_eq(ph_compile(&g), KILN_SHAPE_MISMATCH);
+  cr_assert_not_null(strstr(ph_error(), "matmul"), "%s", ph_error());
+  cr_assert_not_null(strstr(ph_error(), "[3, 4]"), "%s", ph_error());
+  cr_assert_not_null(strstr(ph_error(), "[5, 6]"), "%s", ph_error());
+  ph_graph_free(&g);
+}
+
+Test(vulkan, buffers_zeroed_and_round_trip) {
+  ph_graph g;
+  ph_graph_init(&g, &vk);
+  /* larger than the 16 MiB staging buffer, so transfers go in chunks */
+  int64_t n = (20 << 20) / 4 + 3;
+  int t = ph_tensor(&g, KILN_F32, 1, &n);
+  float *d = malloc((size_t)n * 4);
+  cr_assert_not_null(d);
+  cr_assert_eq(ph_read(&g, t, d), KILN_OK, "%s", ph_error());
+  for (int64_t i = 0; i < n; i += 4099) cr_assert_eq(d[i], 0.0f, "new buffer not zeroed at %lld", (long long)i);
+  tu_fill_uniform(d, n, 7, -5.0f, 5.0f);
+  cr_assert_eq(ph_write(&g, t, d), KILN_OK, "%s", ph_error());
+  float *e = malloc((size_t)n * 4);
+  cr_assert_not_null(e);
+  cr_assert_eq(ph_read(&g, t, e), KILN_OK, "%s", ph_error());
+  cr_assert_eq(memcmp(d, e, (size_t)n * 4), 0);
+  /* overlapping copy inside one buffer behaves like memmove */
+  cr_assert_eq(vk.api->buffer_copy(vk.dev, g.buffers[0], 40, g.buffers[0], 0, 4000), KILN_OK, "%s",
+               ph_error());
+  cr_assert_eq(ph_read(&g, t, e), KILN_OK, "%s", ph_error());
+  cr_assert_eq(memcmp(e + 10, d, 4000), 0);
+  /* out-of-range access is refused, naming the call */
+  cr_assert_eq(vk.api->buffer_write(vk.dev, g.buffers[0], (uint64_t)n * 4 - 2, d, 4),
+               KILN_INVALID_ARGUMENT);
+  cr_assert_not_null(strstr(ph_error(), "buffer_write"), "%s", ph_error());
+  free(d);
+  free(e);
+  ph_graph_free(&g);
+}
+
+/* ---- elementwise ---------------------------------------------------------- */
+
+static const int64_t ew_shapes[][4] = {
+    /* ndim, dims... */
+    {1, 1}, {1, 7}, {2, 3, 5}, {3, 2, 33, 17}, {1, 1000003},
+};
+
+Test(vulkan, fill_copy_reshape) {
+  for (size_t s = 0; s < sizeof ew_shapes / sizeof ew_shapes[0]; s++) {
+    tcase c;
+    case_init(&c, 0, 0);
+    int nd = (int)ew_shapes[s][0];
+    int x = T(&c, KILN_F32, nd, &ew_shapes[s][1], -1, 1);
+    int y = T(&c, KILN_F32, nd, &ew_shapes[s][1], -1, 1);
+    int z = T(&c, KILN_F32, nd, &ew_shapes[s][1], -1, 1);
+    int64_t flat = numel_of(&c.t[x]);
+    int w = T(&c, KILN_F32, 1, &flat, -1, 1);
+    N_(&c, KILN_OP_FILL, 0, NULL, y, NULL, FP(-2.5f));
+    N_(&c, KILN_OP_COPY, 1, (int[]){x}, z, NULL, NULL);
+    N_(&c, KILN_OP_RESHAPE, 1, (int[]){x}, w, NULL, NULL);
+    run_case(&c);
+  }
+}
+
+Test(vulkan, unary_ops) {
+  static const uint32_t ops[] = {KILN_OP_NEG, KILN_OP_RELU, KILN_OP_TANH, KILN_OP_SIGMOID,
+                                 KILN_OP_EXP, KILN_OP_LOG, KILN_OP_SCALE};
+  for (size_t o = 0; o < sizeof ops / sizeof ops[0]; o++)
+    for (size_t s = 0; s < sizeof ew_shapes / sizeof ew_shapes[0]; s++) {
+      tcase c;
+      int exact = ops[o] == KILN_OP_NEG || ops[o] == KILN_OP_RELU;
+      case_init(&c, exact ? 0 : 1e-6, exact ? 0 : 1e-5);
+      c.seed = o * 10 + s;
+      int nd = (int)ew_shapes[s][0];
+      /* log needs positive inputs; tanh/sigmoid/exp see a wide range */
+      float lo = ops[o] == KILN_OP_LOG ? 1e-3f : -8.0f, hi = 8.0f;
+      int x = T(&c, KILN_F32, nd, &ew_shapes[s][1], lo, hi);
+      int y = T(&c, KILN_F32, nd, &ew_shapes[s][1], -1, 1);
+      NODE(&c, ops[o], y, NULL, FP(0.75f, -0.25f), x);
+      run_case(&c);
+    }
+}
+
+Test(vulkan, unary_in_place) {
+  /* y is exactly x's bytes: elementwise ops may write over their input */
+  tcase c;
+  case_init(&c, 1e-6, 1e-5);
+  int x = F(&c, 5, 77);
+  int y = F(&c, 5, 77);
+  c.t[y].alias = x;
+  NODE(&c, KILN_OP_TANH, y, NULL, NULL, x);
+  run_case(&c);
+}
+
+Test(vulkan, binary_ops_broadcast) {
+  static const uint32_t ops[] = {KILN_OP_ADD, KILN_OP_SUB, KILN_OP_MUL, KILN_OP_DIV};
+  /* (a shape, b shape, y shape), rank first */
+  static const int64_t cases[][3][6] = {
+      {{1, 1}, {1, 1}, {1, 1}},
+      {{2, 3, 5}, {2, 3, 5}, {2, 3, 5}},
+      {{2, 3, 5}, {1, 5}, {2, 3, 5}},
+      {{2, 3, 1}, {1, 7}, {2, 3, 7}},
+      {{0}, {3, 4, 1, 6}, {3, 4, 1, 6}},                /* scalar a */
+      {{4, 2, 1, 3, 1}, {3, 5, 1, 9}, {4, 2, 5, 3, 9}},
+      {{2, 513, 1}, {3, 1, 1, 257}, {3, 1, 513, 257}},
+      {{1, 1000003}, {1, 1000003}, {1, 1000003}},
+  };
+  for (size_t o = 0; o < sizeof ops / sizeof ops[0]; o++)
+    for (size_t s = 0; s < sizeof cases / sizeof cases[0]; s++) {
+      tcase c;
+      case_init(&c, 0, ops[o] == KILN_OP_DIV ? 1e-7 : 0);
+      c.seed = o * 100 + s;
+      int a = T(&c, KILN_F32, (int)cases[s][0][0], &cases[s][0][1], -1, 1);
+      /* b of div stays away from 0 */
+      int b = T(&c, KILN_F32, (int)cases[s][1][0], &cases[s][1][1],
+                ops[o] == KILN_OP_DIV ? 0.5f : -1.0f, ops[o] == KILN_OP_DIV ? 2.0f : 1.0f);
+      int y = T(&c, KILN_F32, (int)cases[s][2][0], &cases[s][2][1], -1, 1);
+      NODE(&c, ops[o], y, NULL, NULL, a, b);
+      run_case(&c);
+    }
+}
+
+Test(vulkan, unary_backward_helpers) {
+  static const uint32_t ops[] = {KILN_OP_RELU_BACKWARD, KILN_OP_TANH_BACKWARD,
+                                 KILN_OP_SIGMOID_BACKWARD};
+  for (size_t o = 0; o < sizeof ops / sizeof ops[0]; o++)
+    for (size_t s = 0; s < sizeof ew_shapes / sizeof ew_shapes[0]; s++) {
+      tcase c;
+      case_init(&c, 1e-6, 1e-5);
+      c.seed = 7 + o * 10 + s;
+      int nd = (int)ew_shapes[s][0];
+      int dy = T(&c, KILN_F32, nd, &ew_shapes[s][1], -1, 1);
+      int x = T(&c, KILN_F32, nd, &ew_shapes[s][1], -1, 1);
+      int dx = T(&c, KILN_F32, nd, &ew_shapes[s][1], -1, 1);
+      NODE(&c, ops[o], dx, NULL, NULL, dy, x);
+      run_case(&c);
+    }
+}
+
+/* ---- matmul --------------------------------------------------------------- */
+
+static void matmul_case(int ta, int tb, int nba, const int64_t *ba, int nbb, const int64_t *bb,
+                        int64_t M, int64_t K, int64_t N, uint64_t seed) {
+  tcase c;
+  case_init(&c, 1e-6 * (double)(K > 0 ? K : 1), 1e-5);
+  c.seed = seed;
+  int64_t sa[KILN_MAX_DIMS], sb[KILN_MAX_DIMS], sy[KILN_MAX_DIMS];
+  for (int i = 0; i < nba; i++) sa[i] = ba[i];
+  for (int i = 0; i < nbb; i++) sb[i] = bb[i];
+  sa[nba] = ta ? K : M;
+  sa[nba + 1] = ta ? M : K;
+  sb[nbb] = tb ? N : K;
+  sb[nbb + 1] = tb ? K : N;
+  int nby;
+  int64_t bshape[KILN_MAX_DIMS];
+  nby = nba > nbb ? nba : nbb;
+  for (int i = 0; i < nby; i++) {
+    int ia = nba - nby + i, ib = nbb - nby + i;
+    int64_t da = ia >= 0 ? ba[ia] : 1, db = ib >= 0 ? bb[ib] : 1;
+    bshape[i] = da == 1 ? db : da;
+  }
+  for (int i = 0; i < nby; i++) sy[i] = bshape[i];
+  sy[nby] = M;
+  sy[nby + 1] = N;
+  int a = T(&c, KILN_F32, nba + 2, sa, -1, 1);
+  int b = T(&c, KILN_F32, nbb + 2, sb, -1, 1);
+  int y = T(&c, KILN_F32, nby + 2, sy, -1, 1);
+  NODE(&c, KILN_OP_MATMUL, y, IP(ta, tb), NULL, a, b);
+  run_case(&c);
+}
+
+Test(vulkan, matmul_shapes_and_transposes) {
+  static const int64_t mkn[][3] = {
+      {1, 1, 1}, {3, 5, 7}, {17, 33, 65}, {64, 64, 64}, {100, 1, 50},
+      {129, 67, 131}, {2, 300, 3}, {65, 16, 33},
+  };
+  for (size_t s = 0; s < sizeof mkn / sizeof mkn[0]; s++)
+    for (int t = 0; t < 4; t++)
+      matmul_case(t & 1, t >> 1, 0, NULL, 0, NULL, mkn[s][0], mkn[s][1], mkn[s][2], s * 4 + t);
+}
+
+Test(vulkan, matmul_batched_broadcast) {
+  matmul_case(0, 0, 1, (int64_t[]){3}, 1, (int64_t[]){3}, 5, 7, 9, 1);
+  matmul_case(0, 1, 2, (int64_t[]){2, 3}, 1, (int64_t[]){3}, 33, 17, 70, 2);
+  matmul_case(1, 0, 2, (int64_t[]){2, 1}, 2, (int64_t[]){1, 4}, 13, 40, 11, 3);
+  matmul_case(1, 1, 0, NULL, 3, (int64_t[]){2, 1, 3}, 65, 9, 66, 4);
+}
+
+Test(vulkan, matmul_large) {
+  matmul_case(0, 0, 0, NULL, 0, NULL, 300, 257, 383, 11);
+  matmul_case(1, 1, 0, NULL, 0, NULL, 128, 512, 200, 12);
+}
+
+/* ---- reductions ----------------------------------------------------------- */
+
+Test(vulkan, sum_mean) {
+  static const int64_t shapes[][5] = {
+      {1, 1}, {1, 1001}, {2, 7, 33}, {3, 4, 1, 300}, {4, 2, 3, 5, 7},
+  };
+  for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+    int nd = (int)shapes[s][0];
+    for (int64_t mask = 0; mask < (1 << nd); mask++)
+      for (int keep = 0; keep < 2; keep++)
+        for (int op = 0; op < 2; op++) {
+          tcase c;
+          int64_t R = 1;
+          for (int d = 0; d < nd; d++)
+            if ((mask >> d) & 1) R *= shapes[s][1 + d];
+          case_init(&c, 1e-6 * (double)R, 1e-5);
+          c.seed = (uint64_t)(s * 1000 + mask * 4 + keep * 2 + op);
+          int x = T(&c, KILN_F32, nd, &shapes[s][1], -1, 1);
+          int64_t ys[KILN_MAX_DIMS];
+          int ynd = 0;
+          for (int d = 0; d < nd; d++) {
+            int red = (int)((mask >> d) & 1);
+            if (red && !keep) continue;
+            ys[ynd++] = red ? 1 : shapes[s][1 + d];
+          }
+          int y = T(&c, KILN_F32, ynd, ys, -1, 1);
+          NODE(&c, op ? KILN_OP_MEAN : KILN_OP_SUM, y, IP(mask, keep), NULL, x);
+          run_case(&c);
+        }
+  }
+}
+
+Test(vulkan, sum_large) {
+  tcase c;
+  case_init(&c, 1e-6 * 2000000, 1e-5);
+  int x = F(&c, 2000000);
+  int y = SCALAR(&c);
+  NODE(&c, KILN_OP_SUM, y, IP(1, 0), NULL, x);
+  int x2 = F(&c, 1000, 1000);
+  int y2 = F(&c, 1000);
+  NODE(&c, KILN_OP_MEAN, y2, IP(1, 0), NULL, x2);   /* over the batch axis */
+  run_case(&c);
+}
+
+Test(vulkan, expand_and_transpose) {
+  tcase c;
+  case_init(&c, 0, 0);
+  int a = F(&c, 3, 1, 5);
+  int ea = F(&c, 2, 3, 4, 5);
+  NODE(&c, KILN_OP_EXPAND, ea, NULL, NULL, a);
+  int s = SCALAR(&c);
+  int es = F(&c, 7, 9);
+  NODE(&c, KILN_OP_EXPAND, es, NULL, NULL, s);
+  int x = F(&c, 2, 3, 5, 7);
+  int t1 = F(&c, 7, 2, 5, 3);
+  NODE(&c, KILN_OP_TRANSPOSE, t1, IP(3, 0, 2, 1), NULL, x);
+  int m = F(&c, 129, 67);
+  int mt = F(&c, 67, 129);
+  NODE(&c, KILN_OP_TRANSPOSE, mt, IP(1, 0), NULL, m);
+  run_case(&c);
+}
+
+/* ---- softmax family --------------------------------------------------------- */
+
+Test(vulkan, softmax_family) {
+  static const int64_t shapes[][4] = {{1, 1}, {2, 3, 10}, {2, 7, 1000}, {1, 65}, {3, 2, 5, 257}};
+  for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+    tcase c;
+    case_init(&c, 1e-6, 1e-5);
+    c.seed = s;
+    int nd = (int)shapes[s][0];
+    int x = T(&c, KILN_F32, nd, &shapes[s][1], -10, 10);
+    int y = T(&c, KILN_F32, nd, &shapes[s][1], -1, 1);
+    int ly = T(&c, KILN_F32, nd, &shapes[s][1], -1, 1);
+    int dy = T(&c, KILN_F32, nd, &shapes[s][1], -1, 1);
+    int dx = T(&c, KILN_F32, nd, &shapes[s][1], -1, 1);
+    int ldx = T(&c, KILN_F32, nd, &shapes[s][1], -1, 1);
+    NODE(&c, KILN_OP_SOFTMAX, y, NULL, NULL, x);
+    NODE(&c, KILN_OP_LOG_SOFTMAX, ly, NULL, NULL, x);
+    NODE(&c, KILN_OP_SOFTMAX_BACKWARD, dx, NULL, NULL, dy, y);
+    NODE(&c, KILN_OP_LOG_SOFTMAX_BACKWARD, ldx, NULL, NULL, dy, ly);
+    run_case(&c);
+  }
+}
+
+Test(vulkan, cross_entropy) {
+  static const int64_t nc[][2] = {{1, 1}, {1, 10}, {64, 10}, {37, 65}, {300, 1000}};
+  for (size_t s = 0; s < sizeof nc / sizeof nc[0]; s++) {
+    tcase c;
+    case_init(&c, 1e-6, 1e-5);
+    c.seed = 3 + s;
+    int x = T(&c, KILN_F32, 2, nc[s], -5, 5);
+    /* labels in [-1, C]: the ends are out of range (zero loss, still counted) */
+    int l = T(&c, KILN_I32, 1, &nc[s][0], -1, (float)nc[s][1]);
+    int loss = SCALAR(&c);
+    int dl = SCALAR(&c);
+    int dx = T(&c, KILN_F32, 2, nc[s], -1, 1);
+    NODE(&c, KILN_OP_CROSS_ENTROPY, loss, NULL, NULL, x, l);
+    NODE(&c, KILN_OP_CROSS_ENTROPY_BACKWARD, dx, NULL, NULL, dl, x, l);
+    run_case(&c);
+  }
+}
+
+/* ---- optimizers ------------------------------------------------------------- */
+
+Test(vulkan, sgd_variants) {
+  static const float fps[][4] = {
+      /* lr, momentum, weight_decay, dampening */
+      {0.1f, 0.0f, 0.0f, 0.0f}, {0.05f, 0.9f, 0.0f, 0.0f}, {0.05f, 0.9f, 1e-2f, 0.1f},
+  };
+  for (size_t v = 0; v < 3; v++)
+    for (int nesterov = 0; nesterov < 2; nesterov++) {
+      tcase c;
+      case_init(&c, 1e-6, 1e-5);
+      c.seed = v * 2 + (uint64_t)nesterov;
+      int p = F(&c, 33, 17);
+      int g = F(&c, 33, 17);
+      int vel = F(&c, 33, 17);
+      NODE(&c, KILN_OP_SGD, p, IP(nesterov), FP(fps[v][0], fps[v][1], fps[v][2], fps[v][3]), p,
+           g, vel);
+      /* twice, so the velocity is used */
+      NODE(&c, KILN_OP_SGD, p, IP(nesterov), FP(fps[v][0], fps[v][1], fps[v][2], fps[v][3]), p,
+           g, vel);
+      run_case(&c);
+    }
+  tcase c;
+  case_init(&c, 1e-6, 1e-5);
+  int p = F(&c, 1001);
+  int g = F(&c, 1001);
+  NODE(&c, KILN_OP_SGD, p, NULL, FP(0.1f, 0.0f, 1e-3f), p, g);
+  run_case(&c);
+}
+
+Test(vulkan, adam_and_increment) {
+  for (int decoupled = 0; decoupled < 2; decoupled++)
+    for (int lr_input = 0; lr_input < 2; lr_input++) {
+      tcase c;
+      case_init(&c, 1e-6, 1e-5);
+      c.seed = (uint64_t)(decoupled * 2 + lr_input);
+      int p = F(&c, 257, 3);
+      int g = F(&c, 257, 3);
+      int m = F(&c, 257, 3);
+      int v = T(&c, KILN_F32, SH(257, 3), 0.0f, 1.0f);   /* second moments are >= 0 */
+      int step = T(&c, KILN_F32, 0, NULL, 1.0f, 1.0f);
+      int lr = T(&c, KILN_F32, 0, NULL, 1e-3f, 1e-2f);
+      NODE(&c, KILN_OP_INCREMENT, step, NULL, FP(1.0f), step);
+      if (lr_input)
+        NODE(&c, KILN_OP_ADAM, p, IP(decoupled), FP(1e-3f, 0.9f, 0.999f, 1e-8f, 1e-2f), p, g, m,
+             v, step, lr);
+      else
+        NODE(&c, KILN_OP_ADAM, p, IP(decoupled), FP(1e-3f, 0.9f, 0.999f, 1e-8f, 1e-2f), p, g, m,
+             v, step);
+      run_case(&c);
+    }
+}
+
+/* ---- graphs: record once, run many; barriers; offsets ------------------------ */
+
+/* A small MLP step: matmul -> add bias -> relu -> log_softmax -> loss. */
+static void mlp_case(tcase *c) {
+  case_init(c, 1e-5, 1e-5);
+  int x = F(c, 37, 20);
+  int w = F(c, 20, 33);
+  int b = F(c, 33);
+  int h = F(c, 37, 33);
+  int hb = F(c, 37, 33);
+  int r = F(c, 37, 33);
+  int l = T(c, KILN_I32, SH(37), 0, 32);
+  int loss = SCALAR(c);
+  int dl = SCALAR(c);
+  int dr = F(c, 37, 33);
+  int dh = F(c, 37, 33);
+  int dw = F(c, 20, 33);
+  int db = F(c, 33);
+  NODE(c, KILN_OP_MATMUL, h, NULL, NULL, x, w);
+  NODE(c, KILN_OP_ADD, hb, NULL, NULL, h, b);
+  NODE(c, KILN_OP_RELU, r, NULL, NULL, hb);
+  NODE(c, KILN_OP_CROSS_ENTROPY, loss, NULL, NULL, r, l);
+  N_(c, KILN_OP_FILL, 0, NULL, dl, NULL, FP(1.0f));
+  NODE(c, KILN_OP_CROSS_ENTROPY_BACKWARD, dr, NULL, NULL, dl, r, l);
+  NODE(c, KILN_OP_RELU_BACKWARD, dh, NULL, NULL, dr, hb);
+  NODE(c, KILN_OP_MATMUL, dw, IP(1, 0), NULL, x, dh);
+  NODE(c, KILN_OP_SUM, db, IP(1, 0), NULL, dh);
+  NODE(c, KILN_OP_SGD, w, NULL, FP(0.1f), w, dw);
+  NODE(c, KILN_OP_SGD, b, NULL, FP(0.1f), b, db);
+}
+
+Test(vulkan, resubmitted_graph_matches_every_run) {
+  /* One compile, five runs: the parameters move each run (SGD in place),
+   * and the CPU plugin, run alongside, must agree after every run. */
+  tcase c;
+  mlp_case(&c);
+  run_case_n(&c, 5);
+}
+
+Test(vulkan, resubmitted_graph_same_inputs_same_outputs) {
+  ph_graph g;
+  ph_graph_init(&g, &vk);
+  int a = ph_tensor(&g, KILN_F32, 2, (int64_t[]){70, 90});
+  int b = ph_tensor(&g, KILN_F32, 2, (int64_t[]){90, 50});
+  int y = ph_tensor(&g, KILN_F32, 2, (int64_t[]){70, 50});
+  int z = ph_tensor(&g, KILN_F32, 2, (int64_t[]){70, 50});
+  ph_node(&g, KILN_OP_MATMUL, 2, (int[]){a, b}, y, NULL, NULL);
+  ph_node(&g, KILN_OP_SOFTMAX, 1, (int[]){y}, z, NULL, NULL);
+  cr_assert_eq(ph_compile(&g), KILN_OK, "%s", ph_error());
+  float *da = malloc(70 * 90 * 4), *dbuf = malloc(90 * 50 * 4), *first = malloc(70 * 50 * 4),
+        *again = malloc(70 * 50 * 4);
+  cr_assert(da && dbuf && first && again);
+  tu_fill_uniform(da, 70 * 90, 1, -1, 1);
+  tu_fill_uniform(dbuf, 90 * 50, 2, -1, 1);
+  cr_assert_eq(ph_write(&g, a, da), KILN_OK, "%s", ph_error());
+  cr_assert_eq(ph_write(&g, b, dbuf), KILN_OK, "%s", ph_error());
+  cr_assert_eq(ph_run(&g), KILN_OK, "%s", ph_error());
+  cr_assert_eq(ph_read(&g, z, first), KILN_OK, "%s", ph_error());
+  for (int r = 0; r < 4; r++) {
+    /* graph_run twice without a wait in between: in-order execution */
+    cr_assert_eq(vk.api->graph_run(vk.dev, g.exec), KILN_OK, "%s", ph_error());
+    cr_assert_eq(ph_run(&g), KILN_OK, "%s", ph_error());
+    cr_assert_eq(ph_read(&g, z, again), KILN_OK, "%s", ph_error());
+    cr_assert_eq(memcmp(first, again, 70 * 50 * 4), 0, "run %d differs from the first", r + 2);
+  }
+  /* a new input between runs is seen by the next run */
+  tu_fill_uniform(da, 70 * 90, 3, -1, 1);
+  cr_assert_eq(ph_write(&g, a, da), KILN_OK, "%s", ph_error());
+  cr_assert_eq(ph_run(&g), KILN_OK, "%s", ph_error());
+  cr_assert_eq(ph_read(&g, z, again), KILN_OK, "%s", ph_error());
+  cr_assert_neq(memcmp(first, again, 70 * 50 * 4), 0, "the run did not see the new input");
+  free(da);
+  free(dbuf);
+  free(first);
+  free(again);
+  ph_graph_free(&g);
+}
+
+Test(vulkan, hazards_through_shared_bytes) {
+  /* All tensors in ONE buffer at 4-byte (not 16/64) offsets, so every
+   * binding takes the element-offset path; and tensors placed over dead
+   * ones: write-after-read and write-after-write on the same bytes. */
+  tcase c;
+  case_init(&c, 1e-6, 1e-5);
+  c.shared_buffer = 1;
+  int x = F(&c, 17, 31);
+  int r = F(&c, 17, 31);
+  int x2 = F(&c, 17, 31);
+  c.t[x2].alias = x;            /* over x, which node 0 read: WAR */
+  int s = F(&c, 17, 31);
+  int r2 = F(&c, 17, 31);
+  c.t[r2].alias = r;            /* over r, after it was read by nodes 1 and 2: WAR, WAW */
+  NODE(&c, KILN_OP_RELU, r, NULL, NULL, x);
+  NODE(&c, KILN_OP_SCALE, x2, NULL, FP(2.0f, 1.0f), r);
+  NODE(&c, KILN_OP_ADD, s, NULL, NULL, x2, r);
+  NODE(&c, KILN_OP_EXP, r2, NULL, NULL, s);
+  NODE(&c, KILN_OP_MUL, s, NULL, NULL, r2, x2);   /* s again, after node 3 read it: WAR, WAW */
+  run_case(&c);
+}
+
+Test(vulkan, mlp_in_one_buffer) {
+  tcase c;
+  mlp_case(&c);
+  c.shared_buffer = 1;
+  run_case_n(&c, 3);
+}
+
+/* ---- no driver --------------------------------------------------------------- */
+
+Test(vulkan_nodriver, bogus_icd_gives_clear_init_failure) {
+  setenv("VK_ICD_FILENAMES", "/nonexistent/kiln_no_such_icd.json", 1);
+  setenv("VK_DRIVER_FILES", "/nonexistent/kiln_no_such_icd.json", 1);
+  ph_plugin p;
+  kiln_status st = ph_open(&p, VK_PLUGIN);
+  cr_assert_eq(st, KILN_NO_DEVICE, "status %d: %s", st, ph_error());
+  cr_assert_not_null(strstr(ph_error(), "no Vulkan driver found"), "%s", ph_error());
+}
