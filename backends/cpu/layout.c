@@ -98,15 +98,21 @@ static void tr_items(void *arg, int64_t t0, int64_t t1) {
         for (int64_t j = 0; j < L; j++) ys[j] = xs[j * lsx];
       continue;
     }
-    /* A tile of ulen rows (along u, contiguous in x) by L columns: read x
-     * along u, write y along its last axis, a TR_TILE block at a time. */
+    /* A tile of ulen rows (along u, contiguous in x) by L columns, a
+     * TR_TILE x TR_TILE block at a time through a local buffer: x is read
+     * and y written along contiguous runs. (Writing y with a stride
+     * directly thrashes the cache when strides are powers of two.) */
     int64_t usy = p->sy[p->u];
+    float tile[TR_TILE][TR_TILE];
     for (int64_t j0 = 0; j0 < L; j0 += TR_TILE) {
       int64_t jn = L - j0 < TR_TILE ? L - j0 : TR_TILE;
-      for (int64_t j = j0; j < j0 + jn; j++) {
-        const float *src = xs + j * lsx;
-        float *dst = ys + j;
-        for (int64_t i = 0; i < ulen; i++) dst[i * usy] = src[i];
+      for (int64_t j = 0; j < jn; j++) {
+        const float *src = xs + (j0 + j) * lsx;
+        for (int64_t i = 0; i < ulen; i++) tile[i][j] = src[i];
+      }
+      for (int64_t i = 0; i < ulen; i++) {
+        float *dst = ys + i * usy + j0;
+        for (int64_t j = 0; j < jn; j++) dst[j] = tile[i][j];
       }
     }
   }

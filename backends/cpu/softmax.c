@@ -98,11 +98,15 @@ static void sm_rows(void *arg, int64_t r0, int64_t r1) {
     const float *a = (const float *)n->in[0].data + r * C;
     switch (n->op) {
       case KILN_OP_SOFTMAX: {
-        float m;
-        double s;
-        row_stats(a, C, &m, &s);
+        float m = -INFINITY;
+        for (int64_t c = 0; c < C; c++) m = a[c] > m ? a[c] : m;
+        double s = 0.0;
+        for (int64_t c = 0; c < C; c++) {
+          y[c] = expf(a[c] - m);
+          s += (double)y[c];
+        }
         float inv = (float)(1.0 / s);
-        for (int64_t c = 0; c < C; c++) y[c] = expf(a[c] - m) * inv;
+        for (int64_t c = 0; c < C; c++) y[c] *= inv;
         break;
       }
       case KILN_OP_LOG_SOFTMAX: {
