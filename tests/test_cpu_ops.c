@@ -750,6 +750,31 @@ static void t_graphs(void) {
   ph_graph_free(&g);
 }
 
+/* Many small parallel jobs back to back: 60 nodes, each split across the
+ * pool, run 50 times. A lost wake-up in the pool would hang here (ctest's
+ * timeout then fails the test). */
+static void t_many_jobs(void) {
+  enum { N = 40000, NODES = 60, RUNS = 50 };
+  ph_graph g;
+  ph_graph_init(&g, &P);
+  int t[2] = {ph_tensor(&g, KILN_F32, 1, (int64_t[]){N}), ph_tensor(&g, KILN_F32, 1, (int64_t[]){N})};
+  for (int i = 0; i < NODES; i++)
+    ph_node(&g, KILN_OP_SCALE, 1, (int[]){t[i & 1]}, t[(i + 1) & 1], NULL, (float[8]){1.0f, 1.0f});
+  cr_assert_eq(ph_compile(&g), KILN_OK, "%s", ph_error());
+  float *x = malloc(N * sizeof *x), *y = malloc(N * sizeof *y);
+  for (int i = 0; i < N; i++) x[i] = (float)(i % 1000);
+  for (int r = 0; r < RUNS; r++) {
+    cr_assert_eq(ph_write(&g, t[0], x), KILN_OK);
+    cr_assert_eq(ph_run(&g), KILN_OK);
+  }
+  cr_assert_eq(ph_read(&g, t[NODES & 1], y), KILN_OK);
+  for (int i = 0; i < N; i++)
+    cr_assert_eq(y[i], x[i] + NODES, "element %d: %g after %d increments of %g", i, (double)y[i],
+                 NODES, (double)x[i]);
+  free(x), free(y);
+  ph_graph_free(&g);
+}
+
 /* ---- validation ---------------------------------------------------------- */
 
 static void expect_error(kiln_status got, kiln_status want, const char *const *needles) {
@@ -1056,7 +1081,8 @@ Test(determinism, same_bits_for_1_2_and_3_threads) {
   OP_TEST(suite, validation_optimizers, t_validation_optim, opener) \
   OP_TEST(suite, validation_tensors, t_validation_tensors, opener)  \
   OP_TEST(suite, buffers, t_buffers, opener)                        \
-  OP_TEST(suite, empty_tensors, t_empty, opener)
+  OP_TEST(suite, empty_tensors, t_empty, opener)                    \
+  OP_TEST(suite, many_small_jobs, t_many_jobs, opener)
 
 OP_TESTS(ops, open2)
 OP_TESTS(ops1, open1)
