@@ -476,6 +476,30 @@ Test(vulkan, matmul_batched_broadcast) {
   matmul_case(1, 1, 0, NULL, 3, (int64_t[]){2, 1, 3}, 65, 9, 66, 4);
 }
 
+Test(vulkan, matmul_every_tile_configuration) {
+  /* The tiles chosen for discrete/integrated GPUs are not the ones chosen
+   * for lavapipe: force each, plus odd ones, through KILN_VK_MATMUL_TILE
+   * (read at compile). Shapes cross tile borders in M, N and K. */
+  static const char *const tiles[] = {"64,64,16,4,4", "32,32,16,2,2", "32,32,8,4,4",
+                                      "64,64,8,8,8", "16,48,4,2,3", "8,8,1,1,1"};
+  for (size_t t = 0; t < sizeof tiles / sizeof tiles[0]; t++) {
+    setenv("KILN_VK_MATMUL_TILE", tiles[t], 1);
+    matmul_case(0, 0, 0, NULL, 0, NULL, 130, 67, 129, t);
+    matmul_case(1, 1, 1, (int64_t[]){2}, 0, NULL, 65, 33, 70, t + 10);
+  }
+  /* a bad override is refused at compile, naming the variable */
+  setenv("KILN_VK_MATMUL_TILE", "64,64,16,3,4", 1);
+  ph_graph g;
+  ph_graph_init(&g, &vk);
+  int a = ph_tensor(&g, KILN_F32, 2, (int64_t[]){8, 8});
+  int y = ph_tensor(&g, KILN_F32, 2, (int64_t[]){8, 8});
+  ph_node(&g, KILN_OP_MATMUL, 2, (int[]){a, a}, y, NULL, NULL);
+  cr_assert_eq(ph_compile(&g), KILN_INVALID_ARGUMENT);
+  cr_assert_not_null(strstr(ph_error(), "KILN_VK_MATMUL_TILE"), "%s", ph_error());
+  ph_graph_free(&g);
+  unsetenv("KILN_VK_MATMUL_TILE");
+}
+
 Test(vulkan, matmul_large) {
   matmul_case(0, 0, 0, NULL, 0, NULL, 300, 257, 383, 11);
   matmul_case(1, 1, 0, NULL, 0, NULL, 128, 512, 200, 12);
