@@ -101,8 +101,14 @@ static void conv_geom_init(conv_geom *g, const kcpu_node *n, const int64_t *xs, 
  * [0, limit) form one interval [*lo, *hi). */
 static void conv_valid_range(int64_t off, int64_t stride, int64_t limit, int64_t n_out, int64_t *lo,
                              int64_t *hi) {
-  int64_t l = off >= 0 ? 0 : (-off + stride - 1) / stride;
-  int64_t h = limit - 1 - off < 0 ? 0 : (limit - 1 - off) / stride + 1;
+  int64_t l, h;
+  if (stride == 1) {
+    l = off >= 0 ? 0 : -off;
+    h = limit - off < 0 ? 0 : limit - off;
+  } else {
+    l = off >= 0 ? 0 : (-off + stride - 1) / stride;
+    h = limit - 1 - off < 0 ? 0 : (limit - 1 - off) / stride + 1;
+  }
   if (h > n_out) h = n_out;
   if (l > h) l = h;
   *lo = l;
@@ -115,6 +121,7 @@ static void conv_valid_range(int64_t off, int64_t stride, int64_t limit, int64_t
  * of xg [Cg, H, W]. */
 static void im2col_tile(const conv_geom *g, const float *xg, int64_t p0, int64_t pt, float *cols,
                         int64_t ld) {
+  int64_t oh_first = p0 / g->OW, ow_first = p0 % g->OW;
   for (int64_t c = 0; c < g->Cg; c++) {
     const float *xc = xg + c * g->H * g->W;
     for (int64_t kh = 0; kh < g->KH; kh++) {
@@ -123,8 +130,8 @@ static void im2col_tile(const conv_geom *g, const float *xg, int64_t p0, int64_t
         int64_t iw_off = kw * g->dw - g->pw, lo, hi;
         conv_valid_range(iw_off, g->sw, g->W, g->OW, &lo, &hi);
         float *row = cols + ((c * g->KH + kh) * g->KW + kw) * ld;
-        for (int64_t p = p0; p < p0 + pt;) {
-          int64_t oh = p / g->OW, ow0 = p % g->OW;
+        /* Segments of one output row each: pixels p .. p + ow1 - ow0 - 1. */
+        for (int64_t p = p0, oh = oh_first, ow0 = ow_first; p < p0 + pt; oh++, ow0 = 0) {
           int64_t ow1 = g->OW < ow0 + (p0 + pt - p) ? g->OW : ow0 + (p0 + pt - p);
           float *dst = row + (p - p0); /* dst[ow - ow0] for ow in [ow0, ow1) */
           int64_t ih = oh * g->sh + ih_off;
@@ -151,6 +158,7 @@ static void im2col_tile(const conv_geom *g, const float *xg, int64_t p0, int64_t
  * columns p0 .. p0+pt-1. */
 static void col2im_tile(const conv_geom *g, const float *cols, int64_t p0, int64_t pt, int64_t ld,
                         float *dxg) {
+  int64_t oh_first = p0 / g->OW, ow_first = p0 % g->OW;
   for (int64_t c = 0; c < g->Cg; c++) {
     float *dxc = dxg + c * g->H * g->W;
     for (int64_t kh = 0; kh < g->KH; kh++) {
@@ -159,8 +167,8 @@ static void col2im_tile(const conv_geom *g, const float *cols, int64_t p0, int64
         int64_t iw_off = kw * g->dw - g->pw, lo, hi;
         conv_valid_range(iw_off, g->sw, g->W, g->OW, &lo, &hi);
         const float *row = cols + ((c * g->KH + kh) * g->KW + kw) * ld;
-        for (int64_t p = p0; p < p0 + pt;) {
-          int64_t oh = p / g->OW, ow0 = p % g->OW;
+        /* Segments of one output row each: pixels p .. p + ow1 - ow0 - 1. */
+        for (int64_t p = p0, oh = oh_first, ow0 = ow_first; p < p0 + pt; oh++, ow0 = 0) {
           int64_t ow1 = g->OW < ow0 + (p0 + pt - p) ? g->OW : ow0 + (p0 + pt - p);
           int64_t ih = oh * g->sh + ih_off;
           if (ih >= 0 && ih < g->H) {
