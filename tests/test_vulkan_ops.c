@@ -16,6 +16,9 @@
  *   sum/mean (R terms):              atol 1e-6 * R, rtol 1e-5
  *   softmax family, cross-entropy:   atol 1e-6, rtol 1e-5
  *   sgd, adam:                       atol 1e-6, rtol 1e-5
+ *   conv2d and its backward (K terms per output, K the larger of the
+ *   forward and weight-gradient depths): atol 1e-6 * K, rtol 1e-5
+ *   pooling and its backward:        atol 1e-6, rtol 1e-5
  * Shapes include 1, odd sizes, sizes that are not multiples of any tile or
  * workgroup size (matmul tiles are 32 and 64, workgroups 32..256) and a few
  * large ones. KILN_VK_VALIDATION=1 is set before the plugin loads, so any
@@ -265,22 +268,40 @@ Test(vulkan, device_info) {
 }
 
 Test(vulkan, op_support_claims_only_implemented_ops) {
-  cr_assert_eq(vk.api->op_support(0, KILN_OP_MATMUL, KILN_F32), 1);
-  cr_assert_eq(vk.api->op_support(0, KILN_OP_ADD, KILN_F32), 1);
-  cr_assert_eq(vk.api->op_support(0, KILN_OP_ADD, KILN_F16), 0);
-  cr_assert_eq(vk.api->op_support(0, KILN_OP_CONV2D, KILN_F32), 0);
-  cr_assert_eq(vk.api->op_support(0, KILN_OP_MAXPOOL2D, KILN_F32), 0);
+  /* every op of ops.h is implemented and tested below, on f32 only */
+  static const uint32_t all[] = {
+      KILN_OP_ADD, KILN_OP_SUB, KILN_OP_MUL, KILN_OP_DIV, KILN_OP_NEG, KILN_OP_RELU,
+      KILN_OP_TANH, KILN_OP_SIGMOID, KILN_OP_EXP, KILN_OP_LOG, KILN_OP_SCALE,
+      KILN_OP_RELU_BACKWARD, KILN_OP_TANH_BACKWARD, KILN_OP_SIGMOID_BACKWARD, KILN_OP_MATMUL,
+      KILN_OP_SUM, KILN_OP_MEAN, KILN_OP_EXPAND, KILN_OP_SOFTMAX, KILN_OP_LOG_SOFTMAX,
+      KILN_OP_SOFTMAX_BACKWARD, KILN_OP_LOG_SOFTMAX_BACKWARD, KILN_OP_CROSS_ENTROPY,
+      KILN_OP_CROSS_ENTROPY_BACKWARD, KILN_OP_RESHAPE, KILN_OP_TRANSPOSE, KILN_OP_COPY,
+      KILN_OP_FILL, KILN_OP_CONV2D, KILN_OP_CONV2D_BACKWARD_INPUT,
+      KILN_OP_CONV2D_BACKWARD_WEIGHT, KILN_OP_MAXPOOL2D, KILN_OP_MAXPOOL2D_BACKWARD,
+      KILN_OP_AVGPOOL2D, KILN_OP_AVGPOOL2D_BACKWARD, KILN_OP_SGD, KILN_OP_ADAM,
+      KILN_OP_INCREMENT};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+    cr_assert_eq(vk.api->op_support(0, all[i], KILN_F32), 1, "op %u", all[i]);
+    cr_assert_eq(vk.api->op_support(0, all[i], KILN_F16), 0, "op %u on f16", all[i]);
+  }
+  cr_assert_eq(vk.api->op_support(0, KILN_OP_NONE, KILN_F32), 0);
+  cr_assert_eq(vk.api->op_support(0, 5, KILN_F32), 0);      /* a gap in the numbering */
   cr_assert_eq(vk.api->op_support(0, 9999, KILN_F32), 0);
   cr_assert_eq(vk.api->op_support(999, KILN_OP_ADD, KILN_F32), 0);
 
-  /* an op it does not implement is refused at compile, by name */
+  /* an unknown op number, and an f16 tensor, are refused at compile */
   ph_graph g;
   ph_graph_init(&g, &vk);
-  int x = ph_tensor(&g, KILN_F32, 4, (int64_t[]){1, 1, 4, 4});
-  int y = ph_tensor(&g, KILN_F32, 4, (int64_t[]){1, 1, 2, 2});
-  ph_node(&g, KILN_OP_MAXPOOL2D, 1, (int[]){x}, y, IP(2, 2, 2, 2), NULL);
+  int x = ph_tensor(&g, KILN_F32, 1, (int64_t[]){4});
+  int y = ph_tensor(&g, KILN_F32, 1, (int64_t[]){4});
+  ph_node(&g, 9999, 1, (int[]){x}, y, NULL, NULL);
   cr_assert_eq(ph_compile(&g), KILN_UNSUPPORTED);
-  cr_assert_not_null(strstr(ph_error(), "maxpool2d"), "%s", ph_error());
+  cr_assert_not_null(strstr(ph_error(), "unknown op 9999"), "%s", ph_error());
+  g.nodes[0].op = KILN_OP_RELU;
+  g.tensors[x].dtype = KILN_F16;
+  g.tensors[x].nbytes = 8;
+  cr_assert_eq(ph_compile(&g), KILN_DTYPE_MISMATCH);
+  cr_assert_not_null(strstr(ph_error(), "relu"), "%s", ph_error());
   ph_graph_free(&g);
 }
 
@@ -606,6 +627,78 @@ Test(vulkan, cross_entropy) {
     NODE(&c, KILN_OP_CROSS_ENTROPY_BACKWARD, dx, NULL, NULL, dl, x, l);
     run_case(&c);
   }
+}
+
+/* ---- convolution and pooling ---------------------------------------------- */
+
+/* N, C, H, W, O, KH, KW, stride h/w, pad h/w, dilation h/w, groups */
+static const int64_t conv_cfgs[][14] = {
+    {1, 1, 5, 5, 1, 3, 3, 1, 1, 0, 0, 1, 1, 1},
+    {2, 3, 9, 7, 4, 3, 2, 2, 1, 1, 0, 1, 2, 1},
+    {2, 4, 8, 8, 6, 3, 3, 1, 1, 1, 1, 1, 1, 2},
+    {3, 4, 7, 7, 4, 3, 3, 1, 1, 1, 1, 1, 1, 4},     /* depthwise */
+    {8, 1, 28, 28, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1},  /* the MNIST CNN's first layer */
+    {4, 32, 14, 14, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1}, /* and its second */
+    {2, 5, 11, 13, 7, 5, 4, 3, 2, 2, 3, 2, 1, 1},
+};
+
+Test(vulkan, conv2d_forward_and_backward) {
+  for (size_t i = 0; i < sizeof conv_cfgs / sizeof conv_cfgs[0]; i++) {
+    const int64_t *k = conv_cfgs[i];
+    int64_t N = k[0], C = k[1], H = k[2], W = k[3], O = k[4], KH = k[5], KW = k[6], G = k[13];
+    int64_t OH = (H + 2 * k[9] - k[11] * (KH - 1) - 1) / k[7] + 1;
+    int64_t OW = (W + 2 * k[10] - k[12] * (KW - 1) - 1) / k[8] + 1;
+    int64_t depth = (C / G) * KH * KW;            /* forward */
+    if (N * OH * OW > depth) depth = N * OH * OW;  /* backward weight */
+    const int64_t ip[8] = {k[7], k[8], k[9], k[10], k[11], k[12], G};
+    tcase c;
+    case_init(&c, 1e-6 * (double)depth, 1e-5);
+    c.seed = i;
+    int x = F(&c, N, C, H, W);
+    int w = F(&c, O, C / G, KH, KW);
+    int b = F(&c, O);
+    int y = F(&c, N, O, OH, OW);
+    int yb = F(&c, N, O, OH, OW);
+    int dy = F(&c, N, O, OH, OW);
+    int dx = F(&c, N, C, H, W);
+    int dw = F(&c, O, C / G, KH, KW);
+    NODE(&c, KILN_OP_CONV2D, y, ip, NULL, x, w);
+    NODE(&c, KILN_OP_CONV2D, yb, ip, NULL, x, w, b);
+    NODE(&c, KILN_OP_CONV2D_BACKWARD_INPUT, dx, ip, NULL, dy, w);
+    NODE(&c, KILN_OP_CONV2D_BACKWARD_WEIGHT, dw, ip, NULL, dy, x);
+    run_case(&c);
+  }
+}
+
+Test(vulkan, pool2d_forward_and_backward) {
+  /* N, C, H, W, KH, KW, stride h/w, pad h/w */
+  static const int64_t cfgs[][10] = {
+      {2, 3, 8, 8, 2, 2, 2, 2, 0, 0},   /* the MNIST CNN's pools */
+      {1, 2, 7, 9, 3, 3, 2, 2, 1, 1},
+      {2, 1, 5, 6, 3, 2, 1, 2, 1, 0},
+      {1, 1, 1, 1, 1, 1, 1, 1, 0, 0},
+      {4, 16, 28, 28, 2, 2, 2, 2, 0, 0},
+  };
+  for (size_t i = 0; i < sizeof cfgs / sizeof cfgs[0]; i++)
+    for (int incl = 0; incl < 2; incl++) {
+      const int64_t *k = cfgs[i];
+      int64_t OH = (k[2] + 2 * k[8] - k[4]) / k[6] + 1, OW = (k[3] + 2 * k[9] - k[5]) / k[7] + 1;
+      const int64_t ip[8] = {k[4], k[5], k[6], k[7], k[8], k[9], incl};
+      tcase c;
+      case_init(&c, 1e-6, 1e-5);
+      c.seed = i * 2 + (uint64_t)incl;
+      int x = F(&c, k[0], k[1], k[2], k[3]);
+      int my = F(&c, k[0], k[1], OH, OW);
+      int ay = F(&c, k[0], k[1], OH, OW);
+      int dy = F(&c, k[0], k[1], OH, OW);
+      int mdx = F(&c, k[0], k[1], k[2], k[3]);
+      int adx = F(&c, k[0], k[1], k[2], k[3]);
+      NODE(&c, KILN_OP_MAXPOOL2D, my, ip, NULL, x);
+      NODE(&c, KILN_OP_AVGPOOL2D, ay, ip, NULL, x);
+      NODE(&c, KILN_OP_MAXPOOL2D_BACKWARD, mdx, ip, NULL, dy, x);
+      NODE(&c, KILN_OP_AVGPOOL2D_BACKWARD, adx, ip, NULL, dy);
+      run_case(&c);
+    }
 }
 
 /* ---- optimizers ------------------------------------------------------------- */

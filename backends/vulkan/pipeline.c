@@ -30,6 +30,9 @@ SHADER_(cross_entropy)
 SHADER_(cross_entropy_backward)
 SHADER_(sgd)
 SHADER_(adam)
+SHADER_(conv2d)
+SHADER_(conv2d_input)
+SHADER_(pool2d)
 #undef SHADER_
 
 typedef struct shader_desc {
@@ -53,6 +56,9 @@ static const shader_desc shaders[KVK_SHADER_COUNT] = {
     S_(KVK_SHADER_CROSS_ENTROPY_BACKWARD, cross_entropy_backward, 4),
     S_(KVK_SHADER_SGD, sgd, 3),
     S_(KVK_SHADER_ADAM, adam, 6),
+    S_(KVK_SHADER_CONV2D, conv2d, 4),
+    S_(KVK_SHADER_CONV2D_INPUT, conv2d_input, 3),
+    S_(KVK_SHADER_POOL2D, pool2d, 3),
 };
 #undef S_
 

@@ -93,6 +93,9 @@ typedef enum kvk_shader {
   KVK_SHADER_CROSS_ENTROPY_BACKWARD,
   KVK_SHADER_SGD,
   KVK_SHADER_ADAM,
+  KVK_SHADER_CONV2D,
+  KVK_SHADER_CONV2D_INPUT,
+  KVK_SHADER_POOL2D,
   KVK_SHADER_COUNT
 } kvk_shader;
 
@@ -242,6 +245,8 @@ kiln_status kvk_matmul_plan(kvk_plan *p, int index, const kvk_node *n);       /*
 kiln_status kvk_reduce_plan(kvk_plan *p, int index, const kvk_node *n);       /* ops_reduce.c */
 kiln_status kvk_softmax_plan(kvk_plan *p, int index, const kvk_node *n);      /* ops_softmax.c */
 kiln_status kvk_optim_plan(kvk_plan *p, int index, const kvk_node *n);        /* ops_optim.c */
+kiln_status kvk_conv_plan(kvk_plan *p, int index, const kvk_node *n);         /* ops_conv.c */
+kiln_status kvk_pool_plan(kvk_plan *p, int index, const kvk_node *n);         /* ops_conv.c */
 
 /* graph.c: the plugin table members. */
 int kvk_op_supported(uint32_t op);

@@ -1,0 +1,221 @@
+/*
+ * ops_conv.c - CONV2D, its two backward passes, and max/average pooling
+ * with their backward passes (NCHW, parameters as in kiln/ops.h).
+ *
+ *   conv2d                  shaders/conv2d.comp MODE 0: implicit GEMM per group,
+ *                           w [O/G, C/G*KH*KW] @ col(x) [.., N*OH*OW] (+ bias)
+ *   conv2d_backward_weight  shaders/conv2d.comp MODE 1: dy [O/G, N*OH*OW] @ col(x)^T
+ *   conv2d_backward_input   shaders/conv2d_input.comp: a gather per dx element
+ *   max/avg pool (+ bwd)    shaders/pool2d.comp: a thread per output / dx element
+ * Workgroups: the GEMMs tile 32 x 32 outputs (x: columns, y: rows, z: groups).
+ */
+#include "vk-impl.h"
+
+#define WG 256
+
+typedef struct conv_geom {
+  const kvk_tensor *x, *w, *y;        /* forward roles, whichever are given */
+  int64_t N, C, H, W, O, KH, KW, OH, OW, G;
+} conv_geom;
+
+static kiln_status conv_validate(int index, const kvk_node *n, conv_geom *g) {
+  char s0[KVK_SHAPE_STR], s1[KVK_SHAPE_STR], s2[KVK_SHAPE_STR];
+  int fwd = n->op == KILN_OP_CONV2D;
+  const char *xn, *wn, *yn;
+  if (fwd) {
+    g->x = &n->in[0], g->w = &n->in[1], g->y = &n->out, xn = "x", wn = "w", yn = "y";
+  } else if (n->op == KILN_OP_CONV2D_BACKWARD_INPUT) {
+    g->x = &n->out, g->w = &n->in[1], g->y = &n->in[0], xn = "dx", wn = "w", yn = "dy";
+  } else {
+    g->x = &n->in[1], g->w = &n->out, g->y = &n->in[0], xn = "x", wn = "dw", yn = "dy";
+  }
+  const kvk_tensor *ranked[3] = {g->x, g->w, g->y};
+  const char *names[3] = {xn, wn, yn};
+  for (int i = 0; i < 3; i++) {
+    const kvk_tensor *t = ranked[i];
+    if (t->ndim != 4)
+      return kvk_node_error(index, n, KILN_SHAPE_MISMATCH, "%s %s has rank %d; expected rank 4 (%s)",
+                            names[i], KVK_SHAPE(s0, t), t->ndim,
+                            i == 0 ? "N, C, H, W" : i == 1 ? "O, C/groups, KH, KW" : "N, O, OH, OW");
+    for (int d = 0; d < 4; d++)
+      if (t->shape[d] < 1)
+        return kvk_node_error(index, n, KILN_SHAPE_MISMATCH, "%s %s has an empty dimension %d",
+                              names[i], KVK_SHAPE(s0, t), d);
+  }
+  const int64_t *ip = n->ip;
+  if (ip[0] < 1 || ip[1] < 1 || ip[2] < 0 || ip[3] < 0 || ip[4] < 1 || ip[5] < 1 || ip[6] < 1)
+    return kvk_node_error(index, n, KILN_INVALID_ARGUMENT,
+                          "bad parameters stride [%lld, %lld], padding [%lld, %lld], dilation "
+                          "[%lld, %lld], groups %lld: stride, dilation and groups must be >= 1 "
+                          "and padding >= 0",
+                          (long long)ip[0], (long long)ip[1], (long long)ip[2], (long long)ip[3],
+                          (long long)ip[4], (long long)ip[5], (long long)ip[6]);
+  g->G = ip[6];
+  g->N = g->x->shape[0], g->C = g->x->shape[1], g->H = g->x->shape[2], g->W = g->x->shape[3];
+  g->O = g->w->shape[0], g->KH = g->w->shape[2], g->KW = g->w->shape[3];
+  if (g->C % g->G != 0)
+    return kvk_node_error(index, n, KILN_SHAPE_MISMATCH,
+                          "%s %s has %lld channels, not divisible by groups %lld", xn,
+                          KVK_SHAPE(s0, g->x), (long long)g->C, (long long)g->G);
+  if (g->O % g->G != 0)
+    return kvk_node_error(index, n, KILN_SHAPE_MISMATCH,
+                          "%s %s has %lld output channels, not divisible by groups %lld", wn,
+                          KVK_SHAPE(s1, g->w), (long long)g->O, (long long)g->G);
+  if (g->w->shape[1] != g->C / g->G)
+    return kvk_node_error(index, n, KILN_SHAPE_MISMATCH,
+                          "%s %s and %s %s: %s expects %lld input channels per group, %s has "
+                          "%lld (groups %lld)",
+                          xn, KVK_SHAPE(s0, g->x), wn, KVK_SHAPE(s1, g->w), wn,
+                          (long long)g->w->shape[1], xn, (long long)(g->C / g->G),
+                          (long long)g->G);
+  if (fwd && n->n_inputs == 3 && (n->in[2].ndim != 1 || n->in[2].shape[0] != g->O))
+    return kvk_node_error(index, n, KILN_SHAPE_MISMATCH, "bias %s does not match w %s: expected [%lld]",
+                          KVK_SHAPE(s2, &n->in[2]), KVK_SHAPE(s1, g->w), (long long)g->O);
+  int64_t ekh = ip[4] * (g->KH - 1) + 1, ekw = ip[5] * (g->KW - 1) + 1;
+  if (g->H + 2 * ip[2] < ekh || g->W + 2 * ip[3] < ekw)
+    return kvk_node_error(index, n, KILN_SHAPE_MISMATCH,
+                          "%s %s padded by [%lld, %lld] is smaller than the kernel of %s %s with "
+                          "dilation [%lld, %lld]",
+                          xn, KVK_SHAPE(s0, g->x), (long long)ip[2], (long long)ip[3], wn,
+                          KVK_SHAPE(s1, g->w), (long long)ip[4], (long long)ip[5]);
+  g->OH = (g->H + 2 * ip[2] - ekh) / ip[0] + 1;
+  g->OW = (g->W + 2 * ip[3] - ekw) / ip[1] + 1;
+  const kvk_tensor *y = g->y;
+  if (y->shape[0] != g->N || y->shape[1] != g->O || y->shape[2] != g->OH || y->shape[3] != g->OW)
+    return kvk_node_error(index, n, KILN_SHAPE_MISMATCH,
+                          "%s is %s, expected [%lld, %lld, %lld, %lld] for %s %s and %s %s", yn,
+                          KVK_SHAPE(s2, y), (long long)g->N, (long long)g->O, (long long)g->OH,
+                          (long long)g->OW, xn, KVK_SHAPE(s0, g->x), wn, KVK_SHAPE(s1, g->w));
+  return KILN_OK;
+}
+
+static void conv_params(kvk_dispatch *d, const conv_geom *g, const kvk_node *n) {
+  const int64_t v[] = {g->N, g->C, g->H, g->W, g->O, g->OH, g->OW, g->KH, g->KW,
+                       n->ip[0], n->ip[1], n->ip[2], n->ip[3], n->ip[4], n->ip[5], g->G};
+  for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) kvk_param_u(d, (uint64_t)v[i]);
+}
+
+kiln_status kvk_conv_plan(kvk_plan *p, int index, const kvk_node *n) {
+  conv_geom g;
+  kiln_status st = conv_validate(index, n, &g);
+  if (st != KILN_OK) return st;
+  kvk_dispatch *d = kvk_plan_add(p, index, n);
+  if (!d) return KILN_OUT_OF_MEMORY;
+  const VkPhysicalDeviceLimits *l = &p->dev->phys->props.limits;
+  if (n->op == KILN_OP_CONV2D_BACKWARD_INPUT) {
+    d->shader = KVK_SHADER_CONV2D_INPUT;
+    d->n_spec = 1;
+    d->spec[0] = WG;
+    d->n_bind = 3;
+    d->bind[0] = &n->in[0];
+    d->bind[1] = &n->in[1];
+    d->bind[2] = &n->out;
+    d->write_mask = 4;
+    conv_params(d, &g, n);
+    d->groups[0] = kvk_groups_1d(p->dev, (uint64_t)n->out.numel, WG);
+    d->groups[1] = d->groups[2] = 1;
+    return KILN_OK;
+  }
+  int big = l->maxComputeWorkGroupInvocations >= 256 && l->maxComputeWorkGroupSize[0] >= 16 &&
+            l->maxComputeWorkGroupSize[1] >= 16;
+  uint32_t bm = 32, bn = 32, bk = big ? 16 : 8, tm = big ? 2 : 4, tn = big ? 2 : 4;
+  int fwd = n->op == KILN_OP_CONV2D;
+  int64_t M = g.O / g.G;
+  int64_t cols = fwd ? g.N * g.OH * g.OW : (g.C / g.G) * g.KH * g.KW;
+  uint64_t gx = ((uint64_t)cols + bn - 1) / bn, gy = ((uint64_t)M + bm - 1) / bm;
+  if (gx > l->maxComputeWorkGroupCount[0] || gy > l->maxComputeWorkGroupCount[1]) {
+    char s[KVK_SHAPE_STR];
+    return kvk_node_error(index, n, KILN_UNSUPPORTED,
+                          "x %s needs %llu x %llu workgroups; this device allows %u x %u",
+                          KVK_SHAPE(s, g.x), (unsigned long long)gx, (unsigned long long)gy,
+                          l->maxComputeWorkGroupCount[0], l->maxComputeWorkGroupCount[1]);
+  }
+  uint64_t gz = (uint64_t)g.G;
+  if (gz > l->maxComputeWorkGroupCount[2]) gz = l->maxComputeWorkGroupCount[2];
+  int has_bias = fwd && n->n_inputs == 3;
+  d->shader = KVK_SHADER_CONV2D;
+  d->n_spec = 9;
+  d->spec[0] = bn / tn;
+  d->spec[1] = bm / tm;
+  d->spec[2] = bm;
+  d->spec[3] = bn;
+  d->spec[4] = bk;
+  d->spec[5] = tm;
+  d->spec[6] = tn;
+  d->spec[7] = fwd ? 0 : 1;
+  d->spec[8] = (uint32_t)has_bias;
+  d->n_bind = 4;
+  d->bind[0] = g.x;
+  d->bind[1] = fwd ? g.w : g.y;   /* w, or dy */
+  d->bind[2] = has_bias ? &n->in[2] : d->bind[1];
+  d->bind[3] = &n->out;
+  d->write_mask = 8;
+  conv_params(d, &g, n);
+  d->groups[0] = (uint32_t)gx;
+  d->groups[1] = (uint32_t)gy;
+  d->groups[2] = (uint32_t)gz;
+  return KILN_OK;
+}
+
+kiln_status kvk_pool_plan(kvk_plan *p, int index, const kvk_node *n) {
+  char s0[KVK_SHAPE_STR], s1[KVK_SHAPE_STR];
+  int is_max = n->op == KILN_OP_MAXPOOL2D || n->op == KILN_OP_MAXPOOL2D_BACKWARD;
+  int backward = n->op == KILN_OP_MAXPOOL2D_BACKWARD || n->op == KILN_OP_AVGPOOL2D_BACKWARD;
+  /* x: the forward input (dx when backward); y: the forward output (dy) */
+  const kvk_tensor *x = backward ? &n->out : &n->in[0];
+  const kvk_tensor *y = backward ? &n->in[0] : &n->out;
+  const char *xn = backward ? "dx" : "x", *yn = backward ? "dy" : "y";
+  if (x->ndim != 4 || y->ndim != 4)
+    return kvk_node_error(index, n, KILN_SHAPE_MISMATCH,
+                          "%s %s and %s %s must have rank 4 (N, C, H, W)", xn, KVK_SHAPE(s0, x),
+                          yn, KVK_SHAPE(s1, y));
+  for (int d = 0; d < 4; d++)
+    if (x->shape[d] < 1)
+      return kvk_node_error(index, n, KILN_SHAPE_MISMATCH, "%s %s has an empty dimension %d", xn,
+                            KVK_SHAPE(s0, x), d);
+  if (n->op == KILN_OP_MAXPOOL2D_BACKWARD && !kvk_same_shape(&n->in[1], x))
+    return kvk_node_error(index, n, KILN_SHAPE_MISMATCH, "x %s and dx %s must have the same shape",
+                          KVK_SHAPE(s0, &n->in[1]), KVK_SHAPE(s1, x));
+  const int64_t *ip = n->ip;
+  int64_t KH = ip[0], KW = ip[1], sh = ip[2], sw = ip[3], ph = ip[4], pw = ip[5];
+  if (KH < 1 || KW < 1 || sh < 1 || sw < 1 || ph < 0 || pw < 0 || ph >= KH || pw >= KW)
+    return kvk_node_error(index, n, KILN_INVALID_ARGUMENT,
+                          "bad parameters kernel [%lld, %lld], stride [%lld, %lld], padding "
+                          "[%lld, %lld]: kernel and stride must be >= 1, padding >= 0 and smaller "
+                          "than the kernel",
+                          (long long)KH, (long long)KW, (long long)sh, (long long)sw,
+                          (long long)ph, (long long)pw);
+  if (!is_max && ip[6] != 0 && ip[6] != 1)
+    return kvk_node_error(index, n, KILN_INVALID_ARGUMENT,
+                          "count_include_pad (ip[6]) is %lld; expected 0 or 1", (long long)ip[6]);
+  int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+  if (H + 2 * ph < KH || W + 2 * pw < KW)
+    return kvk_node_error(index, n, KILN_SHAPE_MISMATCH,
+                          "%s %s padded by [%lld, %lld] is smaller than the kernel %lldx%lld", xn,
+                          KVK_SHAPE(s0, x), (long long)ph, (long long)pw, (long long)KH,
+                          (long long)KW);
+  int64_t OH = (H + 2 * ph - KH) / sh + 1, OW = (W + 2 * pw - KW) / sw + 1;
+  if (y->shape[0] != N || y->shape[1] != C || y->shape[2] != OH || y->shape[3] != OW)
+    return kvk_node_error(index, n, KILN_SHAPE_MISMATCH,
+                          "%s is %s, expected [%lld, %lld, %lld, %lld] for %s %s", yn,
+                          KVK_SHAPE(s1, y), (long long)N, (long long)C, (long long)OH,
+                          (long long)OW, xn, KVK_SHAPE(s0, x));
+  kvk_dispatch *d = kvk_plan_add(p, index, n);
+  if (!d) return KILN_OUT_OF_MEMORY;
+  uint32_t mode = n->op == KILN_OP_MAXPOOL2D ? 0 : n->op == KILN_OP_AVGPOOL2D ? 1
+                  : n->op == KILN_OP_MAXPOOL2D_BACKWARD ? 2 : 3;
+  d->shader = KVK_SHADER_POOL2D;
+  d->n_spec = 2;
+  d->spec[0] = WG;
+  d->spec[1] = mode;
+  d->n_bind = 3;
+  d->bind[0] = mode == 2 ? &n->in[1] : &n->in[0];   /* x (avg bwd: dy, unused) */
+  d->bind[1] = &n->in[0];                           /* dy (forward: x, unused) */
+  d->bind[2] = &n->out;
+  d->write_mask = 4;
+  const int64_t v[] = {N, C, H, W, OH, OW, KH, KW, sh, sw, ph, pw, is_max ? 0 : ip[6]};
+  for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) kvk_param_u(d, (uint64_t)v[i]);
+  d->groups[0] = kvk_groups_1d(p->dev, (uint64_t)n->out.numel, WG);
+  d->groups[1] = d->groups[2] = 1;
+  return KILN_OK;
+}
