@@ -26,8 +26,8 @@
  * across the pool and each block runs a single-threaded GEMM (kcpu_sgemm
  * with a NULL pool); with fewer images the blocks run one after another
  * with pooled GEMMs. The weight gradient sums one partial per chunk of the
- * batch (chunks fixed by the batch size and the thread count) in chunk
- * order. So nothing depends on scheduling: y and dx depend only on the
+ * batch (a few chunks per thread, fixed by the batch size and the thread
+ * count, never by timing) in chunk order. So nothing depends on scheduling: y and dx depend only on the
  * shapes, dw also on the thread count, and a run is bitwise reproducible.
  */
 #include <stdio.h>
@@ -49,6 +49,7 @@
 /* Memory for the weight gradient's per-chunk partial sums; beyond it the
  * batch is cut into fewer chunks (wide layers on many threads). */
 #define CONV_PARTIALS_BYTES (64 << 20)
+#define CONV_CHUNKS_PER_THREAD 4
 
 /* ---- geometry ------------------------------------------------------------ */
 
@@ -620,7 +621,10 @@ void kcpu_conv2d_backward_weight(kcpu_pool *pool, const kcpu_node *n) {
   j.out = dw;
   if (g->direct) goto direct;
 
-  int64_t n_chunks = g->N < conv_threads(pool) ? g->N : conv_threads(pool);
+  /* A few chunks per thread, so a thread that the OS delays does not hold
+   * up the others for long. */
+  int64_t n_chunks = conv_threads(pool) > 1 ? CONV_CHUNKS_PER_THREAD * conv_threads(pool) : 1;
+  if (n_chunks > g->N) n_chunks = g->N;
   int64_t fit = CONV_PARTIALS_BYTES / ((int64_t)sizeof(float) * OK);
   if (n_chunks > fit) n_chunks = fit;
   if (n_chunks <= 1) {
