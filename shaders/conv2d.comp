@@ -6,7 +6,10 @@
 //                             M = O/G, columns = C/G*KH*KW, depth = N*OH*OW
 // where k = (c', kh, kw), p = (oh, ow) and col[k, (n, p)] =
 // x[n, g*C/G + c', oh*sh - ph + kh*dh, ow*sw - pw + kw*dw] (0 in the padding),
-// gathered on the fly (no im2col buffer). Tiling as in matmul.comp: a
+// gathered on the fly (no im2col buffer). MODE 1's depth is long and its
+// output small, so it is split (split-K): workgroup z = g * splits + s sums
+// depth [s*chunk, (s+1)*chunk) into partial s of y [splits, O, C/G*KH*KW],
+// which a reduce.comp dispatch then adds up. Tiling as in matmul.comp: a
 // workgroup of WX x WY threads computes a BM x BN tile, BK deep, TM x TN
 // results per thread. Bindings: 0 x, 1 w (MODE 0) or dy (MODE 1),
 // 2 bias (HAS_BIAS; else binding 1 again, unused), 3 y or dw (written).
@@ -26,6 +29,7 @@ layout(push_constant, std430) uniform PC {
   uint x_off, w_off, b_off, y_off;
   uint N, C, H, W, O, OH, OW, KH, KW;
   uint sh, sw, ph, pw, dh, dw, G;
+  uint splits, chunk;   // split-K: partials and depth per partial (a multiple of BK)
 } pc;
 
 shared float As[BK * BM];
@@ -53,15 +57,17 @@ void main() {
   const uint KD = MODE == 0 ? Kk : pc.N * P;     // GEMM depth
   const uint m0 = gl_WorkGroupID.y * BM, n0 = gl_WorkGroupID.x * BN;
 
-  for (uint g = gl_WorkGroupID.z; g < pc.G; g += gl_NumWorkGroups.z) {
+  for (uint z = gl_WorkGroupID.z; z < pc.G * pc.splits; z += gl_NumWorkGroups.z) {
+    const uint g = z / pc.splits, split = z % pc.splits;
+    const uint kb = split * pc.chunk, ke = min(KD, kb + pc.chunk);
     float acc[TM * TN];
     for (uint i = 0; i < TM * TN; i++) acc[i] = 0.0;
-    for (uint k0 = 0; k0 < KD; k0 += BK) {
+    for (uint k0 = kb; k0 < ke; k0 += BK) {
       for (uint e = tid; e < BM * BK; e += nthreads) {
         uint m = e / BK, k = e % BK;
         uint gm = m0 + m, gk = k0 + k;
         float v = 0.0;
-        if (gm < M && gk < KD) {
+        if (gm < M && gk < ke) {
           if (MODE == 0) {
             v = wt[pc.w_off + (g * Og + gm) * Kk + gk];
           } else {
@@ -76,7 +82,7 @@ void main() {
         if (MODE == 0) { n = e % BN; k = e / BN; } else { k = e % BK; n = e / BK; }
         uint gn = n0 + n, gk = k0 + k;
         float v = 0.0;
-        if (gn < NC && gk < KD) v = MODE == 0 ? col(g, gk, gn) : col(g, gn, gk);
+        if (gn < NC && gk < ke) v = MODE == 0 ? col(g, gk, gn) : col(g, gn, gk);
         Bs[k * BN + n] = v;
       }
       barrier();
@@ -101,7 +107,7 @@ void main() {
           y[pc.y_off + (n * pc.O + o) * P + p] =
               acc[i * TN + j] + (HAS_BIAS != 0 ? bias[pc.b_off + o] : 0.0);
         } else {
-          y[pc.y_off + o * Kk + gn] = acc[i * TN + j];
+          y[pc.y_off + (split * pc.O + o) * Kk + gn] = acc[i * TN + j];
         }
       }
     }

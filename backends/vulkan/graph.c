@@ -35,6 +35,8 @@ struct kiln_plugin_exec {
   uint32_t n_dispatches, n_barriers;
   kvk_node *nodes;              /* the resolved nodes, kept for the tensors */
   uint32_t n_nodes;
+  uint32_t n_scratch;
+  kvk_tensor **scratch;         /* buffers for partial results */
 };
 
 /* ---- the op table --------------------------------------------------------- */
@@ -162,6 +164,44 @@ kvk_dispatch *kvk_plan_add(kvk_plan *p, int index, const kvk_node *n) {
   kvk_dispatch *d = &p->d[p->n++];
   memset(d, 0, sizeof *d);
   return d;
+}
+
+kvk_tensor *kvk_plan_scratch(kvk_plan *p, int index, const kvk_node *n, uint64_t numel) {
+  if (p->n_scratch == p->cap_scratch) {
+    uint32_t cap = p->cap_scratch ? p->cap_scratch * 2 : 4;
+    kvk_tensor **ns = realloc(p->scratch, cap * sizeof *ns);
+    if (!ns) {
+      kvk_node_error(index, n, KILN_OUT_OF_MEMORY, "out of host memory planning scratch buffers");
+      return NULL;
+    }
+    p->scratch = ns;
+    p->cap_scratch = cap;
+  }
+  kvk_tensor *t = calloc(1, sizeof *t);
+  if (!t) {
+    kvk_node_error(index, n, KILN_OUT_OF_MEMORY, "out of host memory planning scratch buffers");
+    return NULL;
+  }
+  t->dtype = KILN_F32;
+  t->ndim = 1;
+  for (int i = 0; i < KILN_MAX_DIMS; i++) t->shape[i] = 1;
+  t->shape[0] = (int64_t)numel;
+  t->numel = (int64_t)numel;
+  t->nbytes = numel * 4;
+  if (kvk_buffer_alloc(p->dev, t->nbytes ? t->nbytes : 4, &t->buffer) != KILN_OK) {
+    free(t);
+    return NULL;
+  }
+  p->scratch[p->n_scratch++] = t;
+  return t;
+}
+
+static void free_scratch(kiln_plugin_device *dev, kvk_tensor **scratch, uint32_t n) {
+  for (uint32_t i = 0; i < n; i++) {
+    kvk_buffer_free(dev, scratch[i]->buffer);
+    free(scratch[i]);
+  }
+  free(scratch);
 }
 
 void kvk_param_u(kvk_dispatch *d, uint64_t v) {
@@ -371,6 +411,7 @@ void kvk_graph_free(kiln_plugin_device *dev, kiln_plugin_exec *exec) {
   if (exec->cmd) vkFreeCommandBuffers(dev->dev, dev->cmd_pool, 1, &exec->cmd);
   if (exec->fence) vkDestroyFence(dev->dev, exec->fence, NULL);
   if (exec->pool) vkDestroyDescriptorPool(dev->dev, exec->pool, NULL);
+  free_scratch(dev, exec->scratch, exec->n_scratch);
   free(exec->nodes);
   free(exec);
 }
@@ -552,6 +593,8 @@ kiln_status kvk_graph_compile(kiln_plugin_device *dev, const kiln_plugin_graph *
   free(sets);
   free(pipes);
   free(plan.d);
+  exec->scratch = plan.scratch;
+  exec->n_scratch = plan.n_scratch;
   *out = exec;
   return KILN_OK;
 
@@ -563,6 +606,7 @@ fail:
   free(sets);
   free(pipes);
   free(plan.d);
+  free_scratch(dev, plan.scratch, plan.n_scratch);
   kvk_graph_free(dev, exec);
   return st;
 }

@@ -4,7 +4,9 @@
  *
  *   conv2d                  shaders/conv2d.comp MODE 0: implicit GEMM per group,
  *                           w [O/G, C/G*KH*KW] @ col(x) [.., N*OH*OW] (+ bias)
- *   conv2d_backward_weight  shaders/conv2d.comp MODE 1: dy [O/G, N*OH*OW] @ col(x)^T
+ *   conv2d_backward_weight  shaders/conv2d.comp MODE 1: dy [O/G, N*OH*OW] @ col(x)^T,
+ *                           split over N*OH*OW into partials (split-K), then
+ *                           shaders/reduce.comp adds the partials
  *   conv2d_backward_input   shaders/conv2d_input.comp: a gather per dx element
  *   max/avg pool (+ bwd)    shaders/pool2d.comp: a thread per output / dx element
  * Workgroups: the GEMMs tile 32 x 32 outputs (x: columns, y: rows, z: groups).
@@ -130,7 +132,26 @@ kiln_status kvk_conv_plan(kvk_plan *p, int index, const kvk_node *n) {
                           KVK_SHAPE(s, g.x), (unsigned long long)gx, (unsigned long long)gy,
                           l->maxComputeWorkGroupCount[0], l->maxComputeWorkGroupCount[1]);
   }
-  uint64_t gz = (uint64_t)g.G;
+  /* Split-K for the weight gradient: its depth (N*OH*OW) is long and its
+   * output (O x C/G*KH*KW) small, often one or two tiles; partials over
+   * depth chunks of >= 512 give the device ~256 workgroups to run, and a
+   * reduce dispatch adds them up in a fixed order. */
+  int64_t depth = fwd ? (g.C / g.G) * g.KH * g.KW : g.N * g.OH * g.OW;
+  uint64_t tiles = gx * gy * (uint64_t)g.G, splits = 1;
+  if (!fwd && tiles < 256) {
+    splits = 256 / tiles;
+    if (splits > (uint64_t)depth / 512) splits = (uint64_t)depth / 512;
+    if (splits < 1) splits = 1;
+  }
+  uint64_t chunk = ((uint64_t)depth + splits - 1) / splits;
+  chunk = (chunk + bk - 1) / bk * bk;
+  splits = ((uint64_t)depth + chunk - 1) / chunk;
+  const kvk_tensor *out = &n->out;
+  if (splits > 1) {
+    out = kvk_plan_scratch(p, index, n, splits * (uint64_t)n->out.numel);
+    if (!out) return KILN_OUT_OF_MEMORY;
+  }
+  uint64_t gz = (uint64_t)g.G * splits;
   if (gz > l->maxComputeWorkGroupCount[2]) gz = l->maxComputeWorkGroupCount[2];
   int has_bias = fwd && n->n_inputs == 3;
   d->shader = KVK_SHADER_CONV2D;
@@ -148,12 +169,39 @@ kiln_status kvk_conv_plan(kvk_plan *p, int index, const kvk_node *n) {
   d->bind[0] = g.x;
   d->bind[1] = fwd ? g.w : g.y;   /* w, or dy */
   d->bind[2] = has_bias ? &n->in[2] : d->bind[1];
-  d->bind[3] = &n->out;
+  d->bind[3] = out;
   d->write_mask = 8;
   conv_params(d, &g, n);
+  kvk_param_u(d, splits);
+  kvk_param_u(d, chunk);
   d->groups[0] = (uint32_t)gx;
   d->groups[1] = (uint32_t)gy;
   d->groups[2] = (uint32_t)gz;
+  if (splits == 1) return KILN_OK;
+
+  /* dw = sum over the partials [splits, O * C/G*KH*KW] (shaders/reduce.comp) */
+  uint64_t per = (uint64_t)n->out.numel;
+  if (!(d = kvk_plan_add(p, index, n))) return KILN_OUT_OF_MEMORY;
+  d->shader = KVK_SHADER_REDUCE;
+  d->n_spec = 1;
+  d->spec[0] = kvk_pow2_wg(splits, 32, 256);
+  d->n_bind = 2;
+  d->bind[0] = out;
+  d->bind[1] = &n->out;
+  d->write_mask = 2;
+  kvk_param_u(d, per);       /* outputs */
+  kvk_param_u(d, splits);    /* reduced elements per output */
+  kvk_param_u(d, 1);         /* kept axes: [per], stride 1 */
+  kvk_param_u(d, 2);         /* all axes: + [splits], stride per */
+  kvk_param_f(d, 1.0f);
+  kvk_param_u(d, per);
+  kvk_param_u(d, splits);
+  for (int i = 2; i < KILN_MAX_DIMS; i++) kvk_param_u(d, 1);
+  kvk_param_u(d, 1);
+  kvk_param_u(d, per);
+  for (int i = 2; i < KILN_MAX_DIMS; i++) kvk_param_u(d, 0);
+  d->groups[0] = kvk_groups_1d(p->dev, per, 1);
+  d->groups[1] = d->groups[2] = 1;
   return KILN_OK;
 }
 

@@ -211,10 +211,16 @@ typedef struct kvk_plan {
   kiln_plugin_device *dev;
   uint32_t n, cap;
   kvk_dispatch *d;
+  uint32_t n_scratch, cap_scratch;
+  kvk_tensor **scratch;          /* owned by the executable once compiled */
 } kvk_plan;
 
 /* Appends a zeroed dispatch (NULL and the host error set when out of memory). */
 kvk_dispatch *kvk_plan_add(kvk_plan *p, int index, const kvk_node *n);
+/* A zeroed device buffer of numel f32 owned by the executable being
+ * compiled (for partial results), described as a 1-D tensor; NULL and the
+ * host error set on failure. */
+kvk_tensor *kvk_plan_scratch(kvk_plan *p, int index, const kvk_node *n, uint64_t numel);
 /* Pushes a parameter word (or a float's bits). */
 void kvk_param_u(kvk_dispatch *d, uint64_t v);
 void kvk_param_f(kvk_dispatch *d, float v);
