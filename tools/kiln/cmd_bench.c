@@ -1,0 +1,541 @@
+/*
+ * cmd_bench.c - `kiln bench`: how fast a backend runs the work kiln exists
+ * for, measured through the public graph API exactly as a user would run it.
+ *
+ *   kiln bench [--backend cpu|vulkan|auto] [--device N] [--threads N]
+ *              [--quick] [--json FILE]
+ *
+ * Cases:
+ *   sgemm N        C[N, N] = A[N, N] @ B[N, N] for N = 256, 512, 1024, 2048;
+ *                  GFLOP/s counting 2*N^3 flops
+ *   convL fwd/dx/dw  each convolution of the reference MNIST CNN at batch 64:
+ *                  forward, input gradient and weight gradient, each a
+ *                  one-node graph; GFLOP/s counting 2*N*O*OH*OW*C*KH*KW
+ *   train step     full training steps of the reference CNN (batch 64, Adam,
+ *                  cross-entropy) through kiln_trainer_fit_epoch on synthetic
+ *                  data; images/s
+ *
+ * Each case is warmed up, then timed in `reps` repetitions of `iters`
+ * back-to-back runs (iters chosen so that one repetition lasts at least the
+ * target time); the figure reported is the median repetition, with the
+ * fastest and slowest shown so the noise of a shared machine is visible.
+ *
+ * --threads N sets KILN_NUM_THREADS for the CPU plugin before it loads.
+ * --json FILE writes the figures for tools/bench-compare; its layout:
+ *   {"kiln_version", "backend", "device", "threads", "quick",
+ *    "cases": [{"name", "kind": "sgemm"|"conv"|"train", "n" | "layer"+"pass",
+ *               "seconds" (median per run), "min_seconds", "max_seconds",
+ *               "iters", "reps", "gflops" | "images_per_s"}]}
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "commands.h"
+#include "kiln/kiln.h"
+#include "kiln/nn.h"
+
+#define BENCH_MAX_CASES 32
+
+typedef struct bench_opts {
+  const char *backend;  /* "auto" */
+  int device;           /* -1: the backend's best */
+  int threads;          /* 0: the plugin's default */
+  int quick;
+  const char *json;
+} bench_opts;
+
+/* One measured case. */
+typedef struct bench_result {
+  char name[48];
+  const char *kind;     /* "sgemm", "conv", "train" */
+  int n;                /* sgemm size */
+  const char *layer;    /* conv: "conv1".. */
+  const char *pass;     /* conv: "forward", "backward_input", "backward_weight" */
+  char shape[96];       /* human-readable problem shape */
+  double seconds, min_s, max_s;   /* per run: median, fastest, slowest repetition */
+  int iters, reps;
+  double work;          /* flops per run (sgemm, conv) or images per run (train) */
+} bench_result;
+
+typedef struct bench_timing {
+  double target_s;      /* one repetition lasts at least this */
+  int reps;
+  int warmup;
+} bench_timing;
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+static void bench_usage(FILE *f) {
+  fprintf(f,
+          "usage: kiln bench [options]\n"
+          "\n"
+          "Measures sgemm (256 to 2048), each convolution of the reference MNIST CNN\n"
+          "(batch 64: forward, input gradient, weight gradient) and full training steps\n"
+          "of that CNN (batch 64, Adam), through the public graph API. Each case is\n"
+          "warmed up and timed in repetitions; the median is reported, with the\n"
+          "fastest and slowest repetition as a measure of noise.\n"
+          "\n"
+          "options:\n"
+          "  --backend NAME   cpu, vulkan or auto (default auto: the best device)\n"
+          "  --device N       device index within the backend (default: its best)\n"
+          "  --threads N      CPU threads (sets KILN_NUM_THREADS; default: online cores)\n"
+          "  --quick          fewer and shorter repetitions, no sgemm 2048\n"
+          "  --json FILE      also write the figures as JSON (for tools/bench-compare)\n"
+          "  --help           show this help\n");
+}
+
+/* Parses argv[1..]. Returns 0 on success, 2 on a usage error, -1 after --help. */
+static int parse_opts(int argc, char **argv, bench_opts *o) {
+  memset(o, 0, sizeof *o);
+  o->backend = "auto";
+  o->device = -1;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+      bench_usage(stdout);
+      return -1;
+    }
+    if (!strcmp(a, "--quick")) {
+      o->quick = 1;
+      continue;
+    }
+    char flag[32];
+    const char *eq = strchr(a, '=');
+    size_t flen = eq ? (size_t)(eq - a) : strlen(a);
+    if (flen >= sizeof flag) flen = sizeof flag - 1;
+    memcpy(flag, a, flen);
+    flag[flen] = '\0';
+    if (strcmp(flag, "--backend") && strcmp(flag, "--device") && strcmp(flag, "--threads") &&
+        strcmp(flag, "--json")) {
+      fprintf(stderr, "kiln bench: unknown %s '%s' (see kiln bench --help)\n",
+              a[0] == '-' ? "option" : "argument", a);
+      return 2;
+    }
+    const char *val;
+    if (eq) {
+      val = eq + 1;
+    } else if (i + 1 < argc) {
+      val = argv[++i];
+    } else {
+      fprintf(stderr, "kiln bench: option %s needs a value\n", flag);
+      return 2;
+    }
+    int good = *val != '\0';
+    if (good && (!strcmp(flag, "--device") || !strcmp(flag, "--threads"))) {
+      errno = 0;
+      char *end;
+      long v = strtol(val, &end, 10);
+      int lo = !strcmp(flag, "--threads") ? 1 : 0;
+      good = !errno && !*end && v >= lo && v <= 4096;
+      if (!strcmp(flag, "--device"))
+        o->device = (int)v;
+      else
+        o->threads = (int)v;
+    } else if (!strcmp(flag, "--backend")) {
+      o->backend = val;
+    } else if (!strcmp(flag, "--json")) {
+      o->json = val;
+    }
+    if (!good) {
+      fprintf(stderr, "kiln bench: bad value '%s' for %s\n", val, flag);
+      return 2;
+    }
+  }
+  return 0;
+}
+
+/* Deterministic fill in [-1, 1) (xorshift), so runs compare like for like. */
+static void fill_random(float *x, size_t n, uint32_t seed) {
+  uint32_t s = seed * 2654435761u + 1u;
+  for (size_t i = 0; i < n; i++) {
+    s ^= s << 13;
+    s ^= s >> 17;
+    s ^= s << 5;
+    x[i] = (float)(s >> 8) * (2.0f / 16777216.0f) - 1.0f;
+  }
+}
+
+/* Runs c (iters times per repetition) and fills r's timing fields. The
+ * iteration count is doubled from 1 until one repetition lasts target_s. */
+static int time_compiled(kiln_device *dev, kiln_compiled *c, const bench_timing *tm,
+                         bench_result *r) {
+  for (int w = 0; w < tm->warmup; w++)
+    if (kiln_compiled_run(c) != KILN_OK) return 0;
+  if (kiln_device_synchronize(dev) != KILN_OK) return 0;
+  int iters = 1;
+  for (;;) {
+    double t0 = now_s();
+    for (int i = 0; i < iters; i++)
+      if (kiln_compiled_run(c) != KILN_OK) return 0;
+    if (kiln_device_synchronize(dev) != KILN_OK) return 0;
+    double dt = now_s() - t0;
+    if (dt >= tm->target_s || iters >= (1 << 20)) break;
+    /* Jump most of the way at once once the time is measurable. */
+    int want = dt > 1e-3 ? (int)(iters * tm->target_s / dt * 1.1) + 1 : iters * 8;
+    iters = want > iters * 2 ? want : iters * 2;
+  }
+  double times[64];
+  int reps = tm->reps < 64 ? tm->reps : 64;
+  for (int k = 0; k < reps; k++) {
+    double t0 = now_s();
+    for (int i = 0; i < iters; i++)
+      if (kiln_compiled_run(c) != KILN_OK) return 0;
+    if (kiln_device_synchronize(dev) != KILN_OK) return 0;
+    times[k] = (now_s() - t0) / iters;
+  }
+  qsort(times, (size_t)reps, sizeof times[0], cmp_double);
+  r->seconds = reps % 2 ? times[reps / 2] : 0.5 * (times[reps / 2 - 1] + times[reps / 2]);
+  r->min_s = times[0];
+  r->max_s = times[reps - 1];
+  r->iters = iters;
+  r->reps = reps;
+  return 1;
+}
+
+/* Declares an input of the given shape, filled with random values after
+ * compile by set_random_inputs(). */
+typedef struct bench_input {
+  kiln_node *node;
+  size_t numel;
+} bench_input;
+
+static int set_random_inputs(kiln_compiled *c, const bench_input *in, int n) {
+  for (int i = 0; i < n; i++) {
+    float *buf = malloc(in[i].numel * sizeof *buf);
+    if (!buf) {
+      fprintf(stderr, "kiln bench: out of memory for a %zu-element input\n", in[i].numel);
+      return 0;
+    }
+    fill_random(buf, in[i].numel, (uint32_t)i + 1);
+    kiln_status st = kiln_compiled_set_input(c, in[i].node, buf, in[i].numel * sizeof *buf);
+    free(buf);
+    if (st != KILN_OK) return 0;
+  }
+  return 1;
+}
+
+static size_t numel_of(int ndim, const int64_t *shape) {
+  size_t n = 1;
+  for (int i = 0; i < ndim; i++) n *= (size_t)shape[i];
+  return n;
+}
+
+/* Compiles g (whose output is `out`), feeds its inputs and times it. */
+static int time_graph(kiln_device *dev, kiln_graph *g, kiln_node *out, const bench_input *in,
+                      int n_in, const bench_timing *tm, bench_result *r) {
+  kiln_compiled *c = NULL;
+  int ok = 0;
+  if (!out || kiln_graph_output(g, out) != KILN_OK) goto done;
+  if (kiln_graph_compile(g, dev, &c) != KILN_OK) goto done;
+  if (!set_random_inputs(c, in, n_in)) goto done;
+  ok = time_compiled(dev, c, tm, r);
+done:
+  if (!ok) {
+    const char *why = kiln_graph_status(g) != KILN_OK ? kiln_graph_error(g) : kiln_last_error();
+    fprintf(stderr, "kiln bench: %s: %s\n", r->name, why);
+  }
+  kiln_compiled_destroy(c);
+  return ok;
+}
+
+/* C[n, n] = A @ B. */
+static int bench_sgemm(kiln_device *dev, int n, const bench_timing *tm, bench_result *r) {
+  memset(r, 0, sizeof *r);
+  snprintf(r->name, sizeof r->name, "sgemm %d", n);
+  snprintf(r->shape, sizeof r->shape, "[%d, %d] @ [%d, %d]", n, n, n, n);
+  r->kind = "sgemm";
+  r->n = n;
+  r->work = 2.0 * n * n * (double)n;
+  kiln_graph *g = NULL;
+  if (kiln_graph_create(&g) != KILN_OK) {
+    fprintf(stderr, "kiln bench: %s\n", kiln_last_error());
+    return 0;
+  }
+  int64_t shape[2] = {n, n};
+  bench_input in[2] = {{kiln_input(g, "a", KILN_F32, 2, shape), (size_t)n * n},
+                       {kiln_input(g, "b", KILN_F32, 2, shape), (size_t)n * n}};
+  kiln_node *out = kiln_matmul(g, in[0].node, in[1].node, 0, 0);
+  int ok = time_graph(dev, g, out, in, 2, tm, r);
+  kiln_graph_destroy(g);
+  return ok;
+}
+
+/* One convolution of the reference CNN: x [N, C, H, W], w [O, C, K, K],
+ * valid padding, stride 1. */
+typedef struct conv_layer {
+  const char *name;
+  int64_t C, H, W, O, K;
+} conv_layer;
+
+static const conv_layer cnn_convs[] = {
+    {"conv1", 1, 28, 28, 32, 3},
+    {"conv2", 32, 13, 13, 64, 3},
+    {"conv3", 64, 5, 5, 64, 3},
+};
+
+static const char *const conv_passes[] = {"forward", "backward_input", "backward_weight"};
+
+static int bench_conv(kiln_device *dev, const conv_layer *L, int pass, int64_t batch,
+                      const bench_timing *tm, bench_result *r) {
+  memset(r, 0, sizeof *r);
+  static const char *const short_pass[] = {"fwd", "dx", "dw"};
+  snprintf(r->name, sizeof r->name, "%s %s", L->name, short_pass[pass]);
+  int64_t OH = L->H - L->K + 1, OW = L->W - L->K + 1;
+  snprintf(r->shape, sizeof r->shape, "x[%lld,%lld,%lld,%lld] w[%lld,%lld,%lld,%lld]",
+           (long long)batch, (long long)L->C, (long long)L->H, (long long)L->W,
+           (long long)L->O, (long long)L->C, (long long)L->K, (long long)L->K);
+  r->kind = "conv";
+  r->layer = L->name;
+  r->pass = conv_passes[pass];
+  r->work = 2.0 * (double)(batch * L->O * OH * OW) * (double)(L->C * L->K * L->K);
+
+  int64_t xs[4] = {batch, L->C, L->H, L->W};
+  int64_t ws[4] = {L->O, L->C, L->K, L->K};
+  int64_t ys[4] = {batch, L->O, OH, OW};
+  int64_t ip[8] = {1, 1, 0, 0, 1, 1, 1, 0};  /* stride, pad, dilation, groups */
+  kiln_graph *g = NULL;
+  if (kiln_graph_create(&g) != KILN_OK) {
+    fprintf(stderr, "kiln bench: %s\n", kiln_last_error());
+    return 0;
+  }
+  bench_input in[2];
+  kiln_node *out = NULL;
+  if (pass == 0) {
+    in[0] = (bench_input){kiln_input(g, "x", KILN_F32, 4, xs), numel_of(4, xs)};
+    in[1] = (bench_input){kiln_input(g, "w", KILN_F32, 4, ws), numel_of(4, ws)};
+    kiln_node *args[2] = {in[0].node, in[1].node};
+    out = kiln_node_create(g, KILN_OP_CONV2D, 2, args, ip, NULL, KILN_F32, -1, NULL);
+  } else if (pass == 1) {
+    in[0] = (bench_input){kiln_input(g, "dy", KILN_F32, 4, ys), numel_of(4, ys)};
+    in[1] = (bench_input){kiln_input(g, "w", KILN_F32, 4, ws), numel_of(4, ws)};
+    kiln_node *args[2] = {in[0].node, in[1].node};
+    out = kiln_node_create(g, KILN_OP_CONV2D_BACKWARD_INPUT, 2, args, ip, NULL, KILN_F32, 4, xs);
+  } else {
+    in[0] = (bench_input){kiln_input(g, "dy", KILN_F32, 4, ys), numel_of(4, ys)};
+    in[1] = (bench_input){kiln_input(g, "x", KILN_F32, 4, xs), numel_of(4, xs)};
+    kiln_node *args[2] = {in[0].node, in[1].node};
+    out = kiln_node_create(g, KILN_OP_CONV2D_BACKWARD_WEIGHT, 2, args, ip, NULL, KILN_F32, 4, ws);
+  }
+  int ok = time_graph(dev, g, out, in, 2, tm, r);
+  kiln_graph_destroy(g);
+  return ok;
+}
+
+/* Full training steps of the reference CNN on synthetic MNIST-shaped data:
+ * each repetition is one kiln_trainer_fit_epoch over `steps` batches. */
+static int bench_train(kiln_device *dev, int batch, int steps, const bench_timing *tm,
+                       bench_result *r) {
+  memset(r, 0, sizeof *r);
+  snprintf(r->name, sizeof r->name, "train step");
+  snprintf(r->shape, sizeof r->shape, "mnist-cnn, batch %d, adam", batch);
+  r->kind = "train";
+  r->work = batch;
+  int ok = 0;
+  kiln_model *m = NULL;
+  kiln_trainer *t = NULL;
+  int64_t n = (int64_t)batch * steps;
+  uint8_t *images = malloc((size_t)n * 28 * 28);
+  uint8_t *labels = malloc((size_t)n);
+  if (!images || !labels) {
+    fprintf(stderr, "kiln bench: train step: out of memory for %lld synthetic images\n",
+            (long long)n);
+    goto done;
+  }
+  uint32_t s = 12345;
+  for (int64_t i = 0; i < n * 28 * 28; i++) {
+    s = s * 1664525u + 1013904223u;
+    images[i] = (uint8_t)(s >> 24);
+  }
+  for (int64_t i = 0; i < n; i++) {
+    s = s * 1664525u + 1013904223u;
+    labels[i] = (uint8_t)((s >> 24) % 10);
+  }
+  kiln_dataset ds;
+  memset(&ds, 0, sizeof ds);
+  ds.n = n;
+  ds.x_u8 = images;
+  ds.x_scale = 1.0f / 255.0f;
+  ds.y_u8 = labels;
+  kiln_optimizer_config cfg;
+  if (kiln_model_mnist_cnn(dev, 1, &m) != KILN_OK ||
+      kiln_optimizer_defaults(KILN_OPTIM_ADAM, &cfg) != KILN_OK ||
+      kiln_trainer_create(m, &cfg, batch, 1, &t) != KILN_OK)
+    goto fail;
+  for (int w = 0; w < tm->warmup; w++)
+    if (kiln_trainer_fit_epoch(t, &ds, NULL, NULL, NULL) != KILN_OK) goto fail;
+  double times[64];
+  int reps = tm->reps < 64 ? tm->reps : 64;
+  for (int k = 0; k < reps; k++) {
+    double t0 = now_s();
+    if (kiln_trainer_fit_epoch(t, &ds, NULL, NULL, NULL) != KILN_OK) goto fail;
+    if (kiln_device_synchronize(dev) != KILN_OK) goto fail;
+    times[k] = (now_s() - t0) / steps;
+  }
+  qsort(times, (size_t)reps, sizeof times[0], cmp_double);
+  r->seconds = reps % 2 ? times[reps / 2] : 0.5 * (times[reps / 2 - 1] + times[reps / 2]);
+  r->min_s = times[0];
+  r->max_s = times[reps - 1];
+  r->iters = steps;
+  r->reps = reps;
+  ok = 1;
+  goto done;
+fail:
+  fprintf(stderr, "kiln bench: train step: %s\n", kiln_last_error());
+done:
+  kiln_trainer_destroy(t);
+  kiln_model_destroy(m);
+  free(images);
+  free(labels);
+  return ok;
+}
+
+static double rate_of(const bench_result *r) {
+  if (!(r->seconds > 0)) return 0;
+  return !strcmp(r->kind, "train") ? r->work / r->seconds : r->work / r->seconds * 1e-9;
+}
+
+static void print_row(const bench_result *r) {
+  const char *unit = !strcmp(r->kind, "train") ? "images/s" : "GFLOP/s";
+  double spread = r->seconds > 0 ? (r->max_s - r->min_s) / r->seconds * 100.0 : 0;
+  printf("%-18s %-40s %10.3f ms %10.1f %-8s  +-%.0f%%  (%d x %d)\n", r->name, r->shape,
+         r->seconds * 1e3, rate_of(r), unit, spread / 2, r->reps, r->iters);
+  fflush(stdout);
+}
+
+/* Writes s as a JSON string (quotes, escapes). */
+static void json_str(FILE *f, const char *s) {
+  fputc('"', f);
+  for (; *s; s++) {
+    unsigned char ch = (unsigned char)*s;
+    if (ch == '"' || ch == '\\')
+      fprintf(f, "\\%c", ch);
+    else if (ch < 0x20)
+      fprintf(f, "\\u%04x", ch);
+    else
+      fputc(ch, f);
+  }
+  fputc('"', f);
+}
+
+static int write_json(const char *path, const bench_opts *o, const char *backend,
+                      const char *device, int threads, const bench_result *res, int n) {
+  FILE *f = fopen(path, "w");
+  if (!f) {
+    fprintf(stderr, "kiln bench: cannot write %s: %s\n", path, strerror(errno));
+    return 0;
+  }
+  fprintf(f, "{\n  \"kiln_version\": ");
+  json_str(f, kiln_version_string());
+  fprintf(f, ",\n  \"backend\": ");
+  json_str(f, backend);
+  fprintf(f, ",\n  \"device\": ");
+  json_str(f, device);
+  fprintf(f, ",\n  \"threads\": %d,\n  \"quick\": %s,\n  \"cases\": [\n", threads,
+          o->quick ? "true" : "false");
+  for (int i = 0; i < n; i++) {
+    const bench_result *r = &res[i];
+    fprintf(f, "    {\"name\": ");
+    json_str(f, r->name);
+    fprintf(f, ", \"kind\": \"%s\", ", r->kind);
+    if (!strcmp(r->kind, "sgemm")) fprintf(f, "\"n\": %d, ", r->n);
+    if (!strcmp(r->kind, "conv")) fprintf(f, "\"layer\": \"%s\", \"pass\": \"%s\", ", r->layer, r->pass);
+    if (!strcmp(r->kind, "train")) fprintf(f, "\"batch\": %.0f, ", r->work);
+    fprintf(f, "\"shape\": ");
+    json_str(f, r->shape);
+    fprintf(f, ", \"seconds\": %.9g, \"min_seconds\": %.9g, \"max_seconds\": %.9g, "
+               "\"iters\": %d, \"reps\": %d, \"%s\": %.6g}%s\n",
+            r->seconds, r->min_s, r->max_s, r->iters, r->reps,
+            !strcmp(r->kind, "train") ? "images_per_s" : "gflops", rate_of(r),
+            i + 1 < n ? "," : "");
+  }
+  fprintf(f, "  ]\n}\n");
+  if (fclose(f) != 0) {
+    fprintf(stderr, "kiln bench: cannot write %s: %s\n", path, strerror(errno));
+    return 0;
+  }
+  return 1;
+}
+
+int kiln_cmd_bench(int argc, char **argv) {
+  bench_opts o;
+  int rc = parse_opts(argc, argv, &o);
+  if (rc) return rc < 0 ? 0 : rc;
+
+  if (o.threads > 0) {
+    char buf[16];
+    snprintf(buf, sizeof buf, "%d", o.threads);
+    setenv("KILN_NUM_THREADS", buf, 1);
+  }
+  kiln_context *ctx = NULL;
+  kiln_device *dev = NULL;
+  bench_result res[BENCH_MAX_CASES];
+  int n_res = 0, failed = 0;
+  rc = 1;
+  if (kiln_context_create(NULL, &ctx) != KILN_OK) {
+    fprintf(stderr, "kiln bench: %s\n", kiln_last_error());
+    goto done;
+  }
+  if (kiln_device_open(ctx, o.backend, o.device, &dev) != KILN_OK) {
+    fprintf(stderr, "kiln bench: cannot open device (backend %s, device %d): %s\n", o.backend,
+            o.device, kiln_last_error());
+    fprintf(stderr, "kiln bench: `kiln info` lists the plugins and devices found\n");
+    goto done;
+  }
+  kiln_device_info info;
+  memset(&info, 0, sizeof info);
+  info.struct_size = sizeof info;
+  if (kiln_device_get_info(dev, &info) != KILN_OK) snprintf(info.name, sizeof info.name, "?");
+  const char *backend = kiln_plugin_name(kiln_device_plugin(dev));
+  const char *env = getenv("KILN_NUM_THREADS");
+  int threads = env ? atoi(env) : 0;
+
+  bench_timing tm = o.quick ? (bench_timing){.target_s = 0.05, .reps = 3, .warmup = 1}
+                            : (bench_timing){.target_s = 0.2, .reps = 7, .warmup = 2};
+  printf("kiln %s bench: backend %s, device \"%s\", threads %s%s%s\n", kiln_version_string(),
+         backend, info.name, env ? env : "default", o.quick ? ", quick" : "",
+         o.json ? "" : "");
+  printf("%-18s %-40s %13s %10s %-8s  %s\n", "case", "shape", "median", "rate", "",
+         "spread (reps x iters)");
+
+  static const int sizes[] = {256, 512, 1024, 2048};
+  int n_sizes = o.quick ? 3 : 4;
+  for (int i = 0; i < n_sizes; i++) {
+    if (bench_sgemm(dev, sizes[i], &tm, &res[n_res]))
+      print_row(&res[n_res++]);
+    else
+      failed++;
+  }
+  for (size_t l = 0; l < sizeof cnn_convs / sizeof cnn_convs[0]; l++)
+    for (int p = 0; p < 3; p++) {
+      if (bench_conv(dev, &cnn_convs[l], p, 64, &tm, &res[n_res]))
+        print_row(&res[n_res++]);
+      else
+        failed++;
+    }
+  if (bench_train(dev, 64, o.quick ? 4 : 10, &tm, &res[n_res]))
+    print_row(&res[n_res++]);
+  else
+    failed++;
+
+  rc = failed ? 1 : 0;
+  if (o.json && !write_json(o.json, &o, backend, info.name, threads, res, n_res)) rc = 1;
+  if (failed) fprintf(stderr, "kiln bench: %d case(s) failed\n", failed);
+
+done:
+  kiln_device_close(dev);
+  kiln_context_destroy(ctx);
+  return rc;
+}
