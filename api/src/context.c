@@ -38,7 +38,8 @@ static int cmp_str(const void *a, const void *b) {
 }
 
 /* Loads every libkiln-*.so in dir, in sorted order. Refusals are recorded in
- * the load reports; only running out of memory is returned as an error. */
+ * the load reports; only running out of memory (here or while loading a
+ * plugin) is returned as an error. */
 static kiln_status scan_dir(kiln_context *ctx, dir_list *seen, const char *dir) {
   char real[PATH_MAX];
   if (!realpath(dir, real)) return KILN_OK; /* missing: skipped silently */
@@ -79,8 +80,11 @@ static kiln_status scan_dir(kiln_context *ctx, dir_list *seen, const char *dir) 
     strcpy(path, dir);
     if (len > 2 && path[strlen(path) - 1] != '/') strcat(path, "/");
     strcat(path, names[i]);
-    kiln_plugin_load(ctx, path, NULL); /* a refusal is in the load report */
+    /* A refusal is in the load report; running out of memory is not the
+     * plugin's fault, so it fails discovery instead of hiding the plugin. */
+    kiln_status ls = kiln_plugin_load(ctx, path, NULL);
     free(path);
+    if (ls == KILN_OUT_OF_MEMORY) { st = ls; goto done; }
   }
 done:
   for (size_t i = 0; i < n; i++) free(names[i]);

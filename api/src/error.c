@@ -74,20 +74,20 @@ char *kiln__shape_str(char *buf, size_t size, int ndim, const int64_t *shape) {
 /* ---- checked allocation --------------------------------------------------- */
 
 void *kiln__malloc(size_t size) {
-  void *p = malloc(size ? size : 1);
+  void *p = kiln__fault_alloc_now() ? NULL : malloc(size ? size : 1);
   if (!p) kiln__error(KILN_OUT_OF_MEMORY, "out of host memory allocating %zu bytes", size);
   return p;
 }
 
 void *kiln__calloc(size_t n, size_t size) {
-  void *p = calloc(n ? n : 1, size ? size : 1);
+  void *p = kiln__fault_alloc_now() ? NULL : calloc(n ? n : 1, size ? size : 1);
   if (!p)
     kiln__error(KILN_OUT_OF_MEMORY, "out of host memory allocating %zu x %zu bytes", n, size);
   return p;
 }
 
 void *kiln__realloc(void *p, size_t size) {
-  void *q = realloc(p, size ? size : 1);
+  void *q = kiln__fault_alloc_now() ? NULL : realloc(p, size ? size : 1);
   if (!q) kiln__error(KILN_OUT_OF_MEMORY, "out of host memory reallocating to %zu bytes", size);
   return q;
 }

@@ -138,4 +138,29 @@ kiln_node *kiln__storage_root(kiln_node *n);
 kiln_status kiln__optim_infer(kiln_op op, int n_in, kiln_node *const *in, const int64_t *ip,
                               const float *fp, char *msg, size_t msg_size);
 
+/* ---- allocation-failure injection (fault.c), for tests only ------------- */
+
+/* Makes the n-th kiln__malloc/calloc/realloc/strdup from now fail as if the
+ * host were out of memory (once; later ones succeed again); n <= 0 disarms.
+ * Resets the count kiln__fault_alloc_count() returns. $KILN_FAULT_ALLOC=N
+ * arms it the same way at the first allocation of the process. Exported for
+ * the test suites; not part of the public API. */
+KILN_API void kiln__fault_alloc_arm(long n);
+/* Allocations counted since the last kiln__fault_alloc_arm() (or start). */
+KILN_API long kiln__fault_alloc_count(void);
+/* 1 if the armed failure has happened since the last arm, else 0. */
+KILN_API int kiln__fault_alloc_fired(void);
+/* Called by the allocation helpers: 1 if this allocation must fail. */
+int kiln__fault_alloc_now(void);
+
+/* rnn.c: the sequence ops (KILN_OP_EMBEDDING .. KILN_OP_ASSIGN).
+ * kiln__seq_arity: 1 and the input count range if op is one of them.
+ * kiln__seq_infer: validates the inputs and parameters (may normalise ip,
+ * e.g. a negative axis) and writes the output dtype and shape; on error
+ * writes a message (without the op name) into msg and returns the status. */
+int kiln__seq_arity(kiln_op op, int *lo, int *hi);
+kiln_status kiln__seq_infer(kiln_op op, int n_in, kiln_node *const *in, int64_t *ip,
+                            const float *fp, int given_ndim, const int64_t *given_shape,
+                            kiln_dtype *dtype, int *ndim, int64_t *shape, char *msg, size_t size);
+
 #endif /* KILN_IMPL_H */

@@ -130,4 +130,13 @@ void kcpu_matmul(kcpu_pool *pool, const kcpu_node *n);
 kiln_status kcpu_optim_validate(int index, const kcpu_node *n);
 void kcpu_optim(kcpu_pool *pool, const kcpu_node *n);
 
+/* alloc.c: the plugin's allocations (free with free()). The N-th after init
+ * fails once when $KILN_FAULT_ALLOC_CPU=N (tests of out-of-memory paths);
+ * kcpu_fault_init() reads it and is called by init(). */
+void kcpu_fault_init(void);
+void *kcpu_malloc(size_t size);
+void *kcpu_calloc(size_t n, size_t size);
+/* size is rounded up to a multiple of align (C11's aligned_alloc rule). */
+void *kcpu_aligned_alloc(size_t align, size_t size);
+
 #endif /* KCPU_IMPL_H */

@@ -309,7 +309,7 @@ static kiln_status cpu_device_open(uint32_t index, kiln_plugin_device **out) {
                          index);
     return KILN_NOT_FOUND;
   }
-  kiln_plugin_device *dev = calloc(1, sizeof *dev);
+  kiln_plugin_device *dev = kcpu_calloc(1, sizeof *dev);
   if (!dev) goto fail;
   dev->pool = kcpu_pool_create(kcpu_threads);
   if (!dev->pool) goto fail_dev;
@@ -343,9 +343,9 @@ static kiln_status cpu_buffer_alloc(kiln_plugin_device *dev, uint64_t size,
     return KILN_OUT_OF_MEMORY;
   }
   size_t rounded = (size_t)((size + 63) & ~(uint64_t)63);
-  kiln_plugin_buffer *b = malloc(sizeof *b);
+  kiln_plugin_buffer *b = kcpu_malloc(sizeof *b);
   if (!b) goto fail;
-  b->data = aligned_alloc(64, rounded);
+  b->data = kcpu_aligned_alloc(64, rounded);
   if (!b->data) goto fail_b;
   memset(b->data, 0, rounded);
   b->size = size;
@@ -557,7 +557,7 @@ static kiln_status compile_node(const kiln_plugin_graph *g, uint32_t index, kcpu
     }
     if (need_scratch) {
       step->out_bytes = (size_t)n->out.numel * 4;
-      step->scratch = aligned_alloc(64, (step->out_bytes + 63) & ~(size_t)63);
+      step->scratch = kcpu_aligned_alloc(64, step->out_bytes);
       if (!step->scratch) {
         kcpu_host->set_error("cpu: node %d (%s): out of memory for a %zu-byte scratch output", ix,
                              d->name, step->out_bytes);
@@ -598,9 +598,9 @@ static kiln_status cpu_graph_compile(kiln_plugin_device *dev, const kiln_plugin_
     return KILN_INVALID_ARGUMENT;
   }
   (void)dev;
-  kiln_plugin_exec *exec = calloc(1, sizeof *exec);
+  kiln_plugin_exec *exec = kcpu_calloc(1, sizeof *exec);
   if (!exec) goto fail_oom;
-  exec->steps = calloc(graph->n_nodes ? graph->n_nodes : 1, sizeof *exec->steps);
+  exec->steps = kcpu_calloc(graph->n_nodes ? graph->n_nodes : 1, sizeof *exec->steps);
   if (!exec->steps) goto fail_exec;
   for (uint32_t i = 0; i < graph->n_nodes; i++) {
     exec->n_steps = i + 1;   /* so graph_free releases this step's scratch */
@@ -666,6 +666,7 @@ static kiln_status cpu_init(const kiln_host_api *host, const kiln_plugin_api **a
       KILN_ABI_MAJOR_OF(host->abi_version) != KILN_PLUGIN_ABI_MAJOR || !api)
     return KILN_ABI_MISMATCH;   /* no usable set_error to explain with */
   kcpu_host = host;
+  kcpu_fault_init();
   detect_cpu();
   *api = &kcpu_api;
   return KILN_OK;

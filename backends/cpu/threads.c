@@ -88,13 +88,13 @@ static void *worker_main(void *p) {
 
 kcpu_pool *kcpu_pool_create(int n_threads) {
   if (n_threads < 1) n_threads = 1;
-  kcpu_pool *pool = calloc(1, sizeof *pool);
+  kcpu_pool *pool = kcpu_calloc(1, sizeof *pool);
   if (!pool) return NULL;
   pool->n_threads = n_threads;
   if (pthread_mutex_init(&pool->mu, NULL) != 0) goto fail_pool;
   if (pthread_cond_init(&pool->wake, NULL) != 0) goto fail_mu;
   if (pthread_cond_init(&pool->done, NULL) != 0) goto fail_wake;
-  pool->threads = calloc((size_t)n_threads, sizeof *pool->threads);
+  pool->threads = kcpu_calloc((size_t)n_threads, sizeof *pool->threads);
   if (!pool->threads) goto fail_done;
   for (int i = 0; i < n_threads - 1; i++) {
     if (pthread_create(&pool->threads[i], NULL, worker_main, pool) != 0) {
