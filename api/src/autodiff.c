@@ -157,6 +157,20 @@ static kiln_status backprop(backward_ctx *b, kiln_node *y, kiln_node *dy) {
     case KILN_OP_AVGPOOL2D:
       accumulate(b, x, make(g, KILN_OP_AVGPOOL2D_BACKWARD, 1, &dy, y->ip, x));
       break;
+    case KILN_OP_EMBEDDING: { /* indices (input 1) get no gradient */
+      kiln_node *a[2] = {dy, w};
+      accumulate(b, x, make(g, KILN_OP_EMBEDDING_BACKWARD, 2, a, NULL, x));
+      break;
+    }
+    case KILN_OP_SLICE:
+      accumulate(b, x, make(g, KILN_OP_SLICE_BACKWARD, 1, &dy, y->ip, x));
+      break;
+    case KILN_OP_DROPOUT: { /* the same mask: dropout of dy with y's params */
+      kiln_node *a[2] = {dy, w};
+      accumulate(b, x, kiln_node_create(g, KILN_OP_DROPOUT, 2, a, y->ip, y->fp, KILN_DTYPE_INVALID,
+                                        -1, NULL));
+      break;
+    }
     default:
       kiln__graph_fail(g, KILN_UNSUPPORTED,
                        "backward: node %u (%s) lies between a param and the loss but has no gradient rule",

@@ -613,7 +613,7 @@ static void op_arity(kiln_op op, int *lo, int *hi) {
     case KILN_OP_FILL: *lo = *hi = 0; break;
     case KILN_OP_SGD: *lo = 2; *hi = 3; break;
     case KILN_OP_ADAM: *lo = 5; *hi = 6; break;
-    default: break;
+    default: kiln__seq_arity(op, lo, hi); break;
   }
 }
 
@@ -665,8 +665,16 @@ static int infer(infer_ctx *c) {
       set_out(c, c->in[0]->dtype, c->in[0]->ndim, c->in[0]->shape);
       return 1;
     }
-    default:
-      return fail(c, KILN_UNSUPPORTED, "unknown op number %d", (int)c->op);
+    default: {
+      int lo, hi;
+      if (!kiln__seq_arity(c->op, &lo, &hi))
+        return fail(c, KILN_UNSUPPORTED, "unknown op number %d", (int)c->op);
+      char msg[900];
+      kiln_status st = kiln__seq_infer(c->op, c->n_in, c->in, c->ip, c->fp, c->given_ndim,
+                                       c->given_shape, &c->dtype, &c->ndim, c->shape, msg, sizeof msg);
+      if (st != KILN_OK) return fail(c, st, "%s", msg);
+      return 1;
+    }
   }
 }
 
@@ -674,7 +682,8 @@ static int infer(infer_ctx *c) {
 static int shape_is_given(kiln_op op) {
   return op == KILN_OP_EXPAND || op == KILN_OP_FILL || op == KILN_OP_RESHAPE ||
          op == KILN_OP_AVGPOOL2D_BACKWARD || op == KILN_OP_CONV2D_BACKWARD_INPUT ||
-         op == KILN_OP_CONV2D_BACKWARD_WEIGHT;
+         op == KILN_OP_CONV2D_BACKWARD_WEIGHT || op == KILN_OP_EMBEDDING_BACKWARD ||
+         op == KILN_OP_SLICE_BACKWARD;
 }
 
 kiln_node *kiln_node_create(kiln_graph *g, kiln_op op, int n_inputs, kiln_node *const *inputs,
@@ -730,7 +739,8 @@ kiln_node *kiln_node_create(kiln_graph *g, kiln_op op, int n_inputs, kiln_node *
   }
   kiln_node *n = node_append(g, KILN__NODE_OP, op, c.dtype, c.ndim, c.shape, n_inputs, inputs,
                              c.ip, c.fp);
-  if (n && (op == KILN_OP_SGD || op == KILN_OP_ADAM || op == KILN_OP_INCREMENT))
+  if (n && (op == KILN_OP_SGD || op == KILN_OP_ADAM || op == KILN_OP_INCREMENT ||
+            op == KILN_OP_ASSIGN))
     n->inplace = kiln__storage_root(inputs[0]);
   return n;
 }

@@ -70,6 +70,13 @@ const char *kiln_op_name(kiln_op op) {
     case KILN_OP_SGD: return "sgd";
     case KILN_OP_ADAM: return "adam";
     case KILN_OP_INCREMENT: return "increment";
+    case KILN_OP_EMBEDDING: return "embedding";
+    case KILN_OP_EMBEDDING_BACKWARD: return "embedding_backward";
+    case KILN_OP_SLICE: return "slice";
+    case KILN_OP_SLICE_BACKWARD: return "slice_backward";
+    case KILN_OP_DROPOUT: return "dropout";
+    case KILN_OP_CLIP_COEF: return "clip_coef";
+    case KILN_OP_ASSIGN: return "assign";
     default: return "unknown";
   }
 }

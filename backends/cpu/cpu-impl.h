@@ -139,4 +139,8 @@ void *kcpu_calloc(size_t n, size_t size);
 /* size is rounded up to a multiple of align (C11's aligned_alloc rule). */
 void *kcpu_aligned_alloc(size_t align, size_t size);
 
+/* seq.c: EMBEDDING(_BACKWARD), SLICE(_BACKWARD), DROPOUT, CLIP_COEF, ASSIGN. */
+kiln_status kcpu_seq_validate(int index, const kcpu_node *n);
+void kcpu_seq(kcpu_pool *pool, const kcpu_node *n);
+
 #endif /* KCPU_IMPL_H */

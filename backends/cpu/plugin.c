@@ -116,6 +116,13 @@ static const kcpu_op_desc kcpu_ops[KILN_OP_COUNT_] = {
     [KILN_OP_SGD] = {"sgd", 2, 3, kcpu_optim_validate, kcpu_optim, 0, 1},
     [KILN_OP_ADAM] = {"adam", 5, 6, kcpu_optim_validate, kcpu_optim, 0, 1},
     [KILN_OP_INCREMENT] = {"increment", 1, 1, kcpu_optim_validate, kcpu_optim, 0, 1},
+    [KILN_OP_EMBEDDING] = {"embedding", 2, 2, kcpu_seq_validate, kcpu_seq, 0, 0},
+    [KILN_OP_EMBEDDING_BACKWARD] = {"embedding_backward", 2, 2, kcpu_seq_validate, kcpu_seq, 0, 0},
+    [KILN_OP_SLICE] = {"slice", 1, 1, kcpu_seq_validate, kcpu_seq, 0, 0},
+    [KILN_OP_SLICE_BACKWARD] = {"slice_backward", 1, 1, kcpu_seq_validate, kcpu_seq, 0, 0},
+    [KILN_OP_DROPOUT] = {"dropout", 2, 2, kcpu_seq_validate, kcpu_seq, 0, 0},
+    [KILN_OP_CLIP_COEF] = {"clip_coef", 1, 1, kcpu_seq_validate, kcpu_seq, 0, 0},
+    [KILN_OP_ASSIGN] = {"assign", 2, 2, kcpu_seq_validate, kcpu_seq, 0, 1},
 };
 #undef EW
 
@@ -515,7 +522,8 @@ static kiln_status compile_node(const kiln_plugin_graph *g, uint32_t index, kcpu
     st = resolve_tensor(ix, n, g, pn->inputs[i], role, &n->in[i]);
     if (st != KILN_OK) return st;
     int want_i32 = (pn->op == KILN_OP_CROSS_ENTROPY && i == 1) ||
-                   (pn->op == KILN_OP_CROSS_ENTROPY_BACKWARD && i == 2);
+                   (pn->op == KILN_OP_CROSS_ENTROPY_BACKWARD && i == 2) ||
+                   ((pn->op == KILN_OP_EMBEDDING || pn->op == KILN_OP_EMBEDDING_BACKWARD) && i == 1);
     uint32_t want = want_i32 ? KILN_I32 : KILN_F32;
     if (n->in[i].dtype != want) {
       char s[KCPU_SHAPE_STR];

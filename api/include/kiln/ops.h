@@ -116,6 +116,40 @@ typedef enum kiln_op {
   /* INCREMENT: input (x); x += fp[0]. IN-PLACE. */
   KILN_OP_INCREMENT = 82,
 
+  /* ---- sequence models (numbers 90..) ---- */
+  /* Embedding lookup (a gather of rows). inputs (weight [V, C] f32,
+   * indices [...] i32); output [..., C]: out[i, :] = weight[indices[i], :].
+   * An index outside [0, V) gives a row of zeros (and no gradient). */
+  KILN_OP_EMBEDDING = 90,
+  /* inputs (dy [..., C] f32, indices [...] i32); output dweight [V, C]
+   * (shape given): the scatter-add of the rows of dy into the rows their
+   * indices name, summed in index order (deterministic). */
+  KILN_OP_EMBEDDING_BACKWARD = 91,
+  /* Slice along one axis. input (x). ip[0] axis (0 <= axis < rank),
+   * ip[1] start, ip[2] length (>= 1, start + length <= x's dim).
+   * Output: x's shape with that axis set to length. */
+  KILN_OP_SLICE = 92,
+  /* input (dy); output dx (shape given, x's shape): zeros, with dy written
+   * at [start, start + length) along the axis. Params as SLICE. */
+  KILN_OP_SLICE_BACKWARD = 93,
+  /* Inverted dropout with a counter-based generator. inputs (x, counter []
+   * f32, a kiln_state that the graph increments each step). fp[0] p in
+   * [0, 1); ip[0] seed low 32 bits, ip[1] seed high 32 bits, ip[2] stream
+   * (distinguishes dropout sites of one graph).
+   * Element i is kept iff u >= p, where u = (r >> 8) * 2^-24 and r is word 0
+   * of Philox4x32-10 with key (seed lo, seed hi) and counter
+   * (i lo 32, i hi 32, stream, (uint32)counter). y = kept ? x / (1 - p) : 0.
+   * The mask depends only on (seed, stream, counter, i), so the backward
+   * pass is this same op applied to dy with the same inputs. */
+  KILN_OP_DROPOUT = 94,
+  /* Gradient clipping coefficient. input (sumsq [] f32: the sum of squares
+   * of all gradients); output [] f32: min(1, fp[0] / (sqrt(sumsq) + fp[1])),
+   * fp[0] the maximum norm (> 0), fp[1] eps (PyTorch uses 1e-6). */
+  KILN_OP_CLIP_COEF = 95,
+  /* ASSIGN: inputs (dst, src); dst = src. IN-PLACE on dst, a persistent
+   * tensor of src's shape and dtype (e.g. an RNN's carried hidden state). */
+  KILN_OP_ASSIGN = 96,
+
   KILN_OP_COUNT_ /* one past the largest number in use; not an op */
 } kiln_op;
 
