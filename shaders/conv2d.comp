@@ -1,4 +1,5 @@
 #version 450
+#extension GL_EXT_control_flow_attributes : require
 // conv2d as an implicit GEMM, NCHW, per group g (workgroup z):
 //   MODE 0 (forward):         y[n, o, p]  = bias[o] + sum_k w[o, k] * col[k, (n, p)]
 //                             M = O/G, columns = N*OH*OW, depth = C/G*KH*KW
@@ -61,7 +62,7 @@ void main() {
     const uint g = z / pc.splits, split = z % pc.splits;
     const uint kb = split * pc.chunk, ke = min(KD, kb + pc.chunk);
     float acc[TM * TN];
-    for (uint i = 0; i < TM * TN; i++) acc[i] = 0.0;
+    [[unroll]] for (uint i = 0; i < TM * TN; i++) acc[i] = 0.0;
     for (uint k0 = kb; k0 < ke; k0 += BK) {
       for (uint e = tid; e < BM * BK; e += nthreads) {
         uint m = e / BK, k = e % BK;
@@ -86,20 +87,20 @@ void main() {
         Bs[k * BN + n] = v;
       }
       barrier();
-      for (uint k = 0; k < BK; k++) {
+      [[unroll]] for (uint k = 0; k < BK; k++) {
         float ar[TM], br[TN];
-        for (uint i = 0; i < TM; i++) ar[i] = As[k * BM + ty + i * WY];
-        for (uint j = 0; j < TN; j++) br[j] = Bs[k * BN + tx + j * WX];
-        for (uint i = 0; i < TM; i++)
-          for (uint j = 0; j < TN; j++) acc[i * TN + j] = fma(ar[i], br[j], acc[i * TN + j]);
+        [[unroll]] for (uint i = 0; i < TM; i++) ar[i] = As[k * BM + ty + i * WY];
+        [[unroll]] for (uint j = 0; j < TN; j++) br[j] = Bs[k * BN + tx + j * WX];
+        [[unroll]] for (uint i = 0; i < TM; i++)
+          [[unroll]] for (uint j = 0; j < TN; j++) acc[i * TN + j] = fma(ar[i], br[j], acc[i * TN + j]);
       }
       barrier();
     }
-    for (uint i = 0; i < TM; i++) {
+    [[unroll]] for (uint i = 0; i < TM; i++) {
       uint gm = m0 + ty + i * WY;
       if (gm >= M) continue;
       uint o = g * Og + gm;
-      for (uint j = 0; j < TN; j++) {
+      [[unroll]] for (uint j = 0; j < TN; j++) {
         uint gn = n0 + tx + j * WX;
         if (gn >= NC) continue;
         if (MODE == 0) {
