@@ -53,7 +53,10 @@ static void micro_kernel(int64_t kc, const float *restrict Ap, const float *rest
     kcpu_v8 b0 = *(const kcpu_v8 *)(Bp + k * NR);
     kcpu_v8 b1 = *(const kcpu_v8 *)(Bp + k * NR + 8);
     for (int i = 0; i < MR; i++) {
-      kcpu_v8 ai = (kcpu_v8){0} + a[i];
+      /* A broadcast straight from memory ({0} + a[i] costs an add first:
+       * 0 + x is not x for x = -0). */
+      float s = a[i];
+      kcpu_v8 ai = {s, s, s, s, s, s, s, s};
       c[i][0] += ai * b0;
       c[i][1] += ai * b1;
     }
