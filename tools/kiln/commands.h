@@ -11,5 +11,6 @@ int kiln_cmd_train(int argc, char **argv);   /* cmd_train.c: train MODEL */
 int kiln_cmd_eval(int argc, char **argv);    /* cmd_train.c: eval MODEL --load FILE */
 int kiln_cmd_fetch(int argc, char **argv);   /* cmd_fetch.c: fetch mnist|shakespeare */
 int kiln_cmd_bench(int argc, char **argv);   /* cmd_bench.c: sgemm, CNN convs, train steps */
+int kiln_cmd_conform(int argc, char **argv); /* cmd_conform.c: conform PLUGIN */
 
 #endif
