@@ -1,7 +1,8 @@
 #version 450
 // unary: y[n] = f(x[n]) elementwise; x and y may be the same bytes.
 // Bindings: 0 x, 1 y (written). Spec: 0 workgroup size, 1 OP:
-//   0 copy, 1 neg, 2 relu, 3 tanh, 4 sigmoid, 5 exp, 6 log, 7 scale (a*x + b)
+//   0 copy, 1 neg, 2 relu, 3 tanh, 4 sigmoid, 5 exp, 6 log, 7 scale (a*x + b),
+//   8 clip_coef: min(1, a / (sqrt(x) + b)), NaN kept (a: max norm, b: eps)
 layout(local_size_x_id = 0) in;
 layout(constant_id = 1) const uint OP = 0;
 layout(set = 0, binding = 0) readonly buffer X { float x[]; };
@@ -36,7 +37,11 @@ void main() {
     else if (OP == 4) r = stable_sigmoid(v);
     else if (OP == 5) r = exp(v);
     else if (OP == 6) r = log(v);
-    else r = pc.a * v + pc.b;
+    else if (OP == 7) r = pc.a * v + pc.b;
+    else {
+      float c = pc.a / (sqrt(v) + pc.b);
+      r = (c < 1.0 || isnan(c)) ? c : 1.0;
+    }
     y[pc.y_off + i] = r;
   }
 }

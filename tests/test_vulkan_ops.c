@@ -284,9 +284,12 @@ Test(vulkan, op_support_claims_only_implemented_ops) {
     cr_assert_eq(vk.api->op_support(0, all[i], KILN_F32), 1, "op %u", all[i]);
     cr_assert_eq(vk.api->op_support(0, all[i], KILN_F16), 0, "op %u on f16", all[i]);
   }
-  /* the sequence-model ops (90..) are not implemented on Vulkan yet */
-  for (uint32_t op = KILN_OP_EMBEDDING; op <= KILN_OP_ASSIGN; op++)
-    cr_assert_eq(vk.api->op_support(0, op, KILN_F32), 0, "op %u", op);
+  /* of the sequence-model ops, slice (and backward), clip_coef and assign run */
+  static const uint32_t seq_yes[] = {KILN_OP_SLICE, KILN_OP_SLICE_BACKWARD, KILN_OP_CLIP_COEF,
+                                     KILN_OP_ASSIGN};
+  static const uint32_t seq_no[] = {KILN_OP_EMBEDDING, KILN_OP_EMBEDDING_BACKWARD, KILN_OP_DROPOUT};
+  for (size_t i = 0; i < 4; i++) cr_assert_eq(vk.api->op_support(0, seq_yes[i], KILN_F32), 1);
+  for (size_t i = 0; i < 3; i++) cr_assert_eq(vk.api->op_support(0, seq_no[i], KILN_F32), 0);
   cr_assert_eq(vk.api->op_support(0, KILN_OP_NONE, KILN_F32), 0);
   cr_assert_eq(vk.api->op_support(0, 5, KILN_F32), 0);      /* a gap in the numbering */
   cr_assert_eq(vk.api->op_support(0, 9999, KILN_F32), 0);
@@ -300,13 +303,11 @@ Test(vulkan, op_support_claims_only_implemented_ops) {
   ph_node(&g, 9999, 1, (int[]){x}, y, NULL, NULL);
   cr_assert_eq(ph_compile(&g), KILN_UNSUPPORTED);
   cr_assert_not_null(strstr(ph_error(), "unknown op 9999"), "%s", ph_error());
-  g.nodes[0].op = KILN_OP_SLICE;   /* known, not implemented here: refused by name */
-  g.nodes[0].ip[2] = 4;
+  g.nodes[0].op = KILN_OP_DROPOUT;   /* known, not implemented here: refused by name */
   cr_assert_eq(ph_compile(&g), KILN_UNSUPPORTED);
-  cr_assert_not_null(strstr(ph_error(), "slice"), "%s", ph_error());
+  cr_assert_not_null(strstr(ph_error(), "dropout"), "%s", ph_error());
   cr_assert_not_null(strstr(ph_error(), "not implemented"), "%s", ph_error());
   g.nodes[0].op = KILN_OP_RELU;
-  memset(g.nodes[0].ip, 0, sizeof g.nodes[0].ip);
   g.tensors[x].dtype = KILN_F16;
   g.tensors[x].nbytes = 8;
   cr_assert_eq(ph_compile(&g), KILN_DTYPE_MISMATCH);
@@ -708,6 +709,38 @@ Test(vulkan, pool2d_forward_and_backward) {
       NODE(&c, KILN_OP_AVGPOOL2D_BACKWARD, adx, ip, NULL, dy);
       run_case(&c);
     }
+}
+
+/* ---- sequence-model data movement ------------------------------------------ */
+
+Test(vulkan, slice_assign_clip_coef) {
+  /* x [3, 5, 7]: slices along each axis, their backward, assign, clip_coef */
+  static const int64_t sl[][3] = {{0, 1, 2}, {1, 0, 5}, {1, 3, 1}, {2, 2, 4}};
+  for (size_t i = 0; i < sizeof sl / sizeof sl[0]; i++) {
+    tcase c;
+    case_init(&c, 0, 0);
+    c.seed = i;
+    int64_t ps[3] = {3, 5, 7};
+    ps[sl[i][0]] = sl[i][2];
+    int x = F(&c, 3, 5, 7);
+    int y = T(&c, KILN_F32, 3, ps, -1, 1);
+    int dy = T(&c, KILN_F32, 3, ps, -1, 1);
+    int dx = F(&c, 3, 5, 7);
+    const int64_t ip[KILN_OP_MAX_IPARAMS] = {sl[i][0], sl[i][1], sl[i][2]};
+    NODE(&c, KILN_OP_SLICE, y, ip, NULL, x);
+    NODE(&c, KILN_OP_SLICE_BACKWARD, dx, ip, NULL, dy);
+    int dst = F(&c, 3, 5, 7);
+    NODE(&c, KILN_OP_ASSIGN, dst, NULL, NULL, dst, dx);
+    run_case(&c);
+  }
+  tcase c;
+  case_init(&c, 1e-6, 1e-5);
+  int big = T(&c, KILN_F32, 0, NULL, 4.0f, 100.0f);     /* norm > max: coefficient < 1 */
+  int small = T(&c, KILN_F32, 0, NULL, 0.0f, 0.5f);     /* norm < max: 1 */
+  int cb = SCALAR(&c), cs = SCALAR(&c);
+  NODE(&c, KILN_OP_CLIP_COEF, cb, NULL, FP(1.5f, 1e-6f), big);
+  NODE(&c, KILN_OP_CLIP_COEF, cs, NULL, FP(1.5f, 1e-6f), small);
+  run_case(&c);
 }
 
 /* ---- optimizers ------------------------------------------------------------- */

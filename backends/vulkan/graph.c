@@ -89,14 +89,14 @@ static const kvk_op_desc kvk_ops[KILN_OP_COUNT_] = {
     [KILN_OP_SGD] = {"sgd", 2, 3, kvk_optim_plan, 0, 1},
     [KILN_OP_ADAM] = {"adam", 5, 6, kvk_optim_plan, 0, 1},
     [KILN_OP_INCREMENT] = {"increment", 1, 1, kvk_optim_plan, 0, 1},
-    /* sequence-model ops: known, not implemented on Vulkan yet */
+    /* sequence-model ops (embedding and dropout not implemented on Vulkan yet) */
     [KILN_OP_EMBEDDING] = {"embedding", 2, 2, NULL, 0, 0},
     [KILN_OP_EMBEDDING_BACKWARD] = {"embedding_backward", 2, 2, NULL, 0, 0},
-    [KILN_OP_SLICE] = {"slice", 1, 1, NULL, 0, 0},
-    [KILN_OP_SLICE_BACKWARD] = {"slice_backward", 1, 1, NULL, 0, 0},
+    [KILN_OP_SLICE] = {"slice", 1, 1, kvk_seq_plan, 0, 0},
+    [KILN_OP_SLICE_BACKWARD] = {"slice_backward", 1, 1, kvk_seq_plan, 0, 0},
     [KILN_OP_DROPOUT] = {"dropout", 2, 2, NULL, 0, 0},
-    [KILN_OP_CLIP_COEF] = {"clip_coef", 1, 1, NULL, 0, 0},
-    [KILN_OP_ASSIGN] = {"assign", 2, 2, NULL, 0, 1},
+    [KILN_OP_CLIP_COEF] = {"clip_coef", 1, 1, kvk_seq_plan, 0, 0},
+    [KILN_OP_ASSIGN] = {"assign", 2, 2, kvk_seq_plan, 0, 1},
 };
 #undef EW
 

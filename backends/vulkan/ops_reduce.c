@@ -43,6 +43,7 @@ static kiln_status expand_plan(kvk_plan *p, int index, const kvk_node *n) {
   d->write_mask = 2;
   kvk_param_u(d, (uint64_t)y->numel);
   kvk_param_u(d, (uint64_t)y->ndim);
+  kvk_param_u(d, 0);   /* base */
   for (int i = 0; i < KILN_MAX_DIMS; i++) kvk_param_u(d, i < y->ndim ? (uint64_t)y->shape[i] : 1);
   for (int i = 0; i < KILN_MAX_DIMS; i++) kvk_param_u(d, st[i]);
   d->groups[0] = kvk_groups_1d(p->dev, (uint64_t)y->numel, WG);

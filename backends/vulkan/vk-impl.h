@@ -253,6 +253,7 @@ kiln_status kvk_softmax_plan(kvk_plan *p, int index, const kvk_node *n);      /*
 kiln_status kvk_optim_plan(kvk_plan *p, int index, const kvk_node *n);        /* ops_optim.c */
 kiln_status kvk_conv_plan(kvk_plan *p, int index, const kvk_node *n);         /* ops_conv.c */
 kiln_status kvk_pool_plan(kvk_plan *p, int index, const kvk_node *n);         /* ops_conv.c */
+kiln_status kvk_seq_plan(kvk_plan *p, int index, const kvk_node *n);          /* ops_seq.c */
 
 /* graph.c: the plugin table members. */
 int kvk_op_supported(uint32_t op);
