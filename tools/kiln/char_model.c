@@ -1,0 +1,512 @@
+/*
+ * char_model.c - the character-level LSTM/GRU language model (char_model.h):
+ * parameters, the unrolled training/evaluation/sampling graphs, and
+ * checkpoints. Errors: functions return a kiln_status and leave the message
+ * in kiln_last_error() (libkiln's) or in char_error() (this file's own).
+ */
+#include "char_model.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kiln/data.h"
+#include "kiln/rnn.h"
+
+static char char_err[1024];
+
+const char *char_error(void) { return char_err[0] ? char_err : kiln_last_error(); }
+
+static kiln_status fail(kiln_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static kiln_status fail(kiln_status st, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(char_err, sizeof char_err, fmt, ap);
+  va_end(ap);
+  return st;
+}
+
+/* Keeps libkiln's message as this file's. */
+static kiln_status lib(kiln_status st) {
+  if (st != KILN_OK) snprintf(char_err, sizeof char_err, "%s", kiln_last_error());
+  return st;
+}
+
+const char *char_model_kind(const char_model *m) { return m->cell == CHAR_LSTM ? "char-lstm" : "char-gru"; }
+
+static int gates(const char_model *m) { return m->cell == CHAR_LSTM ? 4 : 3; }
+
+/* ---- the model ----------------------------------------------------------- */
+
+static kiln_status add_param(char_model *m, const char *name, int ndim, int64_t d0, int64_t d1) {
+  int64_t shape[2] = {d0, d1};
+  snprintf(m->names[m->n_params], sizeof m->names[0], "%s", name);
+  kiln_status st = kiln_tensor_create(m->dev, KILN_F32, ndim, shape, &m->params[m->n_params]);
+  if (st != KILN_OK) return lib(st);
+  m->n_params++;
+  return KILN_OK;
+}
+
+kiln_status char_model_create(kiln_device *dev, int cell, int V, const uint8_t *vocab, int H, int L,
+                              char_model **out) {
+  char_err[0] = '\0';
+  *out = NULL;
+  if ((cell != CHAR_LSTM && cell != CHAR_GRU) || V < 1 || V > 256 || H < 1 || H > 65536 || L < 1 ||
+      L > CHAR_MAX_LAYERS)
+    return fail(KILN_INVALID_ARGUMENT,
+                "char model: vocabulary %d (1..256), hidden %d (1..65536) or layers %d (1..%d) out of range",
+                V, H, L, CHAR_MAX_LAYERS);
+  char_model *m = calloc(1, sizeof *m);
+  if (!m) return fail(KILN_OUT_OF_MEMORY, "char model: out of memory");
+  m->dev = dev;
+  m->cell = cell;
+  m->V = V;
+  m->H = H;
+  m->L = L;
+  memcpy(m->vocab, vocab, (size_t)V);
+  int G = gates(m);
+  char name[40];
+  kiln_status st = add_param(m, "embed.weight", 2, V, H);
+  for (int l = 0; l < L && st == KILN_OK; l++) {
+    snprintf(name, sizeof name, "rnn.weight_ih_l%d", l);
+    if ((st = add_param(m, name, 2, (int64_t)G * H, H)) != KILN_OK) break;
+    snprintf(name, sizeof name, "rnn.weight_hh_l%d", l);
+    if ((st = add_param(m, name, 2, (int64_t)G * H, H)) != KILN_OK) break;
+    snprintf(name, sizeof name, "rnn.bias_ih_l%d", l);
+    if ((st = add_param(m, name, 1, (int64_t)G * H, 1)) != KILN_OK) break;
+    snprintf(name, sizeof name, "rnn.bias_hh_l%d", l);
+    st = add_param(m, name, 1, (int64_t)G * H, 1);
+  }
+  if (st == KILN_OK) st = add_param(m, "decoder.weight", 2, V, H);
+  if (st == KILN_OK) st = add_param(m, "decoder.bias", 1, V, 1);
+  if (st != KILN_OK) {
+    char_model_destroy(m);
+    return st;
+  }
+  *out = m;
+  return KILN_OK;
+}
+
+void char_model_destroy(char_model *m) {
+  if (!m) return;
+  for (int i = 0; i < m->n_params; i++) kiln_tensor_destroy(m->params[i]);
+  free(m);
+}
+
+int64_t char_model_numel(const char_model *m) {
+  int64_t n = 0;
+  for (int i = 0; i < m->n_params; i++) n += kiln_tensor_numel(m->params[i]);
+  return n;
+}
+
+static uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+/* Uniform in (0, 1) from (seed, tensor, element). */
+static double unit(uint64_t seed, int t, int64_t i, int k) {
+  uint64_t r = splitmix64(splitmix64(splitmix64(seed) ^ (uint64_t)t) + (uint64_t)i * 2 + (uint64_t)k);
+  return ((double)(r >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+
+kiln_status char_model_init(char_model *m, uint64_t seed) {
+  char_err[0] = '\0';
+  double bound = 1.0 / sqrt((double)m->H);
+  for (int t = 0; t < m->n_params; t++) {
+    int64_t n = kiln_tensor_numel(m->params[t]);
+    float *v = malloc((size_t)n * sizeof *v);
+    if (!v) return fail(KILN_OUT_OF_MEMORY, "char model: out of memory initialising %s", m->names[t]);
+    for (int64_t i = 0; i < n; i++) {
+      if (t == 0) { /* N(0, 1), Box-Muller */
+        double u1 = unit(seed, t, i, 0), u2 = unit(seed, t, i, 1);
+        v[i] = (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+      } else {
+        v[i] = (float)((2.0 * unit(seed, t, i, 0) - 1.0) * bound);
+      }
+    }
+    kiln_status st = kiln_tensor_upload(m->params[t], v, (size_t)n * sizeof *v);
+    free(v);
+    if (st != KILN_OK) return lib(st);
+  }
+  return KILN_OK;
+}
+
+/* ---- graphs -------------------------------------------------------------- */
+
+static kiln_status zero_tensor(kiln_tensor *t) {
+  size_t nb = kiln_tensor_nbytes(t);
+  void *z = calloc(1, nb);
+  if (!z) return fail(KILN_OUT_OF_MEMORY, "char model: out of memory");
+  kiln_status st = kiln_tensor_upload(t, z, nb);
+  free(z);
+  return lib(st);
+}
+
+kiln_status char_graph_reset_state(char_graph *cg) {
+  kiln_status st = KILN_OK;
+  for (int l = 0; l < cg->m->L && st == KILN_OK; l++) {
+    st = zero_tensor(cg->h[l]);
+    if (st == KILN_OK && cg->cs[l]) st = zero_tensor(cg->cs[l]);
+  }
+  return st;
+}
+
+void char_graph_destroy(char_graph *cg) {
+  if (!cg) return;
+  kiln_compiled_destroy(cg->c);
+  kiln_graph_destroy(cg->g);
+  for (int l = 0; l < CHAR_MAX_LAYERS; l++) {
+    kiln_tensor_destroy(cg->h[l]);
+    kiln_tensor_destroy(cg->cs[l]);
+  }
+  for (int i = 0; i < CHAR_MAX_PARAMS; i++) {
+    kiln_tensor_destroy(cg->exp_avg[i]);
+    kiln_tensor_destroy(cg->exp_avg_sq[i]);
+  }
+  kiln_tensor_destroy(cg->step);
+  kiln_tensor_destroy(cg->counter);
+  free(cg);
+}
+
+static kiln_status new_tensor(kiln_device *dev, int ndim, const int64_t *shape, kiln_tensor **t) {
+  return lib(kiln_tensor_create(dev, KILN_F32, ndim, shape, t));
+}
+
+kiln_status char_graph_create(char_model *m, int B, int T, int train, const char_train_opts *opts,
+                              char_graph **out) {
+  char_err[0] = '\0';
+  *out = NULL;
+  if (B < 1 || T < 1 || T > (int)(sizeof((char_graph *)0)->y / sizeof(kiln_node *)))
+    return fail(KILN_INVALID_ARGUMENT, "char model: batch %d must be >= 1 and steps %d in 1..512", B, T);
+  if (train && !opts) return fail(KILN_INVALID_ARGUMENT, "char model: training needs options");
+  char_graph *cg = calloc(1, sizeof *cg);
+  if (!cg) return fail(KILN_OUT_OF_MEMORY, "char model: out of memory");
+  cg->m = m;
+  cg->B = B;
+  cg->T = T;
+  cg->train = train;
+  kiln_status st;
+  int L = m->L, G = gates(m);
+  int64_t H = m->H, GH = G * H;
+  int64_t bh[2] = {B, H};
+  for (int l = 0; l < L; l++) {
+    if ((st = new_tensor(m->dev, 2, bh, &cg->h[l])) != KILN_OK) goto fail;
+    if (m->cell == CHAR_LSTM && (st = new_tensor(m->dev, 2, bh, &cg->cs[l])) != KILN_OK) goto fail;
+  }
+  float p = train ? opts->dropout : 0.0f;
+  if ((st = lib(kiln_graph_create(&cg->g))) != KILN_OK) goto fail;
+  kiln_graph *g = cg->g;
+
+  kiln_node *P[CHAR_MAX_PARAMS];
+  for (int i = 0; i < m->n_params; i++) P[i] = kiln_param(g, m->names[i], m->params[i]);
+  kiln_node *emb_w = P[0], *dec_w = P[1 + 4 * L], *dec_b = P[2 + 4 * L];
+#define W_IH(l) P[1 + 4 * (l)]
+#define W_HH(l) P[2 + 4 * (l)]
+#define B_IH(l) P[3 + 4 * (l)]
+#define B_HH(l) P[4 + 4 * (l)]
+  cg->x = kiln_input(g, "x", KILN_I32, 2, (int64_t[]){B, T});
+  kiln_node *h0[CHAR_MAX_LAYERS], *c0[CHAR_MAX_LAYERS] = {0}, *h[CHAR_MAX_LAYERS], *c[CHAR_MAX_LAYERS] = {0};
+  char name[48];
+  for (int l = 0; l < L; l++) {
+    snprintf(name, sizeof name, "state.h_l%d", l);
+    h[l] = h0[l] = kiln_state(g, name, cg->h[l]);
+    if (m->cell == CHAR_LSTM) {
+      snprintf(name, sizeof name, "state.c_l%d", l);
+      c[l] = c0[l] = kiln_state(g, name, cg->cs[l]);
+    }
+  }
+  kiln_node *ctr = NULL;
+  if (p > 0.0f) {
+    if ((st = new_tensor(m->dev, 0, NULL, &cg->counter)) != KILN_OK) goto fail;
+    ctr = kiln_increment(g, kiln_state(g, "dropout.counter", cg->counter), 1.0f);
+  }
+
+  /* Layer 0's input projection for all steps at once: [B*T, H] @ W_ih^T. */
+  kiln_node *emb = kiln_reshape(g, kiln_embedding(g, emb_w, cg->x), 2, (int64_t[]){(int64_t)B * T, H});
+  kiln_node *xw0 = kiln_reshape(g, kiln_add(g, kiln_matmul(g, emb, W_IH(0), 0, 1), B_IH(0)), 3,
+                                (int64_t[]){B, T, GH});
+  kiln_node *total = NULL, *logits = NULL;
+  for (int t = 0; t < T; t++) {
+    kiln_node *in = NULL;
+    for (int l = 0; l < L; l++) {
+      kiln_node *xw = l == 0 ? kiln_reshape(g, kiln_slice(g, xw0, 1, t, 1), 2, (int64_t[]){B, GH})
+                             : kiln_add(g, kiln_matmul(g, in, W_IH(l), 0, 1), B_IH(l));
+      if (m->cell == CHAR_LSTM) {
+        kiln_node *hn, *cn;
+        if (kiln_lstm_cell(g, xw, h[l], c[l], W_HH(l), B_HH(l), &hn, &cn) != KILN_OK) break;
+        h[l] = hn;
+        c[l] = cn;
+      } else {
+        h[l] = kiln_gru_cell(g, xw, h[l], W_HH(l), B_HH(l));
+      }
+      in = h[l];
+      if (l + 1 < L) in = kiln_dropout(g, in, ctr, p, opts ? opts->seed : 0, (uint32_t)(l * T + t));
+    }
+    logits = kiln_add(g, kiln_matmul(g, in, dec_w, 0, 1), dec_b);
+    if (T == 1 && !train) break; /* sampling: the logits are the output */
+    snprintf(name, sizeof name, "y%d", t);
+    cg->y[t] = kiln_input(g, name, KILN_I32, 1, (int64_t[]){B});
+    kiln_node *ce = kiln_cross_entropy(g, logits, cg->y[t]);
+    total = total ? kiln_add(g, total, ce) : ce;
+  }
+  if (total) {
+    cg->loss = kiln_scale(g, total, 1.0f / (float)T, 0.0f);
+    kiln_graph_output(g, cg->loss);
+  } else {
+    cg->logits = logits;
+    kiln_graph_output(g, logits);
+  }
+  if ((st = lib(kiln_graph_status(g))) != KILN_OK) goto fail;
+
+  if (train) {
+    if ((st = lib(kiln_graph_backward(g, cg->loss))) != KILN_OK) goto fail;
+    kiln_node *grads[CHAR_MAX_PARAMS], *clipped[CHAR_MAX_PARAMS];
+    for (int i = 0; i < m->n_params; i++) grads[i] = kiln_grad(g, P[i]);
+    if (opts->clip > 0.0f) kiln_clip_grad_norm(g, grads, m->n_params, opts->clip, clipped, NULL);
+    else memcpy(clipped, grads, sizeof grads);
+    if ((st = new_tensor(m->dev, 0, NULL, &cg->step)) != KILN_OK) goto fail;
+    kiln_node *step = kiln_increment(g, kiln_state(g, "optimizer.step", cg->step), 1.0f);
+    kiln_adam_options ao = {opts->lr, 0.9f, 0.999f, 1e-8f, 0.0f, 0};
+    for (int i = 0; i < m->n_params; i++) {
+      int64_t shape[KILN_MAX_DIMS];
+      int nd = kiln_tensor_shape(m->params[i], shape);
+      if ((st = new_tensor(m->dev, nd, shape, &cg->exp_avg[i])) != KILN_OK) goto fail;
+      if ((st = new_tensor(m->dev, nd, shape, &cg->exp_avg_sq[i])) != KILN_OK) goto fail;
+      snprintf(name, sizeof name, "optimizer.%s.exp_avg", m->names[i]);
+      kiln_node *mm = kiln_state(g, name, cg->exp_avg[i]);
+      snprintf(name, sizeof name, "optimizer.%s.exp_avg_sq", m->names[i]);
+      kiln_node *vv = kiln_state(g, name, cg->exp_avg_sq[i]);
+      kiln_adam_update(g, P[i], clipped[i], mm, vv, step, NULL, &ao);
+    }
+  }
+  /* Last: carry the final state to the next run (every read of the old
+   * state, backward included, was created before). */
+  for (int l = 0; l < L; l++) {
+    kiln_assign(g, h0[l], h[l]);
+    if (c0[l]) kiln_assign(g, c0[l], c[l]);
+  }
+  if ((st = lib(kiln_graph_status(g))) != KILN_OK) goto fail;
+  if ((st = lib(kiln_graph_compile(g, m->dev, &cg->c))) != KILN_OK) goto fail;
+  *out = cg;
+  return KILN_OK;
+#undef W_IH
+#undef W_HH
+#undef B_IH
+#undef B_HH
+
+fail:
+  char_graph_destroy(cg);
+  return st;
+}
+
+kiln_status char_graph_run(char_graph *cg, const int32_t *x, const int32_t *y, float *loss) {
+  char_err[0] = '\0';
+  int B = cg->B, T = cg->T;
+  kiln_status st = kiln_compiled_set_input(cg->c, cg->x, x, (size_t)B * T * sizeof *x);
+  if (st == KILN_OK && cg->loss) {
+    int32_t col[4096];
+    if (B > (int)(sizeof col / sizeof col[0]))
+      return fail(KILN_INVALID_ARGUMENT, "char model: batch %d above 4096", B);
+    for (int t = 0; t < T && st == KILN_OK; t++) {
+      for (int b = 0; b < B; b++) col[b] = y[(int64_t)b * T + t];
+      st = kiln_compiled_set_input(cg->c, cg->y[t], col, (size_t)B * sizeof *col);
+    }
+  }
+  if (st == KILN_OK) st = kiln_compiled_run(cg->c);
+  if (st == KILN_OK && loss && cg->loss) st = kiln_compiled_get_output(cg->c, cg->loss, loss, sizeof *loss);
+  return lib(st);
+}
+
+/* ---- checkpoints ----------------------------------------------------------- */
+
+typedef struct st_list {
+  kiln_st_tensor t[4 * CHAR_MAX_PARAMS + 2 * CHAR_MAX_LAYERS + 8];
+  void *data[4 * CHAR_MAX_PARAMS + 2 * CHAR_MAX_LAYERS + 8];
+  char names[4 * CHAR_MAX_PARAMS + 2 * CHAR_MAX_LAYERS + 8][64];
+  size_t n;
+} st_list;
+
+static kiln_status put(st_list *s, const char *name, const kiln_tensor *t) {
+  size_t nb = kiln_tensor_nbytes(t);
+  void *d = malloc(nb ? nb : 1);
+  if (!d) return fail(KILN_OUT_OF_MEMORY, "checkpoint: out of memory for %s", name);
+  s->data[s->n] = d;
+  kiln_status st = kiln_tensor_download(t, d, nb);
+  if (st != KILN_OK) return lib(st);
+  kiln_st_tensor *e = &s->t[s->n];
+  snprintf(s->names[s->n], sizeof s->names[0], "%s", name);
+  e->name = s->names[s->n];
+  e->dtype = KILN_F32;
+  e->ndim = kiln_tensor_shape(t, e->shape);
+  e->data = d;
+  e->nbytes = nb;
+  s->n++;
+  return KILN_OK;
+}
+
+kiln_status char_save(const char *path, const char_model *m, const char_graph *tg, int64_t iter,
+                      const char *const *keys, const char *const *values, int n_extra) {
+  char_err[0] = '\0';
+  st_list *s = calloc(1, sizeof *s);
+  if (!s) return fail(KILN_OUT_OF_MEMORY, "checkpoint: out of memory");
+  kiln_status st = KILN_OK;
+  char name[64];
+  for (int i = 0; i < m->n_params && st == KILN_OK; i++) st = put(s, m->names[i], m->params[i]);
+  if (tg && tg->train) {
+    for (int i = 0; i < m->n_params && st == KILN_OK; i++) {
+      snprintf(name, sizeof name, "optimizer.%s.exp_avg", m->names[i]);
+      st = put(s, name, tg->exp_avg[i]);
+      snprintf(name, sizeof name, "optimizer.%s.exp_avg_sq", m->names[i]);
+      if (st == KILN_OK) st = put(s, name, tg->exp_avg_sq[i]);
+    }
+    if (st == KILN_OK) st = put(s, "optimizer.step", tg->step);
+    if (st == KILN_OK && tg->counter) st = put(s, "dropout.counter", tg->counter);
+    for (int l = 0; l < m->L && st == KILN_OK; l++) {
+      snprintf(name, sizeof name, "state.h_l%d", l);
+      st = put(s, name, tg->h[l]);
+      snprintf(name, sizeof name, "state.c_l%d", l);
+      if (st == KILN_OK && tg->cs[l]) st = put(s, name, tg->cs[l]);
+    }
+  }
+  if (st == KILN_OK) {
+    kiln_st_tensor *e = &s->t[s->n++];
+    e->name = "vocab";
+    e->dtype = KILN_U8;
+    e->ndim = 1;
+    e->shape[0] = m->V;
+    e->data = m->vocab;
+    e->nbytes = (size_t)m->V;
+    char vl[16], vh[16], vv[16], vi[32];
+    snprintf(vl, sizeof vl, "%d", m->L);
+    snprintf(vh, sizeof vh, "%d", m->H);
+    snprintf(vv, sizeof vv, "%d", m->V);
+    snprintf(vi, sizeof vi, "%lld", (long long)iter);
+    const char *mk[32] = {"kiln.model", "layers", "hidden", "vocab_size", "iter"};
+    const char *mv[32] = {char_model_kind(m), vl, vh, vv, vi};
+    int nm = 5;
+    for (int i = 0; i < n_extra && nm < 32; i++, nm++) {
+      mk[nm] = keys[i];
+      mv[nm] = values[i];
+    }
+    st = lib(kiln_safetensors_save(path, s->t, s->n, mk, mv, (size_t)nm));
+  }
+  for (size_t i = 0; i < s->n; i++) free(s->data[i]);
+  free(s);
+  return st;
+}
+
+/* Uploads entry `name` of f into t after checking its dtype and shape. */
+static kiln_status take(const kiln_safetensors *f, const char *path, const char *name, kiln_tensor *t) {
+  kiln_st_tensor e;
+  if (kiln_safetensors_find(f, name, &e) != KILN_OK)
+    return fail(KILN_NOT_FOUND, "checkpoint %s: no tensor '%s'", path, name);
+  int64_t shape[KILN_MAX_DIMS];
+  int nd = kiln_tensor_shape(t, shape);
+  int ok = e.dtype == KILN_F32 && e.ndim == nd;
+  for (int i = 0; ok && i < nd; i++) ok = e.shape[i] == shape[i];
+  if (!ok) {
+    char want[96] = "", got[96] = "";
+    for (int i = 0; i < nd; i++) snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", i ? ", " : "", (long long)shape[i]);
+    for (int i = 0; i < e.ndim; i++) snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", i ? ", " : "", (long long)e.shape[i]);
+    return fail(KILN_SHAPE_MISMATCH, "checkpoint %s: tensor '%s' is %s [%s], the model needs f32 [%s]",
+                path, name, kiln_dtype_name(e.dtype), got, want);
+  }
+  return lib(kiln_tensor_upload(t, e.data, e.nbytes));
+}
+
+static int meta_int(const kiln_safetensors *f, const char *key, long lo, long hi, long *v) {
+  const char *s = kiln_safetensors_meta(f, key);
+  if (!s) return 0;
+  char *end;
+  *v = strtol(s, &end, 10);
+  return *s && !*end && *v >= lo && *v <= hi;
+}
+
+kiln_status char_load_model(const char *path, kiln_device *dev, char_model **out) {
+  char_err[0] = '\0';
+  *out = NULL;
+  kiln_safetensors *f = NULL;
+  char_model *m = NULL;
+  kiln_status st = lib(kiln_safetensors_open(path, &f));
+  if (st != KILN_OK) return st;
+  const char *kind = kiln_safetensors_meta(f, "kiln.model");
+  long L, H;
+  kiln_st_tensor v;
+  int cell = kind && !strcmp(kind, "char-lstm") ? CHAR_LSTM : kind && !strcmp(kind, "char-gru") ? CHAR_GRU : -1;
+  if (cell < 0) {
+    st = fail(KILN_CORRUPT_DATA, "checkpoint %s: not a char-lstm or char-gru checkpoint (kiln.model is %s)",
+              path, kind ? kind : "missing");
+    goto done;
+  }
+  if (!meta_int(f, "layers", 1, CHAR_MAX_LAYERS, &L) || !meta_int(f, "hidden", 1, 65536, &H)) {
+    st = fail(KILN_CORRUPT_DATA, "checkpoint %s: metadata 'layers' (1..%d) or 'hidden' missing or invalid",
+              path, CHAR_MAX_LAYERS);
+    goto done;
+  }
+  if (kiln_safetensors_find(f, "vocab", &v) != KILN_OK || v.dtype != KILN_U8 || v.ndim != 1 ||
+      v.shape[0] < 1 || v.shape[0] > 256) {
+    st = fail(KILN_CORRUPT_DATA, "checkpoint %s: no valid 'vocab' tensor (u8 [V], V in 1..256)", path);
+    goto done;
+  }
+  const uint8_t *vb = v.data;
+  for (int64_t i = 1; i < v.shape[0]; i++)
+    if (vb[i] <= vb[i - 1]) {
+      st = fail(KILN_CORRUPT_DATA, "checkpoint %s: 'vocab' is not strictly ascending at entry %lld", path,
+                (long long)i);
+      goto done;
+    }
+  if ((st = char_model_create(dev, cell, (int)v.shape[0], vb, (int)H, (int)L, &m)) != KILN_OK) goto done;
+  for (int i = 0; i < m->n_params && st == KILN_OK; i++) st = take(f, path, m->names[i], m->params[i]);
+  if (st != KILN_OK) {
+    char_model_destroy(m);
+    m = NULL;
+  }
+done:
+  kiln_safetensors_close(f);
+  *out = m;
+  return st;
+}
+
+kiln_status char_load_train_state(const char *path, char_graph *tg, int64_t *iter) {
+  char_err[0] = '\0';
+  kiln_safetensors *f = NULL;
+  kiln_status st = lib(kiln_safetensors_open(path, &f));
+  if (st != KILN_OK) return st;
+  char_model *m = tg->m;
+  char name[64];
+  long it = 0;
+  if (!meta_int(f, "iter", 0, 0x7fffffffL, &it)) {
+    st = fail(KILN_CORRUPT_DATA, "checkpoint %s: metadata 'iter' missing or invalid", path);
+    goto done;
+  }
+  for (int i = 0; i < m->n_params && st == KILN_OK; i++) {
+    snprintf(name, sizeof name, "optimizer.%s.exp_avg", m->names[i]);
+    st = take(f, path, name, tg->exp_avg[i]);
+    snprintf(name, sizeof name, "optimizer.%s.exp_avg_sq", m->names[i]);
+    if (st == KILN_OK) st = take(f, path, name, tg->exp_avg_sq[i]);
+  }
+  if (st == KILN_OK) st = take(f, path, "optimizer.step", tg->step);
+  if (st == KILN_OK && tg->counter) {
+    kiln_st_tensor e;
+    if (kiln_safetensors_find(f, "dropout.counter", &e) == KILN_OK) st = take(f, path, "dropout.counter", tg->counter);
+  }
+  for (int l = 0; l < m->L && st == KILN_OK; l++) {
+    kiln_st_tensor e;
+    snprintf(name, sizeof name, "state.h_l%d", l);
+    /* the carried state is batch-shaped: restore it only for the same batch */
+    if (kiln_safetensors_find(f, name, &e) == KILN_OK && e.ndim == 2 && e.shape[0] == tg->B) {
+      st = take(f, path, name, tg->h[l]);
+      snprintf(name, sizeof name, "state.c_l%d", l);
+      if (st == KILN_OK && tg->cs[l]) st = take(f, path, name, tg->cs[l]);
+    }
+  }
+  *iter = it;
+done:
+  kiln_safetensors_close(f);
+  return st;
+}
