@@ -402,6 +402,8 @@ bad:
 }
 
 int kiln_cmd_train(int argc, char **argv) {
+  if (argc > 1 && (!strcmp(argv[1], "char-lstm") || !strcmp(argv[1], "char-gru")))
+    return kiln_cmd_train_char(argc, argv); /* cmd_char.c */
   train_opts o;
   int rc = parse_opts(argc, argv, 0, &o);
   if (rc == -1) return 0;

@@ -13,4 +13,7 @@ int kiln_cmd_fetch(int argc, char **argv);   /* cmd_fetch.c: fetch mnist|shakesp
 int kiln_cmd_bench(int argc, char **argv);   /* cmd_bench.c: sgemm, CNN convs, train steps */
 int kiln_cmd_conform(int argc, char **argv); /* cmd_conform.c: conform PLUGIN */
 
+int kiln_cmd_train_char(int argc, char **argv); /* cmd_char.c: train char-lstm|char-gru */
+int kiln_cmd_sample(int argc, char **argv);  /* cmd_sample.c: sample --load FILE */
+
 #endif

@@ -20,6 +20,7 @@ static const command commands[] = {
     {"eval", kiln_cmd_eval, "evaluate a saved checkpoint on the test set"},
     {"fetch", kiln_cmd_fetch, "download a dataset (mnist, shakespeare) into the data directory"},
     {"conform", kiln_cmd_conform, "check a backend plugin file against the ABI and the CPU reference"},
+    {"sample", kiln_cmd_sample, "generate text from a char-lstm/char-gru checkpoint"},
     {"bench", kiln_cmd_bench, "measure sgemm, the CNN's convolutions and training steps"},
 };
 
