@@ -268,7 +268,7 @@ Test(vulkan, device_info) {
 }
 
 Test(vulkan, op_support_claims_only_implemented_ops) {
-  /* every op of ops.h up to 82 is implemented and tested below, on f32 only */
+  /* every op of ops.h is implemented and tested below, on f32 only */
   static const uint32_t all[] = {
       KILN_OP_ADD, KILN_OP_SUB, KILN_OP_MUL, KILN_OP_DIV, KILN_OP_NEG, KILN_OP_RELU,
       KILN_OP_TANH, KILN_OP_SIGMOID, KILN_OP_EXP, KILN_OP_LOG, KILN_OP_SCALE,
@@ -284,12 +284,9 @@ Test(vulkan, op_support_claims_only_implemented_ops) {
     cr_assert_eq(vk.api->op_support(0, all[i], KILN_F32), 1, "op %u", all[i]);
     cr_assert_eq(vk.api->op_support(0, all[i], KILN_F16), 0, "op %u on f16", all[i]);
   }
-  /* of the sequence-model ops, slice (and backward), clip_coef and assign run */
-  static const uint32_t seq_yes[] = {KILN_OP_SLICE, KILN_OP_SLICE_BACKWARD, KILN_OP_CLIP_COEF,
-                                     KILN_OP_ASSIGN};
-  static const uint32_t seq_no[] = {KILN_OP_EMBEDDING, KILN_OP_EMBEDDING_BACKWARD, KILN_OP_DROPOUT};
-  for (size_t i = 0; i < 4; i++) cr_assert_eq(vk.api->op_support(0, seq_yes[i], KILN_F32), 1);
-  for (size_t i = 0; i < 3; i++) cr_assert_eq(vk.api->op_support(0, seq_no[i], KILN_F32), 0);
+  /* and the sequence-model ops */
+  for (uint32_t op = KILN_OP_EMBEDDING; op <= KILN_OP_ASSIGN; op++)
+    cr_assert_eq(vk.api->op_support(0, op, KILN_F32), 1, "op %u", op);
   cr_assert_eq(vk.api->op_support(0, KILN_OP_NONE, KILN_F32), 0);
   cr_assert_eq(vk.api->op_support(0, 5, KILN_F32), 0);      /* a gap in the numbering */
   cr_assert_eq(vk.api->op_support(0, 9999, KILN_F32), 0);
@@ -303,10 +300,6 @@ Test(vulkan, op_support_claims_only_implemented_ops) {
   ph_node(&g, 9999, 1, (int[]){x}, y, NULL, NULL);
   cr_assert_eq(ph_compile(&g), KILN_UNSUPPORTED);
   cr_assert_not_null(strstr(ph_error(), "unknown op 9999"), "%s", ph_error());
-  g.nodes[0].op = KILN_OP_DROPOUT;   /* known, not implemented here: refused by name */
-  cr_assert_eq(ph_compile(&g), KILN_UNSUPPORTED);
-  cr_assert_not_null(strstr(ph_error(), "dropout"), "%s", ph_error());
-  cr_assert_not_null(strstr(ph_error(), "not implemented"), "%s", ph_error());
   g.nodes[0].op = KILN_OP_RELU;
   g.tensors[x].dtype = KILN_F16;
   g.tensors[x].nbytes = 8;
@@ -741,6 +734,28 @@ Test(vulkan, slice_assign_clip_coef) {
   NODE(&c, KILN_OP_CLIP_COEF, cb, NULL, FP(1.5f, 1e-6f), big);
   NODE(&c, KILN_OP_CLIP_COEF, cs, NULL, FP(1.5f, 1e-6f), small);
   run_case(&c);
+}
+
+Test(vulkan, embedding_and_dropout) {
+  for (int r = 0; r < 3; r++) {
+    tcase c;
+    case_init(&c, 0, 0);   /* gathers, in-order sums and a keep mask: exact */
+    c.seed = (uint64_t)r;
+    int64_t V = r == 2 ? 65 : 11, C = r == 1 ? 1 : 7;
+    int w = T(&c, KILN_F32, 2, (int64_t[]){V, C}, -1, 1);
+    /* indices in [-1, V]: both ends out of range (zero rows, no gradient) */
+    int idx = T(&c, KILN_I32, 2, (int64_t[]){3, 33}, -1, (float)V);
+    int y = T(&c, KILN_F32, 3, (int64_t[]){3, 33, C}, -1, 1);
+    int dy = T(&c, KILN_F32, 3, (int64_t[]){3, 33, C}, -1, 1);
+    int dw = T(&c, KILN_F32, 2, (int64_t[]){V, C}, -1, 1);
+    NODE(&c, KILN_OP_EMBEDDING, y, NULL, NULL, w, idx);
+    NODE(&c, KILN_OP_EMBEDDING_BACKWARD, dw, NULL, NULL, dy, idx);
+    int x = F(&c, 1001, 3);
+    int counter = T(&c, KILN_F32, 0, NULL, 5.0f + (float)r, 5.0f + (float)r);
+    int dx = F(&c, 1001, 3);
+    NODE(&c, KILN_OP_DROPOUT, dx, IP(0x12345678, 0x9abcdef0 + r, 2), FP(0.3f), x, counter);
+    run_case(&c);
+  }
 }
 
 /* ---- optimizers ------------------------------------------------------------- */

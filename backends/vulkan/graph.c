@@ -89,12 +89,11 @@ static const kvk_op_desc kvk_ops[KILN_OP_COUNT_] = {
     [KILN_OP_SGD] = {"sgd", 2, 3, kvk_optim_plan, 0, 1},
     [KILN_OP_ADAM] = {"adam", 5, 6, kvk_optim_plan, 0, 1},
     [KILN_OP_INCREMENT] = {"increment", 1, 1, kvk_optim_plan, 0, 1},
-    /* sequence-model ops (embedding and dropout not implemented on Vulkan yet) */
-    [KILN_OP_EMBEDDING] = {"embedding", 2, 2, NULL, 0, 0},
-    [KILN_OP_EMBEDDING_BACKWARD] = {"embedding_backward", 2, 2, NULL, 0, 0},
+    [KILN_OP_EMBEDDING] = {"embedding", 2, 2, kvk_seq_plan, 0, 0},
+    [KILN_OP_EMBEDDING_BACKWARD] = {"embedding_backward", 2, 2, kvk_seq_plan, 0, 0},
     [KILN_OP_SLICE] = {"slice", 1, 1, kvk_seq_plan, 0, 0},
     [KILN_OP_SLICE_BACKWARD] = {"slice_backward", 1, 1, kvk_seq_plan, 0, 0},
-    [KILN_OP_DROPOUT] = {"dropout", 2, 2, NULL, 0, 0},
+    [KILN_OP_DROPOUT] = {"dropout", 2, 2, kvk_seq_plan, 0, 0},
     [KILN_OP_CLIP_COEF] = {"clip_coef", 1, 1, kvk_seq_plan, 0, 0},
     [KILN_OP_ASSIGN] = {"assign", 2, 2, kvk_seq_plan, 0, 1},
 };
@@ -360,7 +359,9 @@ static kiln_status check_node(const kiln_plugin_graph *g, uint32_t index, kvk_no
     st = resolve_tensor(ix, n, g, pn->inputs[i], role, &n->in[i]);
     if (st != KILN_OK) return st;
     int want_i32 = (pn->op == KILN_OP_CROSS_ENTROPY && i == 1) ||
-                   (pn->op == KILN_OP_CROSS_ENTROPY_BACKWARD && i == 2);
+                   (pn->op == KILN_OP_CROSS_ENTROPY_BACKWARD && i == 2) ||
+                   ((pn->op == KILN_OP_EMBEDDING || pn->op == KILN_OP_EMBEDDING_BACKWARD) &&
+                    i == 1);
     uint32_t want = want_i32 ? KILN_I32 : KILN_F32;
     if (n->in[i].dtype != want)
       return kvk_node_error(ix, n, KILN_DTYPE_MISMATCH, "input %d %s has dtype %s; expected %s", i,

@@ -8,7 +8,9 @@
  *   assign          (dst, src): dst = src, in place (unary.comp copy)
  *   clip_coef       sumsq [] -> min(1, fp[0] / (sqrt(sumsq) + fp[1]))
  *                   (unary.comp OP 8)
- * EMBEDDING, its backward and DROPOUT are not implemented here yet.
+ *   embedding, embedding_backward, dropout
+ *                   shaders/seq.comp (a gather of rows; a per-element sum over
+ *                   the indices in order, deterministic; Philox4x32-10)
  */
 #include <math.h>
 
@@ -121,6 +123,60 @@ kiln_status kvk_seq_plan(kvk_plan *p, int index, const kvk_node *n) {
         kvk_param_u(d, i < part->ndim ? (uint64_t)part->shape[i] : 1);
       for (int i = 0; i < KILN_MAX_DIMS; i++) kvk_param_u(d, i < part->ndim ? (uint64_t)fs[i] : 0);
       d->groups[0] = kvk_groups_1d(p->dev, (uint64_t)part->numel, WG);
+      d->groups[1] = d->groups[2] = 1;
+      return KILN_OK;
+    }
+    case KILN_OP_EMBEDDING: case KILN_OP_EMBEDDING_BACKWARD: case KILN_OP_DROPOUT: {
+      const kvk_tensor *b = &n->in[1];
+      int64_t V = 0, C = 0, N = b->numel;
+      if (n->op == KILN_OP_DROPOUT) {
+        if (!kvk_same_shape(a, y) || b->numel != 1)
+          return kvk_node_error(index, n, KILN_SHAPE_MISMATCH,
+                                "x %s, counter %s, output %s: need the output of x's shape and "
+                                "a one-element counter",
+                                KVK_SHAPE(s0, a), KVK_SHAPE(s1, b), KVK_SHAPE(s0, y));
+        if (!(n->fp[0] >= 0.0f && n->fp[0] < 1.0f))
+          return kvk_node_error(index, n, KILN_INVALID_ARGUMENT,
+                                "p = fp[0] = %g must lie in [0, 1)", (double)n->fp[0]);
+      } else {
+        /* embedding: (w [V, C], idx) -> rows; backward: (dy rows, idx) -> dw [V, C] */
+        const kvk_tensor *w = n->op == KILN_OP_EMBEDDING ? a : y;
+        const kvk_tensor *rows = n->op == KILN_OP_EMBEDDING ? y : a;
+        int ok = w->ndim == 2 && rows->ndim == b->ndim + 1 &&
+                 rows->shape[rows->ndim - 1] == w->shape[1];
+        for (int i = 0; ok && i < b->ndim; i++) ok = rows->shape[i] == b->shape[i];
+        if (!ok) {
+          char s2[KVK_SHAPE_STR];
+          return kvk_node_error(index, n, KILN_SHAPE_MISMATCH,
+                                "table %s, indices %s and rows %s: need [V, C], [N...] and "
+                                "[N..., C]",
+                                KVK_SHAPE(s0, w), KVK_SHAPE(s1, b), KVK_SHAPE(s2, rows));
+        }
+        V = w->shape[0];
+        C = w->shape[1];
+      }
+      if (y->numel == 0) return KILN_OK;
+      if (!(d = kvk_plan_add(p, index, n))) return KILN_OUT_OF_MEMORY;
+      d->shader = KVK_SHADER_SEQ;
+      d->n_spec = 2;
+      d->spec[0] = WG;
+      d->spec[1] = n->op == KILN_OP_EMBEDDING ? 0 : n->op == KILN_OP_EMBEDDING_BACKWARD ? 1 : 2;
+      d->n_bind = 3;
+      d->bind[0] = a;
+      d->bind[1] = b;
+      d->bind[2] = y;
+      d->write_mask = 4;
+      float p_drop = n->fp[0], keep_scale = 1.0f / (1.0f - p_drop);   /* as the CPU plugin */
+      kvk_param_u(d, (uint64_t)y->numel);
+      kvk_param_u(d, (uint64_t)V);
+      kvk_param_u(d, (uint64_t)(C ? C : 1));
+      kvk_param_u(d, (uint64_t)N);
+      kvk_param_f(d, n->op == KILN_OP_DROPOUT ? p_drop : 0.0f);
+      kvk_param_f(d, n->op == KILN_OP_DROPOUT ? keep_scale : 0.0f);
+      kvk_param_u(d, (uint32_t)n->ip[0]);
+      kvk_param_u(d, (uint32_t)n->ip[1]);
+      kvk_param_u(d, (uint32_t)n->ip[2]);
+      d->groups[0] = kvk_groups_1d(p->dev, (uint64_t)y->numel, WG);
       d->groups[1] = d->groups[2] = 1;
       return KILN_OK;
     }

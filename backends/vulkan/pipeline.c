@@ -33,6 +33,7 @@ SHADER_(adam)
 SHADER_(conv2d)
 SHADER_(conv2d_input)
 SHADER_(pool2d)
+SHADER_(seq)
 #undef SHADER_
 
 typedef struct shader_desc {
@@ -59,6 +60,7 @@ static const shader_desc shaders[KVK_SHADER_COUNT] = {
     S_(KVK_SHADER_CONV2D, conv2d, 4),
     S_(KVK_SHADER_CONV2D_INPUT, conv2d_input, 3),
     S_(KVK_SHADER_POOL2D, pool2d, 3),
+    S_(KVK_SHADER_SEQ, seq, 3),
 };
 #undef S_
 

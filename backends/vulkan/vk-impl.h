@@ -96,6 +96,7 @@ typedef enum kvk_shader {
   KVK_SHADER_CONV2D,
   KVK_SHADER_CONV2D_INPUT,
   KVK_SHADER_POOL2D,
+  KVK_SHADER_SEQ,
   KVK_SHADER_COUNT
 } kvk_shader;
 
