@@ -330,7 +330,7 @@ static void conv_forward_block(const conv_job *j, kcpu_pool *gp, float *acc, int
                                int64_t p0, int64_t pt, float *scratch) {
   const conv_geom *g = &j->g;
   int64_t cols = nb * pt, HW = g->H * g->W;
-  float *stage = scratch + g->K * cols;
+  float *stage = scratch ? scratch + g->K * cols : NULL; /* used only when nb > 1 */
   (void)acc;
   for (int64_t grp = 0; grp < g->G; grp++) {
     const float *wg = j->b + grp * g->Og * g->K;
@@ -368,7 +368,7 @@ static void conv_backward_input_block(const conv_job *j, kcpu_pool *gp, float *a
                                       int64_t nb, int64_t p0, int64_t pt, float *scratch) {
   const conv_geom *g = &j->g;
   int64_t cols = nb * pt, HW = g->H * g->W;
-  float *stage = scratch + g->K * cols;
+  float *stage = scratch ? scratch + g->K * cols : NULL; /* used only when nb > 1 */
   (void)acc;
   if (p0 == 0 && (!g->pointwise || nb > 1))
     memset(j->out + n0 * g->C * HW, 0, (size_t)(nb * g->C * HW) * sizeof(float));
@@ -398,7 +398,7 @@ static void conv_backward_weight_block(const conv_job *j, kcpu_pool *gp, float *
                                        int64_t nb, int64_t p0, int64_t pt, float *scratch) {
   const conv_geom *g = &j->g;
   int64_t cols = nb * pt, HW = g->H * g->W;
-  float *stage = scratch + g->K * cols;
+  float *stage = scratch ? scratch + g->K * cols : NULL; /* used only when nb > 1 */
   for (int64_t grp = 0; grp < g->G; grp++) {
     const float *dyg = j->b + (n0 * g->O + grp * g->Og) * g->P;
     const float *xg = j->a + (n0 * g->C + grp * g->Cg) * HW;
