@@ -216,7 +216,7 @@ static int cf_name_ok(const char *s) {
   return 1;
 }
 
-static void cf_phase_negotiation(const char *path) {
+static void cf_phase_negotiation(const char *path, int device) {
   void *dl = dlopen(path, RTLD_NOW | RTLD_LOCAL);
   cf_check("dlopen", dl != NULL, "%s", dl ? "RTLD_NOW | RTLD_LOCAL" : dlerror());
   if (!dl) return;
@@ -282,6 +282,7 @@ static void cf_phase_negotiation(const char *path) {
 
   uint32_t count = api->device_count();
   cf_check("device_count", count >= 1, "%u devices", count);
+  cf_check("requested device", (uint32_t)device < count, "device %d of %u", device, count);
   for (uint32_t d = 0; d < count; d++) {
     char what[64];
     kiln_device_info di;
@@ -1239,7 +1240,7 @@ typedef struct cf_args {
 } cf_args;
 
 static void cf_child_negotiation(const void *a) {
-  cf_phase_negotiation(((const cf_args *)a)->path);
+  cf_phase_negotiation(((const cf_args *)a)->path, ((const cf_args *)a)->device);
 }
 static void cf_child_probe(const void *a) {
   const cf_args *x = a;
