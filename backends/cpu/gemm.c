@@ -4,12 +4,16 @@
  * The classic packed, cache-blocked scheme (Goto / BLIS):
  *
  *   for jc over N in NC columns            B panel [KC, NC] fits in L3
- *     for pc over K in KC steps            (K blocks are summed in order)
- *       pack B[pc:pc+KC, jc:jc+NC] into NR-wide slivers
+ *     for pc over K in blocks of kc <= KC  (K blocks are summed in order)
+ *       pack B[pc:pc+kc, jc:jc+NC] into NR-wide slivers
  *       for ib over M in MB rows
- *         pack A[ib:ib+MB, pc:pc+KC] into MR-tall slivers
+ *         pack A[ib:ib+MB, pc:pc+kc] into MR-tall slivers
  *         for each (MC rows x NW columns) tile, in parallel
- *           for each MR x NR block: micro-kernel over KC, then store
+ *           for each MR x NR block: micro-kernel over kc, then store
+ *
+ * K is cut into equal blocks of at most KC (K = 288 is one block, 576 two
+ * of 288), not KC-sized ones and a short rest: a short block costs a full
+ * pass of stores over C for little work. The blocks depend only on K.
  *
  * Packing turns every transpose case into the same unit-stride micro-kernel
  * and pads the edges with zeros, so odd sizes take the same path. The
@@ -31,7 +35,7 @@
 
 #define MR 6        /* micro-tile rows */
 #define NR 16       /* micro-tile columns */
-#define KC 256      /* depth of one packed block */
+#define KC 384      /* most depth of one packed block */
 #define MC 96       /* rows of one compute tile (a multiple of MR) */
 #define MB 1536     /* rows of A packed at once (a multiple of MC) */
 #define NC 3072     /* columns of one packed B panel (a multiple of NR) */
@@ -191,7 +195,8 @@ void kcpu_sgemm(kcpu_pool *pool, int trans_a, int trans_b, int64_t M, int64_t N,
     scale_c(M, N, beta, C, ldc);
     return;
   }
-  int64_t kc_max = K < KC ? K : KC;
+  int64_t k_blocks = (K + KC - 1) / KC;
+  int64_t kc_max = (K + k_blocks - 1) / k_blocks;
   int64_t mb_blk = M < MB ? (M + MR - 1) / MR * MR : MB;
   int64_t nc_blk = N < NC ? (N + NR - 1) / NR * NR : NC;
   /* Packing buffers for this call, so pool == NULL callers may run several
@@ -216,8 +221,8 @@ void kcpu_sgemm(kcpu_pool *pool, int trans_a, int trans_b, int64_t M, int64_t N,
   for (j.jc = 0; j.jc < N; j.jc += nc_blk) {
     j.nc = N - j.jc < nc_blk ? N - j.jc : nc_blk;
     int64_t slivers_b = (j.nc + NR - 1) / NR;
-    for (j.pc = 0; j.pc < K; j.pc += KC) {
-      j.kc = K - j.pc < KC ? K - j.pc : KC;
+    for (j.pc = 0; j.pc < K; j.pc += kc_max) {
+      j.kc = K - j.pc < kc_max ? K - j.pc : kc_max;
       j.beta_eff = j.pc == 0 ? beta : 1.0f;
       kcpu_parallel_for(pool, slivers_b, 16, pack_b, &j);
       for (j.ib = 0; j.ib < M; j.ib += mb_blk) {
