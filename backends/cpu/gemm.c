@@ -45,11 +45,16 @@
  * in registers, which plain loops here did not). */
 typedef float kcpu_v8 __attribute__((vector_size(32), aligned(32)));
 
-/* acc[MR][NR] = Ap [kc, MR] (sliver) x Bp [kc, NR] (sliver). Bp and acc are
- * 32-byte aligned. */
+/* The product P[MR][NR] = Ap [kc, MR] (sliver) x Bp [kc, NR] (sliver),
+ * then, with store = 0: acc = P; store = 1: C[MR, NR] = P; store = 2:
+ * C[MR, NR] += P (the full-tile cases with alpha 1 and beta 0 or 1: exact
+ * copies and single adds, so they round as store_tile would). C has leading
+ * dimension ldc. Bp and acc are 32-byte aligned; C need not be. Storing
+ * from the registers saves a round trip through acc and a scalar loop,
+ * which weigh most when kc is short (conv1's K = 9). */
 __attribute__((target_clones("arch=x86-64-v3", "default"), optimize("fp-contract=fast")))
 static void micro_kernel(int64_t kc, const float *restrict Ap, const float *restrict Bp,
-                         float *restrict acc) {
+                         float *restrict acc, int store, float *restrict C, int64_t ldc) {
   kcpu_v8 c[MR][2];
   for (int i = 0; i < MR; i++) c[i][0] = c[i][1] = (kcpu_v8){0};
   for (int64_t k = 0; k < kc; k++) {
@@ -65,9 +70,24 @@ static void micro_kernel(int64_t kc, const float *restrict Ap, const float *rest
       c[i][1] += ai * b1;
     }
   }
+  if (store == 0) {
+    for (int i = 0; i < MR; i++) {
+      *(kcpu_v8 *)(acc + i * NR) = c[i][0];
+      *(kcpu_v8 *)(acc + i * NR + 8) = c[i][1];
+    }
+    return;
+  }
   for (int i = 0; i < MR; i++) {
-    *(kcpu_v8 *)(acc + i * NR) = c[i][0];
-    *(kcpu_v8 *)(acc + i * NR + 8) = c[i][1];
+    kcpu_v8 lo = c[i][0], hi = c[i][1];
+    if (store == 2) {
+      kcpu_v8 c0, c1;
+      memcpy(&c0, C + i * ldc, sizeof c0);
+      memcpy(&c1, C + i * ldc + 8, sizeof c1);
+      lo += c0;
+      hi += c1;
+    }
+    memcpy(C + i * ldc, &lo, sizeof lo);
+    memcpy(C + i * ldc + 8, &hi, sizeof hi);
   }
 }
 
@@ -165,9 +185,13 @@ static void compute_tiles(void *arg, int64_t t0, int64_t t1) {
       for (int64_t ir = r0; ir < r1; ir += MR) {
         const float *ap = j->Ap + (ir / MR) * MR * j->kc;
         int m = (int)(r1 - ir < MR ? r1 - ir : MR);
-        micro_kernel(j->kc, ap, bp, acc);
-        store_tile(j->C + (j->ib + ir) * j->ldc + j->jc + jr, j->ldc, m, n, acc, j->alpha,
-                   j->beta_eff);
+        float *c = j->C + (j->ib + ir) * j->ldc + j->jc + jr;
+        if (m == MR && n == NR && j->alpha == 1.0f && (j->beta_eff == 0.0f || j->beta_eff == 1.0f)) {
+          micro_kernel(j->kc, ap, bp, acc, j->beta_eff == 0.0f ? 1 : 2, c, j->ldc);
+        } else {
+          micro_kernel(j->kc, ap, bp, acc, 0, NULL, 0);
+          store_tile(c, j->ldc, m, n, acc, j->alpha, j->beta_eff);
+        }
       }
     }
   }
