@@ -565,6 +565,7 @@ static const pool_case pool_cases[] = {
     {3, 32, 26, 26, 2, 2, 2, 2, 0, 0},
     {1, 1, 6, 5, 3, 3, 1, 2, 2, 2},
     {2, 3, 13, 8, 2, 2, 1, 1, 0, 0},
+    {2, 3, 9, 7, 2, 2, 2, 2, 0, 0},     /* 2x2 stride 2 with a last odd row and column */
 };
 #define N_POOL_CASES (sizeof pool_cases / sizeof pool_cases[0])
 
