@@ -14,6 +14,9 @@
  *      lifetimes do not overlap share bytes;
  *   4. check op support, allocate the arena, and let the plugin build its
  *      executable form.
+ * A graph with ops the device lacks is partitioned with the CPU plugin
+ * instead when one is loaded (fallback.c); the functions below delegate to
+ * it for such a compiled graph.
  */
 #include <limits.h>
 #include <stdio.h>
@@ -41,6 +44,7 @@ struct kiln_compiled {
   io_entry *io;
   uint32_t n_io;
   kiln_memory_stats stats;
+  struct kiln__fallback *fb;   /* non-NULL: partitioned with the CPU (fallback.c) */
 };
 
 /* Planning record of one plugin tensor. */
@@ -109,6 +113,20 @@ kiln_status kiln_graph_compile(kiln_graph *g, kiln_device *dev, kiln_compiled **
   if (!g || !dev) return kiln__error(KILN_INVALID_ARGUMENT, "compile: graph and device are required");
   if (g->status != KILN_OK)
     return kiln__error(g->status, "compile: the graph has an error: %s", g->error);
+  if (kiln__fallback_needed(g, dev)) {
+    kiln_compiled *fc = kiln__calloc(1, sizeof *fc);
+    if (!fc) return kiln__error(KILN_OUT_OF_MEMORY, "compile: out of memory");
+    fc->dev = dev;
+    kiln_status fst = kiln__fallback_compile(g, dev, &fc->fb);
+    if (fst != KILN_OK) {
+      free(fc);
+      return fst;
+    }
+    fc->stats.struct_size = sizeof fc->stats;
+    kiln__fallback_memory(fc->fb, &fc->stats);
+    *out = fc;
+    return KILN_OK;
+  }
 
   const kiln_plugin_api *api = dev->plugin->api;
   kiln_status st = KILN_OK;
@@ -342,6 +360,11 @@ fail:
 
 void kiln_compiled_destroy(kiln_compiled *c) {
   if (!c) return;
+  if (c->fb) {
+    kiln__fallback_free(c->fb);
+    free(c);
+    return;
+  }
   const kiln_plugin_api *api = c->dev->plugin->api;
   if (c->exec) api->graph_free(c->dev->pdev, c->exec);
   if (c->arena) api->buffer_free(c->dev->pdev, c->arena);
@@ -359,6 +382,7 @@ kiln_status kiln_compiled_set_input(kiln_compiled *c, const kiln_node *input, co
                                     size_t nbytes) {
   if (!c || !input || !data)
     return kiln__error(KILN_INVALID_ARGUMENT, "set_input: compiled graph, input node and data are required");
+  if (c->fb) return kiln__fallback_set_input(c->fb, input, data, nbytes);
   io_entry *e = find_io(c, input);
   if (!e || !e->is_input)
     return kiln__error(KILN_INVALID_ARGUMENT,
@@ -379,6 +403,7 @@ kiln_status kiln_compiled_set_input(kiln_compiled *c, const kiln_node *input, co
 
 kiln_status kiln_compiled_run(kiln_compiled *c) {
   if (!c) return kiln__error(KILN_INVALID_ARGUMENT, "run: compiled graph is NULL");
+  if (c->fb) return kiln__fallback_run(c->fb);
   kiln_status st = c->dev->plugin->api->graph_run(c->dev->pdev, c->exec);
   if (st != KILN_OK) return plugin_fail(st, c->dev, "run");
   return KILN_OK;
@@ -388,6 +413,7 @@ kiln_status kiln_compiled_get_output(kiln_compiled *c, const kiln_node *node, vo
                                      size_t nbytes) {
   if (!c || !node || !data)
     return kiln__error(KILN_INVALID_ARGUMENT, "get_output: compiled graph, node and data are required");
+  if (c->fb) return kiln__fallback_get_output(c->fb, node, data, nbytes);
   io_entry *e = find_io(c, node);
   if (!e || !e->is_output)
     return kiln__error(KILN_INVALID_ARGUMENT,
@@ -412,5 +438,16 @@ kiln_status kiln_compiled_memory(const kiln_compiled *c, kiln_memory_stats *stat
   kiln_memory_stats s = c->stats;
   s.struct_size = size;
   memcpy(stats, &s, size);
+  return KILN_OK;
+}
+
+kiln_status kiln_compiled_describe(const kiln_compiled *c, char *buf, size_t size) {
+  if (!c || !buf || !size)
+    return kiln__error(KILN_INVALID_ARGUMENT, "kiln_compiled_describe: compiled graph and a buffer are required");
+  if (c->fb)
+    snprintf(buf, size, "%s", kiln__fallback_plan(c->fb));
+  else
+    snprintf(buf, size, "1 segment:\n  segment 0 on %s (%s): %u nodes\n", plugin_name(c->dev),
+             c->dev->info.name, c->stats.n_nodes);
   return KILN_OK;
 }

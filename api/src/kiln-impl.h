@@ -163,4 +163,24 @@ kiln_status kiln__seq_infer(kiln_op op, int n_in, kiln_node *const *in, int64_t 
                             const float *fp, int given_ndim, const int64_t *given_shape,
                             kiln_dtype *dtype, int *ndim, int64_t *shape, char *msg, size_t size);
 
+/* ---- CPU fallback (fallback.c, used by compile.c) ------------------------ */
+
+/* A compiled graph partitioned over the chosen device and the CPU plugin. */
+struct kiln__fallback;
+/* 1 if a live node of g is not supported by dev and the loaded CPU plugin
+ * supports every such node (and $KILN_NO_FALLBACK is not set). */
+int kiln__fallback_needed(const kiln_graph *g, const kiln_device *dev);
+/* Partitions g into segments on dev and the CPU and compiles each. */
+kiln_status kiln__fallback_compile(kiln_graph *g, kiln_device *dev, struct kiln__fallback **out);
+void kiln__fallback_free(struct kiln__fallback *fb);
+kiln_status kiln__fallback_set_input(struct kiln__fallback *fb, const kiln_node *input,
+                                     const void *data, size_t nbytes);
+kiln_status kiln__fallback_run(struct kiln__fallback *fb);
+kiln_status kiln__fallback_get_output(struct kiln__fallback *fb, const kiln_node *node, void *data,
+                                      size_t nbytes);
+/* Adds the segments' memory to *total. */
+void kiln__fallback_memory(const struct kiln__fallback *fb, kiln_memory_stats *total);
+/* The partition as text, one line per segment (static to fb). */
+const char *kiln__fallback_plan(const struct kiln__fallback *fb);
+
 #endif /* KILN_IMPL_H */

@@ -338,6 +338,14 @@ KILN_API kiln_status kiln_compiled_get_output(kiln_compiled *c, const kiln_node 
                                               size_t nbytes);
 KILN_API kiln_status kiln_compiled_memory(const kiln_compiled *c, kiln_memory_stats *stats);
 
+/** Writes into buf (size bytes, always NUL-terminated, truncated if
+ *  needed) how c runs, one line per segment: the plugin and device of each
+ *  and its nodes. A graph whose ops the device all supports is one segment;
+ *  one with ops it lacks is partitioned with the CPU plugin (CPU fallback,
+ *  off with $KILN_NO_FALLBACK=1), and the text also says which values and
+ *  params are copied between segments. */
+KILN_API kiln_status kiln_compiled_describe(const kiln_compiled *c, char *buf, size_t size);
+
 KILN_EXTERN_C_END
 
 #endif /* KILN_KILN_H */
