@@ -12,6 +12,7 @@ int kiln_cmd_eval(int argc, char **argv);    /* cmd_train.c: eval MODEL --load F
 int kiln_cmd_fetch(int argc, char **argv);   /* cmd_fetch.c: fetch mnist|shakespeare */
 int kiln_cmd_bench(int argc, char **argv);   /* cmd_bench.c: sgemm, CNN convs, train steps */
 int kiln_cmd_conform(int argc, char **argv); /* cmd_conform.c: conform PLUGIN */
+int kiln_cmd_plan(int argc, char **argv);    /* cmd_plan.c: plan [MODEL] */
 
 int kiln_cmd_train_char(int argc, char **argv); /* cmd_char.c: train char-lstm|char-gru */
 int kiln_cmd_sample(int argc, char **argv);  /* cmd_sample.c: sample --load FILE */
