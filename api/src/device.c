@@ -58,6 +58,38 @@ static const char *loaded_names(const kiln_context *ctx, char *buf, size_t size)
   return buf;
 }
 
+/* KILN_VK_DEVICE picks the Vulkan plugin's device when no index is given:
+ * a decimal index, or a case-insensitive substring of the device name. */
+static kiln_status vk_env_choice(const kiln_plugin *p, uint32_t *ip) {
+  const char *want = getenv("KILN_VK_DEVICE");
+  if (!want || !*want || strcmp(p->entry->name, "vulkan") != 0) return KILN_OK;
+  uint32_t n = kiln_plugin_device_count(p);
+  char *end;
+  long v = strtol(want, &end, 10);
+  if (*end == '\0') {
+    if (v < 0 || (uint32_t)v >= n)
+      return kiln__error(KILN_NO_DEVICE, "KILN_VK_DEVICE=%s: backend 'vulkan' has %u device(s)",
+                         want, n);
+    *ip = (uint32_t)v;
+    return KILN_OK;
+  }
+  char names[1024] = "";
+  for (uint32_t i = 0; i < n; i++) {
+    kiln_device_info info;
+    memset(&info, 0, sizeof info);
+    info.struct_size = sizeof info;
+    if (p->api->device_info(i, &info) != KILN_OK) continue;
+    if (strcasestr(info.name, want)) {
+      *ip = i;
+      return KILN_OK;
+    }
+    size_t len = strlen(names);
+    snprintf(names + len, sizeof names - len, "%s%u: %s", len ? ", " : "", i, info.name);
+  }
+  return kiln__error(KILN_NO_DEVICE, "KILN_VK_DEVICE=%s matches no Vulkan device (%s)", want,
+                     n ? names : "none");
+}
+
 /* Picks (plugin, index) for kiln_device_open. */
 static kiln_status choose(kiln_context *ctx, const char *backend, int index, kiln_plugin **pp,
                           uint32_t *ip) {
@@ -100,7 +132,7 @@ static kiln_status choose(kiln_context *ctx, const char *backend, int index, kil
     if (best_rank == -2)
       return kiln__error(KILN_NO_DEVICE, "no device: the loaded plugins (%s) report none",
                          loaded_names(ctx, names, sizeof names));
-    return KILN_OK;
+    return vk_env_choice(*pp, ip);
   }
 
   kiln_plugin *p = kiln_plugin_find(ctx, backend);
@@ -114,7 +146,7 @@ static kiln_status choose(kiln_context *ctx, const char *backend, int index, kil
   if (index == -1) {
     *pp = p;
     *ip = (uint32_t)best_of(p, NULL);
-    return KILN_OK;
+    return vk_env_choice(p, ip);
   }
   if ((uint32_t)index >= n)
     return kiln__error(KILN_NO_DEVICE, "backend '%s' has %u device(s); index %d is out of range",
