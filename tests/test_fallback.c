@@ -11,6 +11,7 @@
  */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -233,4 +234,30 @@ Test(fallback, values_cross_segments_both_ways) {
   kiln_graph_destroy(g);
   kiln_device_close(dev);
   kiln_context_destroy(ctx);
+}
+
+/* `kiln plan` prints the partition for the template and one segment for
+ * the CPU. */
+Test(fallback, kiln_plan_prints_the_partition, .timeout = 600) {
+  char cmd[1024];
+  snprintf(cmd, sizeof cmd, "'%s/bin/kiln' plan --plugin '%s' --backend template --batch 8 2>&1",
+           KILN_BUILD_DIR, TEMPLATE_PLUGIN);
+  FILE *p = popen(cmd, "r");
+  cr_assert_not_null(p);
+  static char out[1 << 16];
+  size_t n = fread(out, 1, sizeof out - 1, p);
+  out[n] = '\0';
+  int st = pclose(p);
+  cr_assert_eq(st, 0, "%s\n%s", cmd, out);
+  cr_assert_not_null(strstr(out, "segments (CPU fallback"), "%s", out);
+  cr_assert_not_null(strstr(out, "on template"), "%s", out);
+  cr_assert_not_null(strstr(out, "conv2d"), "%s", out);
+
+  snprintf(cmd, sizeof cmd, "'%s/bin/kiln' plan --backend cpu --batch 8 2>&1", KILN_BUILD_DIR);
+  p = popen(cmd, "r");
+  cr_assert_not_null(p);
+  n = fread(out, 1, sizeof out - 1, p);
+  out[n] = '\0';
+  cr_assert_eq(pclose(p), 0, "%s\n%s", cmd, out);
+  cr_assert_not_null(strstr(out, "1 segment:\n  segment 0 on cpu"), "%s", out);
 }
