@@ -261,3 +261,26 @@ Test(fallback, kiln_plan_prints_the_partition, .timeout = 600) {
   cr_assert_eq(pclose(p), 0, "%s\n%s", cmd, out);
   cr_assert_not_null(strstr(out, "1 segment:\n  segment 0 on cpu"), "%s", out);
 }
+
+/* A param stored on another device is refused, as without the fallback. */
+Test(fallback, params_must_live_on_the_chosen_device) {
+  kiln_context *ctx = open_context();
+  kiln_device *tpl = NULL, *cpu = NULL;
+  cr_assert_eq(kiln_device_open(ctx, "template", 0, &tpl), KILN_OK, "%s", kiln_last_error());
+  cr_assert_eq(kiln_device_open(ctx, "cpu", 0, &cpu), KILN_OK, "%s", kiln_last_error());
+  kiln_tensor *w = NULL;
+  cr_assert_eq(kiln_tensor_create(cpu, KILN_F32, 1, (int64_t[]){4}, &w), KILN_OK);
+  kiln_graph *g = NULL;
+  cr_assert_eq(kiln_graph_create(&g), KILN_OK);
+  kiln_node *y = kiln_tanh(g, kiln_param(g, "w", w));
+  cr_assert_eq(kiln_graph_output(g, y), KILN_OK);
+  kiln_compiled *c = NULL;
+  cr_assert_eq(kiln_graph_compile(g, tpl, &c), KILN_INVALID_ARGUMENT);
+  cr_assert_not_null(strstr(kiln_last_error(), "param 'w' lives on device"), "%s",
+                     kiln_last_error());
+  kiln_graph_destroy(g);
+  kiln_tensor_destroy(w);
+  kiln_device_close(cpu);
+  kiln_device_close(tpl);
+  kiln_context_destroy(ctx);
+}

@@ -331,6 +331,18 @@ kiln_status kiln__fallback_compile(kiln_graph *g, kiln_device *dev, struct kiln_
     st = kiln__error(KILN_UNSUPPORTED, "compile: CPU fallback needs the cpu plugin, none is loaded");
     goto fail;
   }
+  /* Params and state must live on the chosen device, as without fallback. */
+  for (uint32_t i = 0; i < N; i++) {
+    const kiln_node *n = g->nodes[i];
+    if (!live[i] || (n->kind != KILN__NODE_PARAM && n->kind != KILN__NODE_STATE)) continue;
+    if (n->storage->dev != dev) {
+      st = kiln__error(KILN_INVALID_ARGUMENT,
+                       "compile: %s '%s' lives on device '%s', but the graph is compiled for "
+                       "device '%s'", n->kind == KILN__NODE_PARAM ? "param" : "state",
+                       n->name ? n->name : "unnamed", n->storage->dev->info.name, dev->info.name);
+      goto fail;
+    }
+  }
   if ((st = kiln_device_open(dev->ctx, "cpu", 0, &fb->cpu)) != KILN_OK) goto fail;
 
   /* 1. partition into segments */
