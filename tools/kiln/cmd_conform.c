@@ -600,8 +600,13 @@ static double cf_bound(uint32_t op) {
   switch (op) {
     case KILN_OP_RELU: case KILN_OP_NEG: case KILN_OP_RELU_BACKWARD: case KILN_OP_RESHAPE:
     case KILN_OP_TRANSPOSE: case KILN_OP_COPY: case KILN_OP_FILL: case KILN_OP_EXPAND:
-    case KILN_OP_MAXPOOL2D: case KILN_OP_MAXPOOL2D_BACKWARD:
+    case KILN_OP_MAXPOOL2D: case KILN_OP_MAXPOOL2D_BACKWARD: case KILN_OP_EMBEDDING:
+    case KILN_OP_SLICE: case KILN_OP_SLICE_BACKWARD: case KILN_OP_ASSIGN:
       return 0.0;
+    case KILN_OP_DROPOUT:
+      return 1e-6;
+    case KILN_OP_CLIP_COEF:
+      return 1e-5;
     case KILN_OP_ADD: case KILN_OP_SUB: case KILN_OP_MUL: case KILN_OP_DIV:
     case KILN_OP_SCALE: case KILN_OP_INCREMENT:
       return 1e-6;
@@ -880,6 +885,74 @@ static int cf_gen(uint32_t op, int i, cf_case *c) {
       if (i > 0) return 0;
       cf_in(c, V_UNIFORM, S0);
       c->fp[0] = 1.0f;
+      c->in_place = 1;
+      cf_same(c);
+      return 1;
+    case KILN_OP_EMBEDDING: case KILN_OP_EMBEDDING_BACKWARD: {
+      /* weight [V, C], indices (some outside [0, V)) */
+      static const int64_t vc[][2] = {{10, 4}, {10, 4}, {1, 1}, {1000, 256}};
+      static const int64_t idx[][3] = {{1, 5}, {2, 2, 3}, {1, 1}, {2, 64, 8}};
+      if (i >= 4) return 0;
+      int64_t V = vc[i][0], C = vc[i][1];
+      int nd = (int)idx[i][0];
+      int64_t ysh[KILN_MAX_DIMS];
+      for (int d = 0; d < nd; d++) ysh[d] = idx[i][1 + d];
+      ysh[nd] = C;
+      if (op == KILN_OP_EMBEDDING) {
+        cf_in(c, V_UNIFORM, 2, (const int64_t[]){V, C});
+        cf_in(c, V_LABELS, nd, idx[i] + 1);
+        cf_outsh(c, nd + 1, ysh);
+      } else {
+        cf_in(c, V_UNIFORM, nd + 1, ysh);
+        cf_in(c, V_LABELS, nd, idx[i] + 1);
+        cf_outsh(c, 2, (const int64_t[]){V, C});
+      }
+      c->classes = V;
+      return 1;
+    }
+    case KILN_OP_SLICE: case KILN_OP_SLICE_BACKWARD: {
+      /* x shape, axis, start, length */
+      int64_t x[3] = {0}, y[3];
+      int nd;
+      switch (i) {
+        case 0: nd = 2; x[0] = 5; x[1] = 7; c->ip[0] = 1; c->ip[1] = 2; c->ip[2] = 3; break;
+        case 1: nd = 1; x[0] = 4; c->ip[0] = 0; c->ip[1] = 3; c->ip[2] = 1; break;
+        case 2: nd = 3; x[0] = 2; x[1] = 3; x[2] = 4; c->ip[0] = 0; c->ip[1] = 1; c->ip[2] = 1; break;
+        case 3: nd = 2; x[0] = 1000; x[1] = 1000; c->ip[0] = 1; c->ip[1] = 100; c->ip[2] = 500; break;
+        default: return 0;
+      }
+      memcpy(y, x, sizeof y);
+      y[c->ip[0]] = c->ip[2];
+      cf_in(c, V_UNIFORM, nd, op == KILN_OP_SLICE ? x : y);
+      cf_outsh(c, nd, op == KILN_OP_SLICE ? y : x);
+      return 1;
+    }
+    case KILN_OP_DROPOUT:
+      switch (i) {
+        case 0: cf_in(c, V_UNIFORM, S(7)); c->fp[0] = 0.5f; break;
+        case 1: cf_in(c, V_UNIFORM, S(3, 5, 1, 2)); c->fp[0] = 0.25f; c->ip[2] = 3; break;
+        case 2: cf_in(c, V_UNIFORM, S(1 << 20)); c->fp[0] = 0.1f; c->ip[0] = 0x12345678;
+                c->ip[1] = 0x9abcdef; break;
+        default: return 0;
+      }
+      cf_in(c, V_STEP, S0);   /* the counter */
+      cf_same(c);
+      return 1;
+    case KILN_OP_CLIP_COEF:
+      if (i >= 3) return 0;
+      cf_in(c, V_POSITIVE, S0);
+      c->fp[0] = i == 0 ? 1.0f : i == 1 ? 0.05f : 100.0f;
+      c->fp[1] = 1e-6f;
+      cf_outsh(c, S0);
+      return 1;
+    case KILN_OP_ASSIGN:
+      switch (i) {
+        case 0: cf_in(c, V_UNIFORM, S(7)); cf_in(c, V_UNIFORM, S(7)); break;
+        case 1: cf_in(c, V_UNIFORM, S0); cf_in(c, V_UNIFORM, S0); break;
+        case 2: cf_in(c, V_UNIFORM, S(3, 4)); cf_in(c, V_UNIFORM, S(3, 4)); break;
+        case 3: cf_in(c, V_UNIFORM, S(1 << 20)); cf_in(c, V_UNIFORM, S(1 << 20)); break;
+        default: return 0;
+      }
       c->in_place = 1;
       cf_same(c);
       return 1;
