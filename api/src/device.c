@@ -136,6 +136,14 @@ static kiln_status choose(kiln_context *ctx, const char *backend, int index, kil
   }
 
   kiln_plugin *p = kiln_plugin_find(ctx, backend);
+  /* A plugin of that name that was found but refused (its driver missing,
+   * say) says why here, not only in `kiln info`. */
+  for (size_t i = ctx->n_reports; !p && i-- > 0;) {
+    const kiln__report *r = &ctx->reports[i];
+    if (r->result != KILN_LOAD_OK && r->name && strcmp(r->name, backend) == 0)
+      return kiln__error(KILN_NOT_FOUND, "backend '%s' is not loaded (loaded: %s): %s was refused: %s",
+                         backend, loaded_names(ctx, names, sizeof names), r->path, r->message);
+  }
   if (!p)
     return kiln__error(KILN_NOT_FOUND,
                        "backend '%s' is not loaded (loaded: %s); run `kiln info` to see which "
