@@ -22,7 +22,7 @@
  *
  * --threads N sets KILN_NUM_THREADS for the CPU plugin before it loads.
  * --json FILE writes the figures for tools/bench-compare; its layout:
- *   {"kiln_version", "backend", "device", "threads", "quick",
+ *   {"kiln_version", "backend", "device", "threads" (0: the plugin's default), "quick",
  *    "cases": [{"name", "kind": "sgemm"|"conv"|"train", "n" | "layer"+"pass",
  *               "seconds" (median per run), "min_seconds", "max_seconds",
  *               "iters", "reps", "gflops" | "images_per_s"}]}
