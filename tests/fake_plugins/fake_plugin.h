@@ -71,10 +71,6 @@ static kiln_status fake_device_info(uint32_t index, kiln_device_info *info) {
     host->set_error("fake: no device %u", index);
     return KILN_NO_DEVICE;
   }
-  if (!info) {
-    host->set_error("fake: device_info: info is NULL");
-    return KILN_INVALID_ARGUMENT;
-  }
   kiln_device_info d;
   memset(&d, 0, sizeof d);
   d.struct_size = info->struct_size;
@@ -128,10 +124,6 @@ static void fake_buffer_free(kiln_plugin_device *dev, kiln_plugin_buffer *b) {
 }
 
 static kiln_status fake_range(const kiln_plugin_buffer *b, uint64_t off, uint64_t size) {
-  if (!b) {
-    host->set_error("fake: buffer is NULL");
-    return KILN_INVALID_ARGUMENT;
-  }
   if (off > b->size || size > b->size - off) {
     host->set_error("fake: range [%llu, +%llu) outside a %llu-byte buffer",
                     (unsigned long long)off, (unsigned long long)size,
@@ -145,11 +137,7 @@ static kiln_status fake_buffer_write(kiln_plugin_device *dev, kiln_plugin_buffer
                                      uint64_t off, const void *src, uint64_t size) {
   (void)dev;
   kiln_status st = fake_range(dst, off, size);
-  if (st == KILN_OK && size && !src) {
-    host->set_error("fake: buffer_write: src is NULL");
-    st = KILN_INVALID_ARGUMENT;
-  }
-  if (st == KILN_OK && size) memcpy(dst->data + off, src, size);
+  if (st == KILN_OK) memcpy(dst->data + off, src, size);
   return st;
 }
 
@@ -157,11 +145,7 @@ static kiln_status fake_buffer_read(kiln_plugin_device *dev, kiln_plugin_buffer 
                                     uint64_t off, void *dst, uint64_t size) {
   (void)dev;
   kiln_status st = fake_range(src, off, size);
-  if (st == KILN_OK && size && !dst) {
-    host->set_error("fake: buffer_read: dst is NULL");
-    st = KILN_INVALID_ARGUMENT;
-  }
-  if (st == KILN_OK && size) memcpy(dst, src->data + off, size);
+  if (st == KILN_OK) memcpy(dst, src->data + off, size);
   return st;
 }
 
@@ -180,7 +164,7 @@ static kiln_status fake_graph_compile(kiln_plugin_device *dev, const kiln_plugin
   (void)dev;
   (void)out;
   host->set_error("fake: graph_compile: the fake backend runs no graphs (%u nodes given)",
-                  g ? g->n_nodes : 0);
+                  g->n_nodes);
   return KILN_UNSUPPORTED;
 }
 
