@@ -115,3 +115,16 @@ Test(errors_doc, cli_missing_vulkan_driver_is_named) {
   cr_assert_neq(rc, 0, "%s", out);
   HAS(out, "no Vulkan driver found");
 }
+
+/* Found by fuzz_graph: a reshape target whose dimensions multiply past
+ * 2^63 overflowed (undefined behaviour) instead of being refused. */
+Test(errors_doc, reshape_to_an_overflowing_shape_is_refused) {
+  kiln_graph *g;
+  cr_assert_eq(kiln_graph_create(&g), KILN_OK);
+  kiln_node *x = kiln_input(g, "x", KILN_F32, 1, (int64_t[]){4});
+  int64_t big = (int64_t)1 << 40;
+  cr_assert_null(kiln_reshape(g, x, 3, (int64_t[]){big, big, 4}));
+  cr_assert_eq(kiln_graph_status(g), KILN_INVALID_ARGUMENT, "%s", kiln_graph_error(g));
+  HAS(kiln_graph_error(g), "more elements than fit in 64 bits");
+  kiln_graph_destroy(g);
+}

@@ -371,8 +371,9 @@ static int infer_reshape(infer_ctx *c) {
     } else if (out[i] < 1) {
       return fail(c, KILN_SHAPE_MISMATCH, "shape %s has dimension %d = %lld",
                   kiln__shape_str(so, sizeof so, n, c->given_shape), i, (long long)out[i]);
-    } else {
-      known *= out[i];
+    } else if (__builtin_mul_overflow(known, out[i], &known)) {
+      return fail(c, KILN_INVALID_ARGUMENT, "shape %s has more elements than fit in 64 bits",
+                  kiln__shape_str(so, sizeof so, n, c->given_shape));
     }
   }
   int64_t numel = kiln__numel(x->ndim, x->shape);
