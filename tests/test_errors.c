@@ -128,3 +128,24 @@ Test(errors_doc, reshape_to_an_overflowing_shape_is_refused) {
   HAS(kiln_graph_error(g), "more elements than fit in 64 bits");
   kiln_graph_destroy(g);
 }
+
+/* Also found by fuzz_graph: leaves and broadcasts whose element count
+ * overflows were accepted, and later counts overflowed. */
+Test(errors_doc, overflowing_leaf_and_broadcast_shapes_are_refused) {
+  int64_t big = (int64_t)1 << 40;
+  kiln_graph *g;
+  cr_assert_eq(kiln_graph_create(&g), KILN_OK);
+  cr_assert_null(kiln_input(g, "x", KILN_F32, 2, (int64_t[]){big, big}));
+  cr_assert_eq(kiln_graph_status(g), KILN_INVALID_ARGUMENT, "%s", kiln_graph_error(g));
+  HAS(kiln_graph_error(g), "more elements than fit in 64 bits");
+  kiln_graph_destroy(g);
+  cr_assert_eq(kiln_graph_create(&g), KILN_OK);
+  kiln_node *a = kiln_input(g, "a", KILN_F32, 2, (int64_t[]){big, 1});
+  kiln_node *b = kiln_input(g, "b", KILN_F32, 2, (int64_t[]){1, big});
+  cr_assert_not_null(a, "%s", kiln_graph_error(g));
+  cr_assert_not_null(b, "%s", kiln_graph_error(g));
+  cr_assert_null(kiln_add(g, a, b));
+  cr_assert_eq(kiln_graph_status(g), KILN_INVALID_ARGUMENT, "%s", kiln_graph_error(g));
+  HAS(kiln_graph_error(g), "add: output shape [1099511627776, 1099511627776] has more elements");
+  kiln_graph_destroy(g);
+}

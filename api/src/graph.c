@@ -101,6 +101,14 @@ static kiln_node *node_append(kiln_graph *g, kiln__node_kind kind, kiln_op op, k
 
 static int dtype_known(kiln_dtype dt) { return kiln_dtype_size(dt) != 0; }
 
+/* 1 if the element count of shape (dims >= 1) fits in int64_t. */
+static int numel_fits(int ndim, const int64_t *shape) {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; i++)
+    if (__builtin_mul_overflow(n, shape[i], &n)) return 0;
+  return 1;
+}
+
 /* Checks a caller-given shape; `what` names the builder. */
 static int shape_ok(kiln_graph *g, const char *what, int ndim, const int64_t *shape) {
   if (ndim < 0 || ndim > KILN_MAX_DIMS) {
@@ -119,6 +127,12 @@ static int shape_ok(kiln_graph *g, const char *what, int ndim, const int64_t *sh
                        what, kiln__shape_str(s, sizeof s, ndim, shape), i, (long long)shape[i]);
       return 0;
     }
+  }
+  if (!numel_fits(ndim, shape)) {
+    char s[160];
+    kiln__graph_fail(g, KILN_INVALID_ARGUMENT, "%s: shape %s has more elements than fit in 64 bits",
+                     what, kiln__shape_str(s, sizeof s, ndim, shape));
+    return 0;
   }
   return 1;
 }
@@ -724,6 +738,11 @@ kiln_node *kiln_node_create(kiln_graph *g, kiln_op op, int n_inputs, kiln_node *
   c.given_ndim = out_ndim;
   c.given_shape = out_shape;
   if (!infer(&c)) return NULL;
+  if (!numel_fits(c.ndim, c.shape)) {   /* e.g. broadcasting [2^40, 1] with [1, 2^40] */
+    char a[SHAPE_BUF];
+    return kiln__graph_fail(g, KILN_INVALID_ARGUMENT, "%s: output shape %s has more elements than fit in 64 bits",
+                            name, kiln__shape_str(a, sizeof a, c.ndim, c.shape));
+  }
   /* A dtype or shape given for an op that infers its own must agree. */
   if (op != KILN_OP_FILL && out_dtype != KILN_DTYPE_INVALID && out_dtype != c.dtype)
     return kiln__graph_fail(g, KILN_DTYPE_MISMATCH, "%s: output dtype %s given, but the op produces %s",
