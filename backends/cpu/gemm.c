@@ -52,7 +52,12 @@ typedef float kcpu_v8 __attribute__((vector_size(32), aligned(32)));
  * dimension ldc. Bp and acc are 32-byte aligned; C need not be. Storing
  * from the registers saves a round trip through acc and a scalar loop,
  * which weigh most when kc is short (conv1's K = 9). */
-__attribute__((target_clones("arch=x86-64-v3", "default"), optimize("fp-contract=fast")))
+#if defined(__clang__)
+#define KCPU_FP_CONTRACT /* clang contracts with -ffp-contract=on by default */
+#else
+#define KCPU_FP_CONTRACT , optimize("fp-contract=fast")
+#endif
+__attribute__((target_clones("arch=x86-64-v3", "default") KCPU_FP_CONTRACT))
 static void micro_kernel(int64_t kc, const float *restrict Ap, const float *restrict Bp,
                          float *restrict acc, int store, float *restrict C, int64_t ldc) {
   kcpu_v8 c[MR][2];

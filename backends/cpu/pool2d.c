@@ -104,7 +104,7 @@ maxpool_pass_value(float *restrict m, const float *restrict xp, int64_t base, in
                    int64_t a, int64_t b) {
   for (int64_t ow = a; ow < b; ow++) {
     float v = xp[base + ow * sw], cur = m[ow - c0];
-    m[ow - c0] = (v > cur) | (v != v) ? v : cur;
+    m[ow - c0] = ((v > cur) | (v != v)) ? v : cur;
   }
 }
 
