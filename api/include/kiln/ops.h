@@ -150,6 +150,46 @@ typedef enum kiln_op {
    * tensor of src's shape and dtype (e.g. an RNN's carried hidden state). */
   KILN_OP_ASSIGN = 96,
 
+  /* ---- transformers (numbers 100..) ---- */
+  /* Layer normalisation over the last axis (torch.nn.LayerNorm).
+   * inputs (x [..., C], gamma [C], beta [C]); fp[0] eps (> 0).
+   * y = (x - mean) / sqrt(var + eps) * gamma + beta, var the biased
+   * variance of each row. */
+  KILN_OP_LAYERNORM = 100,
+  /* inputs (dy [..., C], x, gamma); output dx (x's shape). fp[0] eps. The
+   * row statistics are recomputed from x. */
+  KILN_OP_LAYERNORM_BACKWARD = 101,
+  /* inputs (dy [..., C], x); output [2, C]: row 0 dgamma = the sum over
+   * rows of dy * xhat, row 1 dbeta = the sum over rows of dy, with
+   * xhat = (x - mean) / sqrt(var + eps). fp[0] eps. */
+  KILN_OP_LAYERNORM_BACKWARD_PARAMS = 102,
+  /* GELU. input (x). ip[0] 0: exact, 0.5 x (1 + erf(x / sqrt(2)))
+   * (torch.nn.GELU()); 1: the tanh approximation
+   * 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))). */
+  KILN_OP_GELU = 103,
+  KILN_OP_GELU_BACKWARD = 104,        /* inputs (dy, x); dy * gelu'(x); params as GELU */
+  /* Fused multi-head self-attention. input (qkv [B, T, 3C] f32): q, k and v
+   * are its columns [0, C), [C, 2C) and [2C, 3C); head h of each is that
+   * part's columns [h D, (h + 1) D), D = C / H.
+   * ip[0] H (>= 1, divides C); ip[1] causal (1: position t attends only to
+   * positions <= t; 0: to all T). fp[0] scale (0 means 1 / sqrt(D)).
+   * Output y [B, T, C]: head h's columns [h D, (h + 1) D) hold
+   * softmax(scale q_h k_h^T + mask) v_h. Implementations must not
+   * materialise a [T, T] matrix per head (use an online softmax over key
+   * tiles): the memory it needs is linear in T. */
+  KILN_OP_ATTENTION = 105,
+  /* inputs (dy [B, T, C], qkv, y: the forward output); output dqkv
+   * [B, T, 3C]. Params as ATTENTION. The softmax statistics are recomputed
+   * from qkv; memory stays linear in T. */
+  KILN_OP_ATTENTION_BACKWARD = 106,
+  /* Learning-rate schedule: linear warmup, then cosine decay (nanoGPT's
+   * get_lr). input (step [] f32: the 1-based step t, as ADAM's); output []
+   * f32. fp[0] max lr, fp[1] min lr; ip[0] warmup steps W >= 0, ip[1] decay
+   * steps S >= W. With i = t - 1: i < W: max (i + 1) / (W + 1); i > S: min;
+   * else min + 0.5 (1 + cos(pi r)) (max - min), r = (i - W) / (S - W)
+   * (r = 0 when S == W). */
+  KILN_OP_LR_SCHEDULE = 107,
+
   KILN_OP_COUNT_ /* one past the largest number in use; not an op */
 } kiln_op;
 
