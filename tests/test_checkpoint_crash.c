@@ -181,6 +181,13 @@ Test(checkpoint, sigkill_never_leaves_a_torn_checkpoint_and_resume_continues, .t
   cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0,
             "kiln train --resume from the killed run's checkpoint failed (log %s)", logpath);
   cr_assert_eq(load_whole(dev), last + 2, "resumed training did not reach epoch %ld", last + 2);
+  /* the killed saves' PATH.tmp-PID files went with the resumed run's saves */
+  DIR *d = opendir(dir);
+  cr_assert_not_null(d);
+  for (struct dirent *e; (e = readdir(d)) != NULL;)
+    cr_expect_null(strstr(e->d_name, ".tmp-"), "a killed save's temporary file remains: %s/%s", dir,
+                   e->d_name);
+  closedir(d);
 
   kiln_device_close(dev);
   kiln_context_destroy(ctx);

@@ -22,7 +22,9 @@
  * then PATH's directory is fsync'd; on any failure the temporary file is
  * removed and PATH is left as it was.
  */
+#include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdint.h>
@@ -988,6 +990,41 @@ static kiln_status st_sync_dir(const char *path) {
   return rc;
 }
 
+/* Removes PATH.tmp-PID files that an earlier save left behind when its
+ * process was killed mid-write (PID no longer running). Best effort: a
+ * file that cannot be listed or removed is left as it was. */
+static void st_remove_stale_temps(const char *path) {
+  const char *slash = strrchr(path, '/');
+  const char *base = slash ? slash + 1 : path;
+  size_t dlen = slash ? (size_t)(slash - path) : 0;
+  char *dir = slash ? strndup(path, dlen ? dlen : 1) : strdup(".");
+  if (!dir) return;
+  DIR *d = opendir(dir);
+  if (!d) {
+    free(dir);
+    return;
+  }
+  size_t blen = strlen(base);
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    const char *name = e->d_name;
+    if (strncmp(name, base, blen) != 0 || strncmp(name + blen, ".tmp-", 5) != 0) continue;
+    char *end = NULL;
+    errno = 0;
+    long pid = strtol(name + blen + 5, &end, 10);
+    if (errno || !end || *end || pid <= 0 || pid == (long)getpid()) continue;
+    if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue; /* its writer may still run */
+    size_t n = strlen(dir) + 1 + strlen(name) + 1;
+    char *full = malloc(n);
+    if (!full) break;
+    snprintf(full, n, "%s/%s", dir, name);
+    unlink(full);
+    free(full);
+  }
+  closedir(d);
+  free(dir);
+}
+
 kiln_status kiln_safetensors_save(const char *path, const kiln_st_tensor *tensors, size_t n,
                                   const char *const *meta_keys, const char *const *meta_values,
                                   size_t n_meta) {
@@ -1081,6 +1118,7 @@ kiln_status kiln_safetensors_save(const char *path, const kiln_st_tensor *tensor
   }
   free(tmp);
   free(h.p);
+  st_remove_stale_temps(path);
   return st_sync_dir(path);
 
 fail:
