@@ -265,6 +265,7 @@ static const tc_case att_cases[] = {
   ATT("attention T 130 H 1 D 3 causal", 1, 130, 3, 1, 1, 0.0, 0),
   ATT("attention T 130 H 2 D 3", 1, 130, 6, 2, 0, 0.0, 0),
   ATT("attention T 130 H 4 D 10 causal scale 0.5", 1, 130, 40, 4, 1, 0.5, 37),
+  ATT("attention T 70 H 2 D 70 causal (D > 64: two packed chunks)", 1, 70, 140, 2, 1, 0.0, 37),
 };
 
 Test(gradcheck_gpt, layernorm) {
@@ -278,6 +279,7 @@ Test(gradcheck_gpt, attention_t65) { run_case(&att_cases[5]); run_case(&att_case
 Test(gradcheck_gpt, attention_t130_causal) { run_case(&att_cases[7]); }
 Test(gradcheck_gpt, attention_t130) { run_case(&att_cases[8]); }
 Test(gradcheck_gpt, attention_t130_scale) { run_case(&att_cases[9]); }
+Test(gradcheck_gpt, attention_wide_head) { run_case(&att_cases[10]); }
 
 /* ---- forward-only behaviour ---------------------------------------------- */
 
@@ -299,25 +301,29 @@ static void run_attention(kiln_device *dev, int64_t B, int64_t T, int64_t C, int
   kiln_graph_destroy(g);
 }
 
-/* A larger forward (many tiles of both kinds, D = 24 not a multiple of 8
- * plus a tail) against the naive reference. */
+/* Larger forwards (many tiles of both kinds; D = 24, 8 lanes three times;
+ * D = 100 > 64, two packed chunks with a tail) against the naive reference. */
 Test(attention, forward_large_against_naive) {
   kiln_context *ctx;
   kiln_device *dev;
   tu_open_cpu(&ctx, &dev);
-  enum { B = 2, T = 200, C = 96, H = 4 };
-  float *qkv = malloc(sizeof(float) * B * T * 3 * C), *y = malloc(sizeof(float) * B * T * C);
-  double *qd = malloc(sizeof(double) * B * T * 3 * C), *yd = malloc(sizeof(double) * B * T * C);
-  tu_fill_uniform(qkv, B * T * 3 * C, 5, -2.0f, 2.0f);
-  for (int64_t i = 0; i < B * T * 3 * C; i++) qd[i] = qkv[i];
-  for (int causal = 0; causal < 2; causal++) {
-    run_attention(dev, B, T, C, H, causal, qkv, y);
-    attention_ref(B, T, C, H, causal, 0.0, qd, yd);
-    double worst = 0.0;
-    for (int64_t i = 0; i < B * T * C; i++) worst = fmax(worst, fabs(y[i] - yd[i]));
-    cr_assert_leq(worst, 1e-5 * fmax(1.0, max_abs(yd, B * T * C)), "causal %d: max error %.3g", causal, worst);
+  static const int64_t cfg[][4] = {{2, 200, 96, 4}, {1, 150, 200, 2}};   /* B, T, C, H */
+  for (int k = 0; k < 2; k++) {
+    int64_t B = cfg[k][0], T = cfg[k][1], C = cfg[k][2], H = cfg[k][3];
+    float *qkv = malloc(sizeof(float) * (size_t)(B * T * 3 * C)), *y = malloc(sizeof(float) * (size_t)(B * T * C));
+    double *qd = malloc(sizeof(double) * (size_t)(B * T * 3 * C)), *yd = malloc(sizeof(double) * (size_t)(B * T * C));
+    tu_fill_uniform(qkv, B * T * 3 * C, 5, -2.0f, 2.0f);
+    for (int64_t i = 0; i < B * T * 3 * C; i++) qd[i] = qkv[i];
+    for (int causal = 0; causal < 2; causal++) {
+      run_attention(dev, B, T, C, (int)H, causal, qkv, y);
+      attention_ref(B, T, C, H, causal, 0.0, qd, yd);
+      double worst = 0.0;
+      for (int64_t i = 0; i < B * T * C; i++) worst = fmax(worst, fabs(y[i] - yd[i]));
+      cr_assert_leq(worst, 1e-5 * fmax(1.0, max_abs(yd, B * T * C)), "D %lld, causal %d: max error %.3g",
+                    (long long)(C / H), causal, worst);
+    }
+    free(qkv); free(y); free(qd); free(yd);
   }
-  free(qkv); free(y); free(qd); free(yd);
   kiln_device_close(dev);
   kiln_context_destroy(ctx);
 }

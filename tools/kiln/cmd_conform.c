@@ -988,9 +988,10 @@ static int cf_gen(uint32_t op, int i, cf_case *c) {
       return 1;
     case KILN_OP_ATTENTION: case KILN_OP_ATTENTION_BACKWARD: {
       /* B, T, C, H, causal; T 130 and 300 span several key and query tiles */
-      static const int64_t cs[][5] = {{1, 1, 3, 1, 1},   {2, 5, 6, 2, 0},     {2, 17, 12, 4, 1},
-                                      {1, 130, 24, 3, 1}, {2, 64, 128, 4, 1}, {1, 300, 64, 2, 0}};
-      if (i >= 6) return 0;
+      static const int64_t cs[][5] = {{1, 1, 3, 1, 1},    {2, 5, 6, 2, 0},     {2, 17, 12, 4, 1},
+                                      {1, 130, 24, 3, 1},  {2, 64, 128, 4, 1},  {1, 300, 64, 2, 0},
+                                      {1, 70, 160, 2, 1}};   /* D 80: wider than one packed chunk */
+      if (i >= 7) return 0;
       int64_t B = cs[i][0], T = cs[i][1], C = cs[i][2];
       if (op == KILN_OP_ATTENTION_BACKWARD) cf_in(c, V_UNIFORM, 3, (const int64_t[]){B, T, C});
       cf_in(c, V_UNIFORM, 3, (const int64_t[]){B, T, 3 * C});
