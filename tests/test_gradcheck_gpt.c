@@ -557,3 +557,69 @@ Test(attention, memory_linear_in_t) {
   kiln_device_close(dev);
   kiln_context_destroy(ctx);
 }
+
+/* ---- threads ------------------------------------------------------------- */
+
+/* Runs layer norm -> attention -> loss forward+backward with `threads` CPU
+ * threads; writes y and the gradients of x, gamma and beta. */
+enum { DB = 2, DT = 150, DC = 48, DH = 3 };
+static void block_run(const char *threads, float *y, float *gx, float *gg, float *gb) {
+  setenv("KILN_NUM_THREADS", threads, 1);
+  kiln_context *ctx;
+  kiln_device *dev;
+  tu_open_cpu(&ctx, &dev);
+  kiln_device_info info = {.struct_size = sizeof info};
+  cr_assert_eq(kiln_device_get_info(dev, &info), KILN_OK);
+  cr_assert_eq(info.compute_units, (uint32_t)atoi(threads), "the pool has %u threads, not %s",
+               info.compute_units, threads);
+  static float x[DB * DT * 3 * DC], gam[3 * DC], bet[3 * DC], r[DB * DT * DC];
+  tu_fill_uniform(x, DB * DT * 3 * DC, 21, -2.0f, 2.0f);
+  tu_fill_uniform(gam, 3 * DC, 22, 0.5f, 1.5f);
+  tu_fill_uniform(bet, 3 * DC, 23, -0.5f, 0.5f);
+  tu_fill_uniform(r, DB * DT * DC, 24, -1.0f, 1.0f);
+  kiln_tensor *t[3];
+  const float *src[3] = {x, gam, bet};
+  const int64_t shp[3][3] = {{DB, DT, 3 * DC}, {3 * DC}, {3 * DC}};
+  kiln_graph *g;
+  kiln_graph_create(&g);
+  kiln_node *p[3];
+  for (int k = 0; k < 3; k++) {
+    cr_assert_eq(kiln_tensor_create(dev, KILN_F32, k ? 1 : 3, shp[k], &t[k]), KILN_OK);
+    kiln_tensor_upload(t[k], src[k], sizeof(float) * (size_t)kiln_tensor_numel(t[k]));
+    p[k] = kiln_param(g, "p", t[k]);
+  }
+  kiln_node *ya = kiln_attention(g, kiln_layernorm(g, p[0], p[1], p[2], 1e-5f), DH, 1, 0.0f);
+  kiln_node *R = kiln_input(g, "R", KILN_F32, 3, (int64_t[]){DB, DT, DC});
+  cr_assert_eq(kiln_graph_backward(g, kiln_sum(g, kiln_mul(g, ya, R), 0, 0)), KILN_OK, "%s", kiln_last_error());
+  kiln_graph_output(g, ya);
+  for (int k = 0; k < 3; k++) kiln_graph_output(g, kiln_grad(g, p[k]));
+  kiln_compiled *cc;
+  cr_assert_eq(kiln_graph_compile(g, dev, &cc), KILN_OK, "%s", kiln_last_error());
+  kiln_compiled_set_input(cc, R, r, sizeof r);
+  cr_assert_eq(kiln_compiled_run(cc), KILN_OK, "%s", kiln_last_error());
+  kiln_compiled_get_output(cc, ya, y, sizeof(float) * DB * DT * DC);
+  kiln_compiled_get_output(cc, kiln_grad(g, p[0]), gx, sizeof x);
+  kiln_compiled_get_output(cc, kiln_grad(g, p[1]), gg, sizeof gam);
+  kiln_compiled_get_output(cc, kiln_grad(g, p[2]), gb, sizeof bet);
+  kiln_compiled_destroy(cc);
+  kiln_graph_destroy(g);
+  for (int k = 0; k < 3; k++) kiln_tensor_destroy(t[k]);
+  kiln_device_close(dev);
+  kiln_context_destroy(ctx);
+}
+
+/* The work split over threads decides only who computes what: results are
+ * bit for bit those of one thread. */
+Test(threads, results_do_not_depend_on_the_pool) {
+  static float y1[DB * DT * DC], x1[DB * DT * 3 * DC], g1[3 * DC], b1[3 * DC];
+  static float y3[DB * DT * DC], x3[DB * DT * 3 * DC], g3[3 * DC], b3[3 * DC];
+  block_run("1", y1, x1, g1, b1);
+  block_run("3", y3, x3, g3, b3);
+  cr_assert(memcmp(y1, y3, sizeof y1) == 0, "y differs between 1 and 3 threads");
+  cr_assert(memcmp(x1, x3, sizeof x1) == 0, "dx differs between 1 and 3 threads");
+  cr_assert(memcmp(g1, g3, sizeof g1) == 0, "dgamma differs between 1 and 3 threads");
+  cr_assert(memcmp(b1, b3, sizeof b1) == 0, "dbeta differs between 1 and 3 threads");
+  double n = 0.0;
+  for (int i = 0; i < DB * DT * 3 * DC; i++) n += fabs(x1[i]);
+  cr_assert(n > 1.0, "the gradient is not trivially zero (sum |dx| = %g)", n);
+}
