@@ -623,3 +623,67 @@ Test(threads, results_do_not_depend_on_the_pool) {
   for (int i = 0; i < DB * DT * 3 * DC; i++) n += fabs(x1[i]);
   cr_assert(n > 1.0, "the gradient is not trivially zero (sum |dx| = %g)", n);
 }
+
+/* ---- out of memory ------------------------------------------------------- */
+
+/* dgamma and dbeta of layer norm over x [600, 5] (three chunks of rows),
+ * with plugin allocation fail_at failing ("" for none). */
+static kiln_status ln_params_run(const char *fail_at, float *out) {
+  if (*fail_at) setenv("KILN_FAULT_ALLOC_CPU", fail_at, 1);
+  else unsetenv("KILN_FAULT_ALLOC_CPU");
+  kiln_context *ctx;
+  kiln_device *dev;
+  kiln_status st = kiln_context_create(NULL, &ctx);
+  cr_assert_eq(st, KILN_OK, "%s", kiln_last_error());
+  if ((st = kiln_device_open(ctx, "cpu", 0, &dev)) != KILN_OK) {
+    kiln_context_destroy(ctx);
+    return st;
+  }
+  static float x[600 * 5], r[600 * 5];
+  tu_fill_uniform(x, 600 * 5, 31, -2.0f, 2.0f);
+  tu_fill_uniform(r, 600 * 5, 32, -1.0f, 1.0f);
+  kiln_graph *g;
+  kiln_graph_create(&g);
+  kiln_node *in = kiln_input(g, "x", KILN_F32, 2, (int64_t[]){600, 5});
+  kiln_node *R = kiln_input(g, "R", KILN_F32, 2, (int64_t[]){600, 5});
+  kiln_node *dp = kiln_node_create(g, KILN_OP_LAYERNORM_BACKWARD_PARAMS, 2, (kiln_node *[]){R, in}, NULL,
+                                   (float[KILN_OP_MAX_FPARAMS]){1e-5f}, KILN_DTYPE_INVALID, -1, NULL);
+  cr_assert_not_null(dp, "%s", kiln_last_error());
+  kiln_graph_output(g, dp);
+  kiln_compiled *cc = NULL;
+  st = kiln_graph_compile(g, dev, &cc);
+  if (st == KILN_OK) {
+    kiln_compiled_set_input(cc, in, x, sizeof x);
+    kiln_compiled_set_input(cc, R, r, sizeof r);
+    st = kiln_compiled_run(cc);
+    if (st == KILN_OK) st = kiln_compiled_get_output(cc, dp, out, sizeof(float) * 10);
+  }
+  kiln_compiled_destroy(cc);
+  kiln_graph_destroy(g);
+  kiln_device_close(dev);
+  kiln_context_destroy(ctx);
+  unsetenv("KILN_FAULT_ALLOC_CPU");
+  return st;
+}
+
+/* Without memory for its partial sums, layernorm_backward_params sums the
+ * same chunks in the same order: the same bits. The first failing
+ * allocation that compile survives is the kernel's own, at run time. */
+Test(layernorm, params_without_scratch_give_the_same_bits) {
+  float ref[10], got[10];
+  cr_assert_eq(ln_params_run("", ref), KILN_OK, "%s", kiln_last_error());
+  int absorbed = 0;
+  for (int n = 1; n <= 200 && !absorbed; n++) {
+    char num[16];
+    snprintf(num, sizeof num, "%d", n);
+    kiln_status st = ln_params_run(num, got);
+    if (st != KILN_OK) {
+      cr_assert_eq(st, KILN_OUT_OF_MEMORY, "allocation %d: %s", n, kiln_last_error());
+      continue;
+    }
+    absorbed = 1;
+    for (int i = 0; i < 10; i++)
+      cr_assert(got[i] == ref[i], "allocation %d failed: [%d] = %.9g, with scratch %.9g", n, i, got[i], ref[i]);
+  }
+  cr_assert(absorbed, "no run got through");
+}

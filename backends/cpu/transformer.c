@@ -318,7 +318,7 @@ static void layernorm_params(kcpu_pool *pool, ln_args *s) {
     return;
   }
   s->n_chunks = (s->N + LN_CHUNK - 1) / LN_CHUNK;
-  s->partial = malloc((size_t)(s->n_chunks * 2 * s->C) * sizeof(float));
+  s->partial = kcpu_malloc((size_t)(s->n_chunks * 2 * s->C) * sizeof(float));
   if (!s->partial) {
     ln_params_serial(s);
     return;
