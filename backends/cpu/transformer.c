@@ -60,8 +60,9 @@
 /* Eight floats (GCC vector extension: one AVX or two SSE registers). */
 typedef float tf_v8 __attribute__((vector_size(32)));
 
-static inline float hsum8(tf_v8 v) {
-  return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+/* By pointer: a 32-byte vector passed by value has two ABIs (AVX or not). */
+TF_INLINE float hsum8(const tf_v8 *v) {
+  return (((*v)[0] + (*v)[1]) + ((*v)[2] + (*v)[3])) + (((*v)[4] + (*v)[5]) + ((*v)[6] + (*v)[7]));
 }
 
 /* sum a[i] * b[i], eight lanes then the tail: a fixed order for each n. */
@@ -74,14 +75,9 @@ TF_INLINE float dot(const float *restrict a, const float *restrict b, int64_t n)
     memcpy(&vb, b + i, sizeof vb);
     acc += va * vb;
   }
-  float s = hsum8(acc);
+  float s = hsum8(&acc);
   for (; i < n; i++) s += a[i] * b[i];
   return s;
-}
-
-/* y[i] += alpha * x[i] */
-TF_INLINE void axpy(float *restrict y, float alpha, const float *restrict x, int64_t n) {
-  for (int64_t i = 0; i < n; i++) y[i] += alpha * x[i];
 }
 
 static inline float vsum(const float *x, int64_t n) {
@@ -92,7 +88,7 @@ static inline float vsum(const float *x, int64_t n) {
     memcpy(&v, x + i, sizeof v);
     acc += v;
   }
-  float s = hsum8(acc);
+  float s = hsum8(&acc);
   for (; i < n; i++) s += x[i];
   return s;
 }
@@ -214,7 +210,7 @@ static void row_stats(const float *restrict x, int64_t C, float eps, float *mean
     v -= mu;
     acc += v * v;
   }
-  float ss = hsum8(acc);
+  float ss = hsum8(&acc);
   for (; c < C; c++) ss += (x[c] - mu) * (x[c] - mu);
   *mean = mu;
   *rstd = 1.0f / sqrtf(ss / (float)C + eps);
