@@ -47,11 +47,14 @@
 #define ATT_DC 64       /* head dimensions packed at once */
 #define LN_CHUNK 256    /* rows per partial sum of layernorm_backward_params */
 
-#if defined(__x86_64__) && !defined(__clang__)
+/* The attention kernels are compiled for x86-64-v3 (AVX2 + FMA) and the
+ * baseline, as gemm.c's micro-kernel; the loader picks one per machine. */
+#if defined(__x86_64__)
 #define TF_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define TF_CLONES
 #endif
+_Static_assert(ATT_BK % 8 == 0, "tile_dots holds a score row in whole 8-float vectors");
 
 /* Helpers of the attention kernels are inlined into each of their clones,
  * so they run with the clone's instruction set. */
