@@ -1547,7 +1547,7 @@ int kiln_cmd_conform(int argc, char **argv) {
     printf("%-34s %-8s %s\n", r->what, cf_verdict(r->verdict),
            r->verdict == CF_FAIL ? r->detail : "");
   }
-  printf("\n%-24s %-6s %6s %11s %9s  %s\n", "op", "dtype", "shapes", "max error", "bound",
+  printf("\n%-25s %-6s %6s %11s %9s  %s\n", "op", "dtype", "shapes", "max error", "bound",
          "verdict");
   for (size_t i = 0; i < rows.n; i++) {
     const cf_row *r = &rows.v[i];
@@ -1555,7 +1555,7 @@ int kiln_cmd_conform(int argc, char **argv) {
     n_ops++;
     fails += r->verdict == CF_FAIL;
     untested += r->verdict == CF_UNTESTED;
-    printf("%-24s %-6s %6d %11.3g %9.3g  %s%s%s\n", r->what, r->dtype, r->n_cases, r->max_err,
+    printf("%-25s %-6s %6d %11.3g %9.3g  %s%s%s\n", r->what, r->dtype, r->n_cases, r->max_err,
            r->bound, cf_verdict(r->verdict), r->verdict != CF_PASS ? ": " : "",
            r->verdict != CF_PASS ? r->detail : "");
   }
