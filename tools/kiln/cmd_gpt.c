@@ -74,7 +74,8 @@ static void usage(FILE *f) {
           "  --lr X               peak AdamW learning rate (default 1e-3)\n"
           "  --min-lr X           learning rate at the end of the decay (default 1e-4)\n"
           "  --warmup N           linear warmup iterations (default 100)\n"
-          "  --lr-decay-iters N   iteration where the cosine decay ends (default --iters)\n"
+          "  --lr-decay-iters N   iteration where the cosine decay ends (default\n"
+          "                       --iters, or --warmup if that is longer)\n"
           "  --weight-decay X     AdamW weight decay of the 2-D weights (default 0.1)\n"
           "  --clip X             clip gradients to this global norm (default 1; 0: off)\n"
           "  --dropout P          dropout on embeddings and residual branches (default 0)\n"
@@ -296,7 +297,7 @@ int kiln_cmd_train_gpt(int argc, char **argv) {
   if (rc == -1) return 0;
   if (rc) return rc;
   if (o.resume && !resume_settings(&o)) return 1;
-  if (o.decay_iters < 0) o.decay_iters = o.iters;
+  if (o.decay_iters < 0) o.decay_iters = o.iters > o.warmup ? o.iters : o.warmup;
   if (o.decay_iters < o.warmup) {
     fprintf(stderr, "kiln train " MODEL ": --lr-decay-iters %lld is below --warmup %lld; the decay "
                     "must end after the warmup\n", (long long)o.decay_iters, (long long)o.warmup);
