@@ -16,8 +16,12 @@
  * head, tile of ATT_BQ queries); it walks the keys in tiles of ATT_BK with
  * an online softmax (a running max m and sum l per query row, the output
  * rows rescaled when m grows), accumulating straight into y. Causal tiles
- * past the diagonal are never visited. No [T, T] matrix exists anywhere:
- * the kernels use O(ATT_BK) stack per thread and no heap.
+ * past the diagonal are never visited. A tile's scores are a small product
+ * against a transposed copy of the key tile (ATT_DC head dimensions at a
+ * time), each score row held in registers (tile_dots); P V and the other
+ * products keep blocks of their output rows in registers (pv_accum). No
+ * [T, T] matrix exists anywhere: the kernels use fixed stack buffers of
+ * ATT_BQ x ATT_BK and ATT_DC x ATT_BK floats per thread, and no heap.
  *
  * The backward pass runs in three parallel passes, each writing disjoint
  * parts of dqkv, so threads never race:
@@ -26,7 +30,7 @@
  *     slot is dq's own, and dq is only written in pass C);
  *   B (key tiles):   dv_j = sum_i P_ij dy_i, dk_j = scale sum_i dS_ij q_i,
  *     P_ij = exp(scale q_i.k_j - L_i), dS_ij = P_ij (dy_i.v_j - D_i),
- *     D_i = dy_i.y_i (recomputed, D floats);
+ *     D_i = dy_i.y_i (recomputed, D floats), over blocks of ATT_BQ queries;
  *   C (query tiles): read the tile's L_i, then dq_i = scale sum_j dS_ij k_j.
  * Every output element is written by one item in a fixed order, so results
  * do not depend on the pool or its size.
@@ -40,23 +44,32 @@
 #define TF_GRAIN 16384  /* elements per chunk of the elementwise ops */
 #define ATT_BQ 32       /* queries per attention work item */
 #define ATT_BK 64       /* keys per tile */
+#define ATT_DC 64       /* head dimensions packed at once */
 #define LN_CHUNK 256    /* rows per partial sum of layernorm_backward_params */
 
-#if defined(__x86_64__) && !defined(__clang__)
+/* The attention kernels are compiled for x86-64-v3 (AVX2 + FMA) and the
+ * baseline, as gemm.c's micro-kernel; the loader picks one per machine. */
+#if defined(__x86_64__)
 #define TF_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define TF_CLONES
 #endif
+_Static_assert(ATT_BK % 8 == 0, "tile_dots holds a score row in whole 8-float vectors");
+
+/* Helpers of the attention kernels are inlined into each of their clones,
+ * so they run with the clone's instruction set. */
+#define TF_INLINE static inline __attribute__((always_inline))
 
 /* Eight floats (GCC vector extension: one AVX or two SSE registers). */
 typedef float tf_v8 __attribute__((vector_size(32)));
 
-static inline float hsum8(tf_v8 v) {
-  return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+/* By pointer: a 32-byte vector passed by value has two ABIs (AVX or not). */
+TF_INLINE float hsum8(const tf_v8 *v) {
+  return (((*v)[0] + (*v)[1]) + ((*v)[2] + (*v)[3])) + (((*v)[4] + (*v)[5]) + ((*v)[6] + (*v)[7]));
 }
 
 /* sum a[i] * b[i], eight lanes then the tail: a fixed order for each n. */
-static inline float dot(const float *restrict a, const float *restrict b, int64_t n) {
+TF_INLINE float dot(const float *restrict a, const float *restrict b, int64_t n) {
   tf_v8 acc = {0};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -65,14 +78,9 @@ static inline float dot(const float *restrict a, const float *restrict b, int64_
     memcpy(&vb, b + i, sizeof vb);
     acc += va * vb;
   }
-  float s = hsum8(acc);
+  float s = hsum8(&acc);
   for (; i < n; i++) s += a[i] * b[i];
   return s;
-}
-
-/* y[i] += alpha * x[i] */
-static inline void axpy(float *restrict y, float alpha, const float *restrict x, int64_t n) {
-  for (int64_t i = 0; i < n; i++) y[i] += alpha * x[i];
 }
 
 static inline float vsum(const float *x, int64_t n) {
@@ -83,7 +91,7 @@ static inline float vsum(const float *x, int64_t n) {
     memcpy(&v, x + i, sizeof v);
     acc += v;
   }
-  float s = hsum8(acc);
+  float s = hsum8(&acc);
   for (; i < n; i++) s += x[i];
   return s;
 }
@@ -205,7 +213,7 @@ static void row_stats(const float *restrict x, int64_t C, float eps, float *mean
     v -= mu;
     acc += v * v;
   }
-  float ss = hsum8(acc);
+  float ss = hsum8(&acc);
   for (; c < C; c++) ss += (x[c] - mu) * (x[c] - mu);
   *mean = mu;
   *rstd = 1.0f / sqrtf(ss / (float)C + eps);
@@ -309,7 +317,7 @@ static void layernorm_params(kcpu_pool *pool, ln_args *s) {
     return;
   }
   s->n_chunks = (s->N + LN_CHUNK - 1) / LN_CHUNK;
-  s->partial = malloc((size_t)(s->n_chunks * 2 * s->C) * sizeof(float));
+  s->partial = kcpu_malloc((size_t)(s->n_chunks * 2 * s->C) * sizeof(float));
   if (!s->partial) {
     ln_params_serial(s);
     return;
@@ -359,18 +367,109 @@ typedef struct att_args {
 #define ATT_V(a, b, i, h) (ATT_Q(a, b, i, h) + 2 * (a)->C)
 /* Rows of the [B, T, C] tensors dy and y. */
 #define ATT_ROW(a, p, b, i, h) ((p) + ((b) * (a)->T + (i)) * (a)->C + (h) * (a)->D)
+/* The first dq column of row i, head h in dqkv [B, T, 3C]. */
+#define ATT_DQ(a, b, i, h) ((a)->out + ((b) * (a)->T + (i)) * 3 * (a)->C + (h) * (a)->D)
 
 /* Keys of tile [k0, k0 + nk) that query i sees. */
-static inline int64_t visible(const att_args *a, int64_t i, int64_t k0, int64_t nk) {
+TF_INLINE int64_t visible(const att_args *a, int64_t i, int64_t k0, int64_t nk) {
   return a->causal ? min64(nk, i - k0 + 1) : nk;
+}
+
+/* Packs columns [d0, d0 + dc) of nk rows of src (leading dimension ld)
+ * transposed: t[d][j] = src[j][d0 + d], zero for nk <= j < ATT_BK. */
+TF_INLINE void pack_t(float *restrict t, const float *restrict src, int64_t ld, int64_t d0,
+                          int64_t dc, int64_t nk) {
+  for (int64_t j = 0; j < nk; j++)
+    for (int64_t d = 0; d < dc; d++) t[d * ATT_BK + j] = src[j * ld + d0 + d];
+  if (nk < ATT_BK)
+    for (int64_t d = 0; d < dc; d++) memset(t + d * ATT_BK + nk, 0, (size_t)(ATT_BK - nk) * sizeof *t);
+}
+
+/* s[r][j] (+)= sum over d < dc of a[r][d0 + d] * t[d][j] for rows r < nr of
+ * a (leading dimension lda), all ATT_BK columns: a row of s stays in eight
+ * vector registers while d streams. */
+TF_INLINE void tile_dots(float (*restrict s)[ATT_BK], int64_t nr, const float *restrict a,
+                             int64_t lda, int64_t d0, int64_t dc, const float *restrict t, int add) {
+  enum { NV = ATT_BK / 8 };
+  for (int64_t r = 0; r < nr; r++) {
+    tf_v8 acc[NV];
+    if (add) memcpy(acc, s[r], sizeof acc);
+    else memset(acc, 0, sizeof acc);
+    const float *ar = a + r * lda + d0;
+    for (int64_t d = 0; d < dc; d++) {
+      float x = ar[d];
+      tf_v8 bx = {x, x, x, x, x, x, x, x};
+      for (int v = 0; v < NV; v++) {
+        tf_v8 tv;
+        memcpy(&tv, t + d * ATT_BK + 8 * v, sizeof tv);
+        acc[v] += bx * tv;
+      }
+    }
+    memcpy(s[r], acc, sizeof acc);
+  }
+}
+
+/* o[d] += sum over j < n of p[j * ps] * v[j * ldv + d], d < D: blocks of
+ * o stay in registers while j streams. */
+TF_INLINE void pv_accum(float *restrict o, const float *restrict p, int64_t ps,
+                            const float *restrict v, int64_t ldv, int64_t n, int64_t D) {
+  int64_t d = 0;
+  for (; d + 32 <= D; d += 32) {
+    tf_v8 acc[4];
+    memcpy(acc, o + d, sizeof acc);
+    for (int64_t j = 0; j < n; j++) {
+      float x = p[j * ps];
+      tf_v8 bx = {x, x, x, x, x, x, x, x};
+      for (int u = 0; u < 4; u++) {
+        tf_v8 vv;
+        memcpy(&vv, v + j * ldv + d + 8 * u, sizeof vv);
+        acc[u] += bx * vv;
+      }
+    }
+    memcpy(o + d, acc, sizeof acc);
+  }
+  for (; d + 8 <= D; d += 8) {
+    tf_v8 acc;
+    memcpy(&acc, o + d, sizeof acc);
+    for (int64_t j = 0; j < n; j++) {
+      float x = p[j * ps];
+      tf_v8 bx = {x, x, x, x, x, x, x, x}, vv;
+      memcpy(&vv, v + j * ldv + d, sizeof vv);
+      acc += bx * vv;
+    }
+    memcpy(o + d, &acc, sizeof acc);
+  }
+  for (; d < D; d++) {
+    float acc = o[d];
+    for (int64_t j = 0; j < n; j++) acc += p[j * ps] * v[j * ldv + d];
+    o[d] = acc;
+  }
+}
+
+/* s[r][j] = q_r . k_j (unscaled) for nr rows of a (leading dimension lda,
+ * first row a) against the nk keys of kr (leading dimension 3C), and, if
+ * b != NULL, dp[r][j] = b_r . v_j likewise (b's leading dimension ldb).
+ * kt and vt are the packing buffers. */
+TF_INLINE void scores(const att_args *a, float (*s)[ATT_BK], const float *q, int64_t ldq,
+                   float (*dp)[ATT_BK], const float *g, int64_t ldg, const float *k,
+                   const float *v, int64_t nr, int64_t nk, float *kt, float *vt) {
+  for (int64_t d0 = 0; d0 < a->D; d0 += ATT_DC) {
+    int64_t dc = min64(ATT_DC, a->D - d0);
+    pack_t(kt, k, 3 * a->C, d0, dc, nk);
+    tile_dots(s, nr, q, ldq, d0, dc, kt, d0 > 0);
+    if (dp) {
+      pack_t(vt, v, 3 * a->C, d0, dc, nk);
+      tile_dots(dp, nr, g, ldg, d0, dc, vt, d0 > 0);
+    }
+  }
 }
 
 /* Forward, or pass A of the backward (lse != 0: each row's logsumexp is
  * parked in the first dq column of its head instead of computing y).
  * Items: (b, h, query tile). */
 TF_CLONES static void att_forward_items(const att_args *a, int64_t begin, int64_t end, int lse) {
-  float s[ATT_BK], m[ATT_BQ], l[ATT_BQ];
-  int64_t D = a->D;
+  float s[ATT_BQ][ATT_BK], kt[ATT_DC * ATT_BK], m[ATT_BQ], l[ATT_BQ];
+  int64_t D = a->D, C3 = 3 * a->C;
   for (int64_t it = begin; it < end; it++) {
     int64_t qt = it % a->n_qt, h = (it / a->n_qt) % a->H, b = it / a->n_qt / a->H;
     int64_t i0 = qt * ATT_BQ, nq = min64(ATT_BQ, a->T - i0);
@@ -382,33 +481,32 @@ TF_CLONES static void att_forward_items(const att_args *a, int64_t begin, int64_
     int64_t kend = a->causal ? i0 + nq : a->T;
     for (int64_t k0 = 0; k0 < kend; k0 += ATT_BK) {
       int64_t nk = min64(ATT_BK, kend - k0);
+      scores(a, s, ATT_Q(a, b, i0, h), C3, NULL, NULL, 0, ATT_K(a, b, k0, h), NULL, nq, nk, kt, NULL);
       for (int64_t r = 0; r < nq; r++) {
-        int64_t i = i0 + r, nv = visible(a, i, k0, nk);
+        int64_t nv = visible(a, i0 + r, k0, nk);
         if (nv <= 0) continue;
-        const float *q = ATT_Q(a, b, i, h);
-        float mx = m[r];
+        float *row = s[r], mx = m[r], sum = 0.0f;
         for (int64_t j = 0; j < nv; j++) {
-          s[j] = a->scale * dot(q, ATT_K(a, b, k0 + j, h), D);
-          mx = s[j] > mx ? s[j] : mx;
+          row[j] *= a->scale;
+          mx = row[j] > mx ? row[j] : mx;
         }
-        float corr = expf(m[r] - mx), sum = 0.0f;
+        float corr = expf(m[r] - mx);
         for (int64_t j = 0; j < nv; j++) {
-          s[j] = expf(s[j] - mx);
-          sum += s[j];
+          row[j] = expf(row[j] - mx);
+          sum += row[j];
         }
         l[r] = l[r] * corr + sum;
         m[r] = mx;
         if (lse) continue;
-        float *o = ATT_ROW(a, a->out, b, i, h);
+        float *o = ATT_ROW(a, a->out, b, i0 + r, h);
         if (corr != 1.0f)
           for (int64_t d = 0; d < D; d++) o[d] *= corr;
-        for (int64_t j = 0; j < nv; j++) axpy(o, s[j], ATT_V(a, b, k0 + j, h), D);
+        pv_accum(o, row, 1, ATT_V(a, b, k0, h), C3, nv, D);
       }
     }
     for (int64_t r = 0; r < nq; r++) {
       if (lse) {
-        /* dqkv row i, column h * D: the head's first dq slot */
-        a->out[(b * a->T + i0 + r) * 3 * a->C + h * D] = m[r] + logf(l[r]);
+        *ATT_DQ(a, b, i0 + r, h) = m[r] + logf(l[r]);
         continue;
       }
       float *o = ATT_ROW(a, a->out, b, i0 + r, h), inv = 1.0f / l[r];
@@ -424,28 +522,37 @@ static void att_lse_run(void *arg, int64_t begin, int64_t end) {
   att_forward_items(arg, begin, end, 1);
 }
 
-/* Pass B: dk and dv of the keys of tile (b, h, key tile), over all queries. */
+/* Pass B: dk and dv of the keys of (b, h, key tile), over blocks of
+ * ATT_BQ queries: P and dS of a block, then dv_j += P^T dy, dk_j += dS^T q. */
 TF_CLONES static void att_dkdv_items(const att_args *a, int64_t begin, int64_t end) {
+  float p[ATT_BQ][ATT_BK], ds[ATT_BQ][ATT_BK], kt[ATT_DC * ATT_BK], vt[ATT_DC * ATT_BK];
   int64_t D = a->D, C3 = 3 * a->C;
   for (int64_t it = begin; it < end; it++) {
-    int64_t kt = it % a->n_kt, h = (it / a->n_kt) % a->H, b = it / a->n_kt / a->H;
-    int64_t j0 = kt * ATT_BK, nk = min64(ATT_BK, a->T - j0);
-    /* dk row j of dqkv: [b, j, C + h D], dv: [b, j, 2C + h D] */
-    float *dk0 = a->out + (b * a->T + j0) * C3 + a->C + h * D, *dv0 = dk0 + a->C;
+    int64_t kt_i = it % a->n_kt, h = (it / a->n_kt) % a->H, b = it / a->n_kt / a->H;
+    int64_t j0 = kt_i * ATT_BK, nk = min64(ATT_BK, a->T - j0);
+    float *dk0 = ATT_DQ(a, b, j0, h) + a->C, *dv0 = dk0 + a->C;   /* dk, dv row j0 */
     for (int64_t j = 0; j < nk; j++) {
       memset(dk0 + j * C3, 0, (size_t)D * sizeof(float));
       memset(dv0 + j * C3, 0, (size_t)D * sizeof(float));
     }
-    for (int64_t i = a->causal ? j0 : 0; i < a->T; i++) {
-      int64_t nv = visible(a, i, j0, nk);
-      const float *q = ATT_Q(a, b, i, h), *dyi = ATT_ROW(a, a->dy, b, i, h);
-      float L = a->out[(b * a->T + i) * C3 + h * D];
-      float Di = dot(dyi, ATT_ROW(a, a->y, b, i, h), D);
-      for (int64_t j = 0; j < nv; j++) {
-        float p = expf(a->scale * dot(q, ATT_K(a, b, j0 + j, h), D) - L);
-        float ds = p * (dot(dyi, ATT_V(a, b, j0 + j, h), D) - Di);
-        axpy(dv0 + j * C3, p, dyi, D);
-        axpy(dk0 + j * C3, a->scale * ds, q, D);
+    for (int64_t ib = a->causal ? j0 : 0; ib < a->T; ib += ATT_BQ) {
+      int64_t nr = min64(ATT_BQ, a->T - ib);
+      scores(a, p, ATT_Q(a, b, ib, h), C3, ds, ATT_ROW(a, a->dy, b, ib, h), a->C, ATT_K(a, b, j0, h),
+             ATT_V(a, b, j0, h), nr, nk, kt, vt);
+      for (int64_t r = 0; r < nr; r++) {
+        int64_t i = ib + r, nv = visible(a, i, j0, nk);
+        float L = *ATT_DQ(a, b, i, h);
+        float Di = dot(ATT_ROW(a, a->dy, b, i, h), ATT_ROW(a, a->y, b, i, h), D);
+        for (int64_t j = 0; j < nv; j++) {
+          float pj = expf(a->scale * p[r][j] - L);
+          p[r][j] = pj;
+          ds[r][j] = a->scale * pj * (ds[r][j] - Di);
+        }
+        for (int64_t j = nv > 0 ? nv : 0; j < nk; j++) p[r][j] = ds[r][j] = 0.0f;
+      }
+      for (int64_t j = 0; j < nk; j++) {
+        pv_accum(dv0 + j * C3, &p[0][j], ATT_BK, ATT_ROW(a, a->dy, b, ib, h), a->C, nr, D);
+        pv_accum(dk0 + j * C3, &ds[0][j], ATT_BK, ATT_Q(a, b, ib, h), C3, nr, D);
       }
     }
   }
@@ -455,13 +562,14 @@ static void att_dkdv_run(void *arg, int64_t begin, int64_t end) { att_dkdv_items
 
 /* Pass C: dq of the rows of (b, h, query tile). */
 TF_CLONES static void att_dq_items(const att_args *a, int64_t begin, int64_t end) {
+  float s[ATT_BQ][ATT_BK], dp[ATT_BQ][ATT_BK], kt[ATT_DC * ATT_BK], vt[ATT_DC * ATT_BK];
   float L[ATT_BQ], Dr[ATT_BQ];
   int64_t D = a->D, C3 = 3 * a->C;
   for (int64_t it = begin; it < end; it++) {
     int64_t qt = it % a->n_qt, h = (it / a->n_qt) % a->H, b = it / a->n_qt / a->H;
     int64_t i0 = qt * ATT_BQ, nq = min64(ATT_BQ, a->T - i0);
     for (int64_t r = 0; r < nq; r++) {
-      float *dq = a->out + (b * a->T + i0 + r) * C3 + h * D;
+      float *dq = ATT_DQ(a, b, i0 + r, h);
       L[r] = dq[0];     /* parked by pass A; read before dq is cleared */
       Dr[r] = dot(ATT_ROW(a, a->dy, b, i0 + r, h), ATT_ROW(a, a->y, b, i0 + r, h), D);
       memset(dq, 0, (size_t)D * sizeof(float));
@@ -469,16 +577,15 @@ TF_CLONES static void att_dq_items(const att_args *a, int64_t begin, int64_t end
     int64_t kend = a->causal ? i0 + nq : a->T;
     for (int64_t k0 = 0; k0 < kend; k0 += ATT_BK) {
       int64_t nk = min64(ATT_BK, kend - k0);
+      scores(a, s, ATT_Q(a, b, i0, h), C3, dp, ATT_ROW(a, a->dy, b, i0, h), a->C, ATT_K(a, b, k0, h),
+             ATT_V(a, b, k0, h), nq, nk, kt, vt);
       for (int64_t r = 0; r < nq; r++) {
-        int64_t i = i0 + r, nv = visible(a, i, k0, nk);
-        const float *q = ATT_Q(a, b, i, h), *dyi = ATT_ROW(a, a->dy, b, i, h);
-        float *dq = a->out + (b * a->T + i) * C3 + h * D;
+        int64_t nv = visible(a, i0 + r, k0, nk);
         for (int64_t j = 0; j < nv; j++) {
-          const float *k = ATT_K(a, b, k0 + j, h);
-          float p = expf(a->scale * dot(q, k, D) - L[r]);
-          float ds = p * (dot(dyi, ATT_V(a, b, k0 + j, h), D) - Dr[r]);
-          axpy(dq, a->scale * ds, k, D);
+          float pj = expf(a->scale * s[r][j] - L[r]);
+          s[r][j] = a->scale * pj * (dp[r][j] - Dr[r]);
         }
+        if (nv > 0) pv_accum(ATT_DQ(a, b, i0 + r, h), s[r], 1, ATT_K(a, b, k0, h), C3, nv, D);
       }
     }
   }
