@@ -6,6 +6,11 @@
  * from softmax(logits / T), restricted to the K most likely if --top-k is
  * given, and fed back. Without a prompt the model starts from a newline
  * (or the first character of its vocabulary), which is not printed.
+ *
+ * A char-gpt checkpoint (kiln.model metadata) is sampled as nanoGPT's
+ * generate() does: the context is the last `block` characters (a sliding
+ * window), run through the model at once, and the next character is drawn
+ * from the logits of its last position.
  */
 #include <errno.h>
 #include <limits.h>
@@ -16,12 +21,14 @@
 
 #include "char_model.h"
 #include "commands.h"
+#include "gpt_model.h"
+#include "kiln/data.h"
 
 static void usage(FILE *f) {
   fprintf(f,
           "usage: kiln sample --load FILE [options]\n"
           "\n"
-          "Generates text from a checkpoint of `kiln train char-lstm|char-gru`.\n"
+          "Generates text from a checkpoint of `kiln train char-lstm|char-gru|char-gpt`.\n"
           "\n"
           "options:\n"
           "  --load FILE          the checkpoint (required)\n"
@@ -71,6 +78,73 @@ static int draw(const float *logits, int V, double temp, int top_k, uint64_t *rn
     u -= p[i];
   }
   return last;
+}
+
+/* Samples a char-gpt checkpoint with a sliding window of its block size:
+ * the graph always sees `block` positions (the context left-aligned, the
+ * rest padding that causal attention keeps from the positions read). */
+static int sample_gpt(kiln_device *dev, const char *load, const char *prompt, long long tokens,
+                      double temp, int top_k, uint64_t seed) {
+  gpt_model *m = NULL;
+  gpt_graph *sg = NULL;
+  int32_t *win = NULL;
+  float *logits = NULL;
+  int rc = 1;
+  if (gpt_load_model(load, dev, &m) != KILN_OK || gpt_graph_create(m, 1, m->block, 0, 0, NULL, &sg) != KILN_OK) {
+    fprintf(stderr, "kiln sample: %s\n", gpt_error());
+    goto done;
+  }
+  int T = m->block, V = m->V, n = 0;
+  win = calloc((size_t)T, sizeof *win);
+  logits = malloc((size_t)T * V * sizeof *logits);
+  if (!win || !logits) {
+    fprintf(stderr, "kiln sample: out of memory\n");
+    goto done;
+  }
+  int16_t index[256];
+  memset(index, 0xff, sizeof index);
+  for (int i = 0; i < V; i++) index[m->vocab[i]] = (int16_t)i;
+  if (prompt && *prompt) {
+    size_t len = strlen(prompt);
+    for (size_t i = 0; i < len; i++) {
+      unsigned char c = (unsigned char)prompt[i];
+      if (index[c] < 0) {
+        fprintf(stderr, "kiln sample: the prompt's character 0x%02x ('%c') at offset %d is not in the "
+                        "model's vocabulary of %d characters\n", c, c >= 32 && c < 127 ? c : '?', (int)i, V);
+        goto done;
+      }
+    }
+    /* the last `block` characters of the prompt are the context */
+    for (size_t i = len > (size_t)T ? len - (size_t)T : 0; i < len; i++) win[n++] = index[(unsigned char)prompt[i]];
+    fputs(prompt, stdout);
+  } else {
+    win[n++] = index['\n'] >= 0 ? index['\n'] : 0;
+  }
+  uint64_t rng = seed;
+  for (long long k = 0; k < tokens; k++) {
+    if (gpt_graph_run(sg, win, NULL, NULL) != KILN_OK ||
+        kiln_compiled_get_output(sg->c, sg->logits, logits, (size_t)T * V * sizeof *logits) != KILN_OK) {
+      fprintf(stderr, "\nkiln sample: %s\n", gpt_error());
+      goto done;
+    }
+    int32_t next = draw(logits + (size_t)(n - 1) * V, V, temp, top_k, &rng);
+    putchar(m->vocab[next]);
+    if (m->vocab[next] == '\n') fflush(stdout);
+    if (n == T) { /* slide: drop the oldest character */
+      memmove(win, win + 1, (size_t)(T - 1) * sizeof *win);
+      n--;
+    }
+    win[n++] = next;
+  }
+  putchar('\n');
+  rc = 0;
+done:
+  fflush(stdout);
+  free(win);
+  free(logits);
+  gpt_graph_destroy(sg);
+  gpt_model_destroy(m);
+  return rc;
 }
 
 int kiln_cmd_sample(int argc, char **argv) {
@@ -130,6 +204,17 @@ int kiln_cmd_sample(int argc, char **argv) {
   int rc = 1;
   if (kiln_context_create(NULL, &ctx) != KILN_OK || kiln_device_open(ctx, backend, -1, &dev) != KILN_OK) {
     fprintf(stderr, "kiln sample: cannot open device (backend %s): %s\n", backend, kiln_last_error());
+    goto done;
+  }
+  kiln_safetensors *f = NULL;
+  int is_gpt = 0;
+  if (kiln_safetensors_open(load, &f) == KILN_OK) {
+    const char *kind = kiln_safetensors_meta(f, "kiln.model");
+    is_gpt = kind && !strcmp(kind, "char-gpt");
+    kiln_safetensors_close(f);
+  }
+  if (is_gpt) {
+    rc = sample_gpt(dev, load, prompt, tokens, temp, (int)top_k, seed);
     goto done;
   }
   if (char_load_model(load, dev, &m) != KILN_OK || char_graph_create(m, 1, 1, 0, NULL, &sg) != KILN_OK) {

@@ -404,6 +404,7 @@ bad:
 int kiln_cmd_train(int argc, char **argv) {
   if (argc > 1 && (!strcmp(argv[1], "char-lstm") || !strcmp(argv[1], "char-gru")))
     return kiln_cmd_train_char(argc, argv); /* cmd_char.c */
+  if (argc > 1 && !strcmp(argv[1], "char-gpt")) return kiln_cmd_train_gpt(argc, argv); /* cmd_gpt.c */
   train_opts o;
   int rc = parse_opts(argc, argv, 0, &o);
   if (rc == -1) return 0;

@@ -16,5 +16,6 @@ int kiln_cmd_plan(int argc, char **argv);    /* cmd_plan.c: plan [MODEL] */
 
 int kiln_cmd_train_char(int argc, char **argv); /* cmd_char.c: train char-lstm|char-gru */
 int kiln_cmd_sample(int argc, char **argv);  /* cmd_sample.c: sample --load FILE */
+int kiln_cmd_train_gpt(int argc, char **argv); /* cmd_gpt.c: train char-gpt */
 
 #endif

@@ -21,7 +21,7 @@ static const command commands[] = {
     {"fetch", kiln_cmd_fetch, "download a dataset (mnist, shakespeare) into the data directory"},
     {"plan", kiln_cmd_plan, "show how a training step runs on a device (segments, CPU fallback, memory)"},
     {"conform", kiln_cmd_conform, "check a backend plugin file against the ABI and the CPU reference"},
-    {"sample", kiln_cmd_sample, "generate text from a char-lstm/char-gru checkpoint"},
+    {"sample", kiln_cmd_sample, "generate text from a char-lstm/char-gru/char-gpt checkpoint"},
     {"bench", kiln_cmd_bench, "measure sgemm, the CNN's convolutions and training steps"},
 };
 
