@@ -1,25 +1,25 @@
 #version 450
+#extension GL_EXT_control_flow_attributes : require
 // Fused multi-head self-attention, forward (flash-attention style).
 //   qkv [B, T, 3C]: q, k, v are the column blocks [0, C), [C, 2C), [2C, 3C);
 //   head h of each is that block's columns [h D, (h + 1) D), D = C / H.
 //   y [B, T, C]:    y[b, t, h D + d] = sum_s P[t, s] v[b, s, h D + d],
 //                   P[t, :] = softmax_s(scale q_t . k_s), s <= t when CAUSAL.
-// One workgroup per (b, h, tile of BT queries), grid-stride over all of them.
-// The query tile is staged in shared memory once; key and value tiles of BT
-// rows follow one at a time (the causal ones only up to the tile's last
-// query). An online softmax keeps a running max m and sum l per query and
-// rescales the output accumulator by exp(m_old - m_new), so the memory is
-// O(BT D) per workgroup and nothing [T, T] exists. Tiles are zero-padded past
-// T; masked and padded scores are -inf and weigh exactly 0.
-// Work inside a tile is split over the WG threads by flat index, with
-// barriers between phases (no subgroup size assumed).
-// Bindings: 0 qkv, 1 y (written).
-// Spec: 0 workgroup size WG, 1 tile rows BT, 2 head size D, 3 CAUSAL.
+// One workgroup of BT threads per (b, h, tile of BT queries), grid-stride
+// over all of them; thread i owns query row q0 + i: its q (pre-scaled) and
+// its output accumulator o live in registers (arrays of D, the loops over D
+// unrolled once specialised). Key and value tiles of BT rows are staged in
+// shared memory one at a time (the causal ones only up to the tile's last
+// query), so every thread reads the same shared element at once (a
+// broadcast). An online softmax keeps the running max m and sum l and
+// rescales o by exp(m_old - m_new) once per tile: memory is O(BT D) per
+// workgroup and nothing [T, T] exists. Masked and padded scores are -inf and
+// weigh exactly 0. No subgroup size is assumed.
+// Bindings: 0 qkv, 1 y (written). Spec: 0 BT (= workgroup size), 1 D, 2 CAUSAL.
 layout(local_size_x_id = 0) in;
-layout(constant_id = 0) const uint WG = 64;
-layout(constant_id = 1) const uint BT = 16;
-layout(constant_id = 2) const uint D = 32;
-layout(constant_id = 3) const uint CAUSAL = 1;
+layout(constant_id = 0) const uint BT = 16;
+layout(constant_id = 1) const uint D = 32;
+layout(constant_id = 2) const uint CAUSAL = 1;
 layout(set = 0, binding = 0) readonly buffer QKV { float qkv[]; };
 layout(set = 0, binding = 1) writeonly buffer Y { float y[]; };
 layout(push_constant, std430) uniform PC {
@@ -29,90 +29,58 @@ layout(push_constant, std430) uniform PC {
   float scale;
 } pc;
 
-shared float qs[BT * D];   // queries of the tile, qs[i * D + d]
-shared float ks[BT * D];   // keys of the current key tile
-shared float vs[BT * D];   // values of the current key tile
-shared float os[BT * D];   // output accumulators (unnormalised)
-shared float ps[BT * BT];  // scores, then probabilities, ps[i * BT + j]
-shared float ms[BT];       // running max per query
-shared float ls[BT];       // running sum per query
-shared float as_[BT];      // this tile's rescale factor per query
+shared float ks[BT * D];   // keys of the current tile, ks[j * D + d]
+shared float vs[BT * D];   // values of the current tile
 
 #define NEG_INF uintBitsToFloat(0xff800000u)   // -inf
 
 void main() {
-  const uint lid = gl_LocalInvocationID.x;
+  const uint i = gl_LocalInvocationID.x;
   const uint T = pc.T, C = pc.C, C3 = 3 * pc.C;
   const uint n_work = pc.B * pc.H * pc.tiles;
   for (uint w = gl_WorkGroupID.x; w < n_work; w += gl_NumWorkGroups.x) {
     const uint qt = w % pc.tiles, h = (w / pc.tiles) % pc.H, b = w / (pc.tiles * pc.H);
-    const uint q0 = qt * BT, nq = min(BT, T - q0);
+    const uint q0 = qt * BT, nq = min(BT, T - q0), t = q0 + i;
     const uint base = pc.qkv_off + b * T * C3 + h * D;   // q of (b, t = 0, head h)
-    for (uint e = lid; e < BT * D; e += WG) {
-      uint i = e / D;
-      qs[e] = i < nq ? qkv[base + (q0 + i) * C3 + e % D] : 0.0;
-      os[e] = 0.0;
+    float q[D], o[D];
+    [[unroll]] for (uint d = 0; d < D; d++) {
+      q[d] = i < nq ? pc.scale * qkv[base + t * C3 + d] : 0.0;
+      o[d] = 0.0;
     }
-    for (uint i = lid; i < BT; i += WG) {
-      ms[i] = NEG_INF;
-      ls[i] = 0.0;
-    }
+    float m = NEG_INF, l = 0.0;
     const uint kend = CAUSAL != 0 ? q0 + nq : T;
     for (uint k0 = 0; k0 < kend; k0 += BT) {
       const uint nk = min(BT, kend - k0);
-      barrier();   // the previous tile's readers are done with ks, vs, ps
-      for (uint e = lid; e < BT * D; e += WG) {
+      barrier();   // everyone is done with the previous tile
+      for (uint e = i; e < BT * D; e += BT) {
         uint j = e / D, at = base + (k0 + j) * C3 + e % D;
         ks[e] = j < nk ? qkv[at + C] : 0.0;
         vs[e] = j < nk ? qkv[at + 2 * C] : 0.0;
       }
       barrier();
-      // scores
-      for (uint e = lid; e < BT * BT; e += WG) {
-        uint i = e / BT, j = e % BT;
-        float s = NEG_INF;
-        if (i < nq && j < nk && (CAUSAL == 0 || k0 + j <= q0 + i)) {
-          float dot = 0.0;
-          for (uint d = 0; d < D; d++) dot += qs[i * D + d] * ks[j * D + d];
-          s = pc.scale * dot;
-        }
-        ps[e] = s;
+      float s[BT];
+      float mx = m;
+      [[unroll]] for (uint j = 0; j < BT; j++) {
+        float dot = 0.0;
+        [[unroll]] for (uint d = 0; d < D; d++) dot += q[d] * ks[j * D + d];
+        s[j] = j < nk && (CAUSAL == 0 || k0 + j <= t) ? dot : NEG_INF;
+        mx = max(mx, s[j]);
       }
-      barrier();
-      // online softmax: new max, rescale factor, probabilities, running sum
-      for (uint i = lid; i < BT; i += WG) {
-        float m_old = ms[i], mx = m_old;
-        for (uint j = 0; j < BT; j++) mx = max(mx, ps[i * BT + j]);
-        float alpha = 1.0, sum = 0.0;
-        if (mx != NEG_INF) {
-          alpha = m_old == NEG_INF ? 0.0 : exp(m_old - mx);
-          for (uint j = 0; j < BT; j++) {
-            float s = ps[i * BT + j];
-            float p = s == NEG_INF ? 0.0 : exp(s - mx);
-            ps[i * BT + j] = p;
-            sum += p;
-          }
-        } else {
-          for (uint j = 0; j < BT; j++) ps[i * BT + j] = 0.0;
+      if (mx != NEG_INF) {   // else nothing visible yet (padding rows only)
+        float alpha = m == NEG_INF ? 0.0 : exp(m - mx);
+        l *= alpha;
+        [[unroll]] for (uint d = 0; d < D; d++) o[d] *= alpha;
+        [[unroll]] for (uint j = 0; j < BT; j++) {
+          float p = s[j] == NEG_INF ? 0.0 : exp(s[j] - mx);
+          l += p;
+          [[unroll]] for (uint d = 0; d < D; d++) o[d] += p * vs[j * D + d];
         }
-        ms[i] = mx;
-        ls[i] = ls[i] * alpha + sum;
-        as_[i] = alpha;
-      }
-      barrier();
-      // o = o * alpha + P v
-      for (uint e = lid; e < BT * D; e += WG) {
-        uint i = e / D, d = e % D;
-        float acc = os[e] * as_[i];
-        for (uint j = 0; j < BT; j++) acc += ps[i * BT + j] * vs[j * D + d];
-        os[e] = acc;
+        m = mx;
       }
     }
-    barrier();
-    for (uint e = lid; e < BT * D; e += WG) {
-      uint i = e / D;
-      if (i < nq) y[pc.y_off + (b * T + q0 + i) * C + h * D + e % D] = os[e] / ls[i];
+    if (i < nq) {
+      const uint yb = pc.y_off + (b * T + t) * C + h * D;
+      [[unroll]] for (uint d = 0; d < D; d++) y[yb + d] = o[d] / l;
     }
-    barrier();   // before the next work item overwrites qs, os, ms, ls
   }
 }

@@ -1153,27 +1153,30 @@ static void attention_case(int64_t B, int64_t Tn, int64_t C, int64_t H, int caus
 }
 
 Test(vulkan, attention_forward_and_backward) {
-  /* T = 1, odd, and past one and two 32-row tiles; head sizes 3 and 32;
-   * 1, 2 and 4 heads; causal and not; the default and a given scale */
+  /* T = 1, odd, and past one and two 32-row tiles; head sizes 3, 5 and 32;
+   * 1, 2 and 4 heads; causal and not; the default and a given scale. Head
+   * size 32 (a GPT's) only causal: each head size is a pipeline, and
+   * lavapipe takes seconds to compile one with D = 32 (registers unrolled). */
   attention_case(1, 1, 3, 1, 1, 0.0f, 9, 1);
   attention_case(2, 17, 6, 2, 1, 0.0f, 12, 2);
   attention_case(1, 17, 12, 4, 0, 0.7f, 12, 3);
-  attention_case(2, 65, 64, 2, 1, 0.0f, 8, 4);
-  attention_case(1, 65, 12, 4, 0, 0.0f, 8, 5);
+  attention_case(1, 65, 20, 4, 0, 0.0f, 8, 4);
+  attention_case(2, 65, 64, 2, 1, 0.0f, 8, 5);
   attention_case(1, 130, 32, 1, 1, 0.0f, 4, 6);
-  attention_case(2, 130, 128, 4, 0, 0.0f, 2, 7);
+  attention_case(3, 130, 128, 4, 1, 0.0f, 2, 7);   /* large-ish */
 }
 
 Test(vulkan, attention_every_tile_edge) {
-  /* tile rows and threads forced through $KILN_VK_ATTENTION_TILE: 1-row
-   * tiles, odd tiles and thread counts that divide nothing */
-  static const char *tiles[] = {"1,1", "5,7", "3,64", "16,33", "32,128"};
+  /* the tile (rows, and threads per workgroup) forced through
+   * $KILN_VK_ATTENTION_TILE: 1-row tiles, odd ones that divide no T here,
+   * and tiles larger than T */
+  static const char *tiles[] = {"1", "5", "64"};
   for (size_t t = 0; t < sizeof tiles / sizeof tiles[0]; t++) {
     setenv("KILN_VK_ATTENTION_TILE", tiles[t], 1);
-    attention_case(2, 17, 6, 2, 1, 0.0f, 0, 10 + t);
-    attention_case(1, 33, 12, 4, 0, 0.0f, 0, 20 + t);
+    if (t != 0) attention_case(2, 17, 6, 2, 1, 0.0f, 0, 10 + t);
+    if (t != 2) attention_case(1, 33, 12, 4, 0, 0.0f, 0, 20 + t);
   }
-  setenv("KILN_VK_ATTENTION_TILE", "0,8", 1);
+  setenv("KILN_VK_ATTENTION_TILE", "0", 1);
   ph_graph g;
   ph_graph_init(&g, &vk);
   int qkv = ph_tensor(&g, KILN_F32, 3, (int64_t[]){1, 4, 6});

@@ -25,11 +25,12 @@
  *   lr_schedule (step []) -> lr []
  *                         shaders/lr_schedule.comp, one thread
  *
- * The attention tile BT (rows of queries and of keys per tile) is chosen so
- * the shader's shared arrays fit maxComputeSharedMemorySize:
- *   forward 4 BT D + BT^2 + 3 BT floats, backward 6 BT D + 2 BT^2 + 2 BT.
- * $KILN_VK_ATTENTION_TILE = "BT,WG" overrides the choice (tuning, and so the
- * tests reach every tile edge).
+ * Attention keeps a row's q (or k, v) and its accumulators in registers, a
+ * thread per row, so the head size D is at most ATTN_MAX_D. The tile BT (rows
+ * of queries and of keys per tile, and threads per workgroup) is chosen so
+ * the shared arrays fit maxComputeSharedMemorySize (forward 2 BT D floats,
+ * backward 2 BT D + 2 BT); $KILN_VK_ATTENTION_TILE = "BT" overrides the
+ * choice (tuning, and so the tests reach every tile edge).
  */
 #include <math.h>
 #include <stdio.h>
@@ -203,35 +204,39 @@ static kiln_status gelu_plan(kvk_plan *p, int index, const kvk_node *n) {
 
 /* ---- attention ------------------------------------------------------------ */
 
+#define ATTN_MAX_D 256   /* register arrays of D floats per thread */
+
 static uint64_t attn_shared_bytes(int bwd, uint64_t bt, uint64_t D) {
-  return 4 * (bwd ? 6 * bt * D + 2 * bt * bt + 2 * bt : 4 * bt * D + bt * bt + 3 * bt);
+  return 4 * (2 * bt * D + (bwd ? 2 * bt : 0));
 }
 
-/* The tile: up to 32 rows (no more than T needs, rounded up to a power of
- * two so a few pipelines serve every T), halved until the shared arrays fit;
- * threads: one per 8 score entries, 32 to 128. */
+/* The tile BT (rows of queries and of keys; also the workgroup size, a
+ * thread per row): 8 on CPU drivers (lavapipe runs 8 lanes at once; 8 beat
+ * 16 and 32 there), 32 on GPUs; no more than T needs (rounded up to a power
+ * of two so a few pipelines serve every T); halved until the unrolled
+ * tile loops (BT D) stay within 2048 terms and the shared arrays fit. */
 static kiln_status attn_tile(const kiln_plugin_device *dev, int index, const kvk_node *n, int bwd,
-                             uint64_t T, uint64_t D, uint32_t *bt, uint32_t *wg) {
+                             uint64_t T, uint64_t D, uint32_t *bt) {
   const VkPhysicalDeviceLimits *l = &dev->phys->props.limits;
-  uint32_t t = 1;
-  while (t < 32 && t < T) t *= 2;
-  while (t > 1 && attn_shared_bytes(bwd, t, D) > l->maxComputeSharedMemorySize) t /= 2;
-  uint32_t w = t * t / 8;
-  w = w < 32 ? 32 : w > 128 ? 128 : w;
+  uint32_t cap = dev->phys->kind == KILN_DEVICE_CPU ? 8 : 32, t = 1;
+  if (cap > l->maxComputeWorkGroupSize[0]) cap = l->maxComputeWorkGroupSize[0];
+  while (t < cap && t < T) t *= 2;
+  while (t > 1 && ((uint64_t)t * D > 2048 ||
+                   attn_shared_bytes(bwd, t, D) > l->maxComputeSharedMemorySize))
+    t /= 2;
   const char *e = getenv("KILN_VK_ATTENTION_TILE");
   if (e && *e) {
-    unsigned ot = 0, ow = 0;
-    if (sscanf(e, "%u,%u", &ot, &ow) != 2 || !ot || !ow || ot > 1024 ||
-        ow > l->maxComputeWorkGroupInvocations || ow > l->maxComputeWorkGroupSize[0] ||
-        attn_shared_bytes(bwd, ot, D) > l->maxComputeSharedMemorySize)
+    char *end;
+    unsigned long o = strtoul(e, &end, 10);
+    if (*end || !o || o > l->maxComputeWorkGroupInvocations || o > l->maxComputeWorkGroupSize[0] ||
+        attn_shared_bytes(bwd, o, D) > l->maxComputeSharedMemorySize)
       return kvk_node_error(index, n, KILN_INVALID_ARGUMENT,
-                            "KILN_VK_ATTENTION_TILE=\"%s\" is not BT,WG with 1 <= WG <= %u threads "
-                            "and the tile's shared arrays (%s, head size %llu) within %u bytes",
-                            e, l->maxComputeWorkGroupInvocations,
-                            bwd ? "6 BT D + 2 BT^2 + 2 BT floats" : "4 BT D + BT^2 + 3 BT floats",
-                            (unsigned long long)D, l->maxComputeSharedMemorySize);
-    t = ot;
-    w = ow;
+                            "KILN_VK_ATTENTION_TILE=\"%s\" is not a tile of BT rows with 1 <= BT "
+                            "<= %u and its shared arrays (%s, head size %llu) within %u bytes",
+                            e, l->maxComputeWorkGroupSize[0],
+                            bwd ? "2 BT D + 2 BT floats" : "2 BT D floats", (unsigned long long)D,
+                            l->maxComputeSharedMemorySize);
+    t = (uint32_t)o;
   }
   if (attn_shared_bytes(bwd, t, D) > l->maxComputeSharedMemorySize)
     return kvk_node_error(index, n, KILN_UNSUPPORTED,
@@ -241,7 +246,6 @@ static kiln_status attn_tile(const kiln_plugin_device *dev, int index, const kvk
                           (unsigned long long)D, (unsigned long long)attn_shared_bytes(bwd, t, D),
                           l->maxComputeSharedMemorySize);
   *bt = t;
-  *wg = w;
   return KILN_OK;
 }
 
@@ -279,9 +283,14 @@ static kiln_status attention_plan(kvk_plan *p, int index, const kvk_node *n) {
   }
   if (y->numel == 0) return KILN_OK;
   int64_t D = C / H;
+  if (D > ATTN_MAX_D)
+    return kvk_node_error(index, n, KILN_UNSUPPORTED,
+                          "head size D = C / H = %lld exceeds %d, the most the Vulkan attention "
+                          "kernels keep in registers per thread; use more heads or the cpu "
+                          "backend", (long long)D, ATTN_MAX_D);
   float scale = n->fp[0] != 0.0f ? n->fp[0] : (float)(1.0 / sqrt((double)D));
-  uint32_t bt = 1, wg = 32;
-  kiln_status st = attn_tile(p->dev, index, n, bwd, (uint64_t)T, (uint64_t)D, &bt, &wg);
+  uint32_t bt = 1;
+  kiln_status st = attn_tile(p->dev, index, n, bwd, (uint64_t)T, (uint64_t)D, &bt);
   if (st != KILN_OK) return st;
   uint64_t tiles = ((uint64_t)T + bt - 1) / bt, work = (uint64_t)B * (uint64_t)H * tiles;
   if (work > UINT32_MAX)
@@ -293,14 +302,13 @@ static kiln_status attention_plan(kvk_plan *p, int index, const kvk_node *n) {
   for (int mode = 0; mode < (bwd ? 3 : 1); mode++) {
     kvk_dispatch *d = kvk_plan_add(p, index, n);
     if (!d) return KILN_OUT_OF_MEMORY;
-    d->spec[0] = wg;
-    d->spec[1] = bt;
-    d->spec[2] = (uint32_t)D;
-    d->spec[3] = (uint32_t)causal;
+    d->spec[0] = bt;
+    d->spec[1] = (uint32_t)D;
+    d->spec[2] = (uint32_t)causal;
     if (bwd) {
       d->shader = KVK_SHADER_ATTENTION_BACKWARD;
-      d->n_spec = 5;
-      d->spec[4] = (uint32_t)mode;
+      d->n_spec = 4;
+      d->spec[3] = (uint32_t)mode;
       d->n_bind = 5;
       d->bind[0] = qkv;
       d->bind[1] = &n->in[0];
@@ -310,7 +318,7 @@ static kiln_status attention_plan(kvk_plan *p, int index, const kvk_node *n) {
       d->write_mask = mode == 0 ? 8 : 16;
     } else {
       d->shader = KVK_SHADER_ATTENTION;
-      d->n_spec = 4;
+      d->n_spec = 3;
       d->n_bind = 2;
       d->bind[0] = qkv;
       d->bind[1] = y;
