@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "kiln-impl.h"
+#include "kiln/rnn.h"
 
 typedef struct backward_ctx {
   kiln_graph *g;
@@ -169,6 +170,35 @@ static kiln_status backprop(backward_ctx *b, kiln_node *y, kiln_node *dy) {
       kiln_node *a[2] = {dy, w};
       accumulate(b, x, kiln_node_create(g, KILN_OP_DROPOUT, 2, a, y->ip, y->fp, KILN_DTYPE_INVALID,
                                         -1, NULL));
+      break;
+    }
+    case KILN_OP_LAYERNORM: { /* dx by LAYERNORM_BACKWARD; dgamma, dbeta: rows of one [2, C] */
+      kiln_node *gamma = in[1], *beta = in[2];
+      if (nx) {
+        kiln_node *a[3] = {dy, x, gamma};
+        accumulate(b, x, kiln_node_create(g, KILN_OP_LAYERNORM_BACKWARD, 3, a, NULL, y->fp,
+                                          KILN_DTYPE_INVALID, -1, NULL));
+      }
+      if (b->needs[gamma->id] || b->needs[beta->id]) {
+        kiln_node *a[2] = {dy, x};
+        kiln_node *p = kiln_node_create(g, KILN_OP_LAYERNORM_BACKWARD_PARAMS, 2, a, NULL, y->fp,
+                                        KILN_DTYPE_INVALID, -1, NULL);
+        if (b->needs[gamma->id])
+          accumulate(b, gamma, kiln_reshape(g, kiln_slice(g, p, 0, 0, 1), gamma->ndim, gamma->shape));
+        if (b->needs[beta->id])
+          accumulate(b, beta, kiln_reshape(g, kiln_slice(g, p, 0, 1, 1), beta->ndim, beta->shape));
+      }
+      break;
+    }
+    case KILN_OP_GELU: {
+      kiln_node *a[2] = {dy, x};
+      accumulate(b, x, make(g, KILN_OP_GELU_BACKWARD, 2, a, y->ip, NULL));
+      break;
+    }
+    case KILN_OP_ATTENTION: {
+      kiln_node *a[3] = {dy, x, y};
+      accumulate(b, x, kiln_node_create(g, KILN_OP_ATTENTION_BACKWARD, 3, a, y->ip, y->fp,
+                                        KILN_DTYPE_INVALID, -1, NULL));
       break;
     }
     default:

@@ -628,7 +628,7 @@ static void op_arity(kiln_op op, int *lo, int *hi) {
     case KILN_OP_FILL: *lo = *hi = 0; break;
     case KILN_OP_SGD: *lo = 2; *hi = 3; break;
     case KILN_OP_ADAM: *lo = 5; *hi = 6; break;
-    default: kiln__seq_arity(op, lo, hi); break;
+    default: if (!kiln__seq_arity(op, lo, hi)) kiln__tf_arity(op, lo, hi); break;
   }
 }
 
@@ -682,6 +682,13 @@ static int infer(infer_ctx *c) {
     }
     default: {
       int lo, hi;
+      if (kiln__tf_arity(c->op, &lo, &hi)) {
+        char msg[900];
+        kiln_status st = kiln__tf_infer(c->op, c->n_in, c->in, c->ip, c->fp, &c->dtype, &c->ndim,
+                                        c->shape, msg, sizeof msg);
+        if (st != KILN_OK) return fail(c, st, "%s", msg);
+        return 1;
+      }
       if (!kiln__seq_arity(c->op, &lo, &hi))
         return fail(c, KILN_UNSUPPORTED, "unknown op number %d", (int)c->op);
       char msg[900];

@@ -163,6 +163,13 @@ kiln_status kiln__seq_infer(kiln_op op, int n_in, kiln_node *const *in, int64_t 
                             const float *fp, int given_ndim, const int64_t *given_shape,
                             kiln_dtype *dtype, int *ndim, int64_t *shape, char *msg, size_t size);
 
+/* transformer.c: the transformer ops (KILN_OP_LAYERNORM .. KILN_OP_LR_SCHEDULE),
+ * as kiln__seq_arity and kiln__seq_infer for the sequence ops. */
+int kiln__tf_arity(kiln_op op, int *lo, int *hi);
+kiln_status kiln__tf_infer(kiln_op op, int n_in, kiln_node *const *in, int64_t *ip,
+                           const float *fp, kiln_dtype *dtype, int *ndim, int64_t *shape,
+                           char *msg, size_t size);
+
 /* ---- CPU fallback (fallback.c, used by compile.c) ------------------------ */
 
 /* A compiled graph partitioned over the chosen device and the CPU plugin. */

@@ -77,6 +77,14 @@ const char *kiln_op_name(kiln_op op) {
     case KILN_OP_DROPOUT: return "dropout";
     case KILN_OP_CLIP_COEF: return "clip_coef";
     case KILN_OP_ASSIGN: return "assign";
+    case KILN_OP_LAYERNORM: return "layernorm";
+    case KILN_OP_LAYERNORM_BACKWARD: return "layernorm_backward";
+    case KILN_OP_LAYERNORM_BACKWARD_PARAMS: return "layernorm_backward_params";
+    case KILN_OP_GELU: return "gelu";
+    case KILN_OP_GELU_BACKWARD: return "gelu_backward";
+    case KILN_OP_ATTENTION: return "attention";
+    case KILN_OP_ATTENTION_BACKWARD: return "attention_backward";
+    case KILN_OP_LR_SCHEDULE: return "lr_schedule";
     default: return "unknown";
   }
 }

@@ -7,6 +7,8 @@
  *   elementwise.c, reduce.c, softmax.c, layout.c, matmul.c, optim.c   op families
  *   conv.c       conv2d forward and both backward passes (im2col + GEMM)
  *   pool2d.c     max and average pooling, forward and backward
+ *   seq.c        embedding, slice, dropout, clip_coef, assign
+ *   transformer.c  layer norm, GELU, fused flash-style attention, lr schedule
  *
  * Names are kcpu_*. Kernels receive resolved tensors (data pointers) and
  * assume the node was validated at compile time: plugin.c checks the op,
@@ -142,5 +144,10 @@ void *kcpu_aligned_alloc(size_t align, size_t size);
 /* seq.c: EMBEDDING(_BACKWARD), SLICE(_BACKWARD), DROPOUT, CLIP_COEF, ASSIGN. */
 kiln_status kcpu_seq_validate(int index, const kcpu_node *n);
 void kcpu_seq(kcpu_pool *pool, const kcpu_node *n);
+
+/* transformer.c: LAYERNORM(_BACKWARD, _BACKWARD_PARAMS), GELU(_BACKWARD),
+ * ATTENTION(_BACKWARD), LR_SCHEDULE. */
+kiln_status kcpu_tf_validate(int index, const kcpu_node *n);
+void kcpu_tf(kcpu_pool *pool, const kcpu_node *n);
 
 #endif /* KCPU_IMPL_H */

@@ -605,7 +605,7 @@ static double cf_bound(uint32_t op) {
       return 0.0;
     case KILN_OP_DROPOUT:
       return 1e-6;
-    case KILN_OP_CLIP_COEF:
+    case KILN_OP_CLIP_COEF: case KILN_OP_GELU: case KILN_OP_GELU_BACKWARD: case KILN_OP_LR_SCHEDULE:
       return 1e-5;
     case KILN_OP_ADD: case KILN_OP_SUB: case KILN_OP_MUL: case KILN_OP_DIV:
     case KILN_OP_SCALE: case KILN_OP_INCREMENT:
@@ -955,6 +955,67 @@ static int cf_gen(uint32_t op, int i, cf_case *c) {
       }
       c->in_place = 1;
       cf_same(c);
+      return 1;
+    case KILN_OP_LAYERNORM: case KILN_OP_LAYERNORM_BACKWARD: case KILN_OP_LAYERNORM_BACKWARD_PARAMS: {
+      /* x [..., C]; C = 1 and C not a multiple of 8 included */
+      static const int64_t xs[][4] = {{2, 1, 1}, {2, 3, 5}, {3, 2, 3, 7}, {2, 1000, 33}, {2, 256, 384}};
+      if (i >= 5) return 0;
+      int nd = (int)xs[i][0];
+      const int64_t *x = xs[i] + 1, C = x[nd - 1];
+      cf_in(c, V_UNIFORM, nd, x);                       /* x, or dy */
+      if (op == KILN_OP_LAYERNORM) {
+        cf_in(c, V_UNIFORM, 1, &C);                     /* gamma */
+        cf_in(c, V_UNIFORM, 1, &C);                     /* beta */
+      } else {
+        cf_in(c, V_UNIFORM, nd, x);                     /* x */
+        if (op == KILN_OP_LAYERNORM_BACKWARD) cf_in(c, V_UNIFORM, 1, &C);
+      }
+      c->fp[0] = 1e-5f;
+      if (op == KILN_OP_LAYERNORM_BACKWARD_PARAMS) cf_outsh(c, 2, (const int64_t[]){2, C});
+      else cf_outsh(c, nd, x);
+      return 1;
+    }
+    case KILN_OP_GELU: case KILN_OP_GELU_BACKWARD:
+      switch (i) {
+        case 0: case 1: cf_in(c, V_UNIFORM, S(7)); break;
+        case 2: case 3: cf_in(c, V_UNIFORM, S(3, 5, 1, 2)); break;
+        case 4: case 5: cf_in(c, V_UNIFORM, S(1 << 20)); break;
+        default: return 0;
+      }
+      if (op == KILN_OP_GELU_BACKWARD) cf_in(c, V_UNIFORM, c->nd[0], c->sh[0]);
+      c->ip[0] = i % 2;
+      cf_same(c);
+      return 1;
+    case KILN_OP_ATTENTION: case KILN_OP_ATTENTION_BACKWARD: {
+      /* B, T, C, H, causal; T 130 and 300 span several key and query tiles */
+      static const int64_t cs[][5] = {{1, 1, 3, 1, 1},    {2, 5, 6, 2, 0},     {2, 17, 12, 4, 1},
+                                      {1, 130, 24, 3, 1},  {2, 64, 128, 4, 1},  {1, 300, 64, 2, 0},
+                                      {1, 70, 160, 2, 1}};   /* D 80: wider than one packed chunk */
+      if (i >= 7) return 0;
+      int64_t B = cs[i][0], T = cs[i][1], C = cs[i][2];
+      if (op == KILN_OP_ATTENTION_BACKWARD) cf_in(c, V_UNIFORM, 3, (const int64_t[]){B, T, C});
+      cf_in(c, V_UNIFORM, 3, (const int64_t[]){B, T, 3 * C});
+      if (op == KILN_OP_ATTENTION_BACKWARD) cf_in(c, V_UNIFORM, 3, (const int64_t[]){B, T, C});
+      c->ip[0] = cs[i][3];
+      c->ip[1] = cs[i][4];
+      c->fp[0] = i == 2 ? 0.7f : 0.0f;
+      cf_outsh(c, 3, (const int64_t[]){B, T, op == KILN_OP_ATTENTION ? C : 3 * C});
+      return 1;
+    }
+    case KILN_OP_LR_SCHEDULE:
+      /* the step is 3: in warmup, in the decay, at its end, past it, S == W */
+      switch (i) {
+        case 0: c->ip[0] = 5; c->ip[1] = 10; break;
+        case 1: c->ip[0] = 0; c->ip[1] = 10; break;
+        case 2: c->ip[0] = 1; c->ip[1] = 2; break;
+        case 3: c->ip[0] = 0; c->ip[1] = 1; break;
+        case 4: c->ip[0] = 2; c->ip[1] = 2; break;
+        default: return 0;
+      }
+      cf_in(c, V_STEP, S0);
+      c->fp[0] = 6e-4f;
+      c->fp[1] = 6e-5f;
+      cf_outsh(c, S0);
       return 1;
     default:
       return 0;
