@@ -958,7 +958,7 @@ static void layernorm_case(int64_t rows, int64_t C, float eps, uint64_t seed) {
   compare_ref(&c, dp, v[dp], DP, "layernorm_backward_params");
   /* the reference gradients against finite differences */
   double fp_, fm_, *tmp = dalloc(n);
-  for (int k = 0; k < 6; k++) {
+  for (int k = 0; k < (n ? 6 : 0); k++) {   /* no rows: dgamma, dbeta are zeros */
     int64_t i = (int64_t)(((uint64_t)k * 2654435761u + seed) % (uint64_t)n), j = i % C;
     double fd = FD(ln_loss(DY, X, G, Bb, rows, C, eps, tmp), X, i, 1e-5);
     cr_assert(fabs(fd - DX[i]) <= 1e-6 + 1e-6 * fabs(fd), "dx[%lld]: fd %.9g, ref %.9g",
@@ -981,7 +981,7 @@ Test(vulkan, layernorm_forward_and_backward) {
   /* C from 1 to past the 256-thread workgroup; rows past the 32-row chunk
    * of the parameter gradient (one chunk, several, a partial last one) */
   static const int64_t shapes[][2] = {{1, 1}, {3, 5}, {1, 32}, {17, 33}, {65, 3},
-                                      {7, 300}, {130, 64}, {96, 1000}};
+                                      {7, 300}, {130, 64}, {96, 1000}, {0, 5}};
   for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
     layernorm_case(shapes[i][0], shapes[i][1], i % 2 ? 1e-5f : 1e-3f, i);
 }
@@ -1193,6 +1193,7 @@ Test(vulkan, attention_refusals) {
       {{1, 4, 6}, {1, 4, 2}, 3, 1, KILN_INVALID_ARGUMENT, "divide C = 2"},
       {{1, 4, 6}, {1, 4, 2}, 1, 2, KILN_INVALID_ARGUMENT, "causal ip[1] = 2"},
       {{1, 4, 6}, {1, 5, 2}, 1, 1, KILN_SHAPE_MISMATCH, "[1, 4, 2]"},
+      {{1, 2, 771}, {1, 2, 257}, 1, 1, KILN_UNSUPPORTED, "D = C / H = 257 exceeds 256"},
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     ph_graph g;
