@@ -284,8 +284,10 @@ Test(vulkan, op_support_claims_only_implemented_ops) {
     cr_assert_eq(vk.api->op_support(0, all[i], KILN_F32), 1, "op %u", all[i]);
     cr_assert_eq(vk.api->op_support(0, all[i], KILN_F16), 0, "op %u on f16", all[i]);
   }
-  /* and the sequence-model ops */
+  /* and the sequence-model and transformer ops */
   for (uint32_t op = KILN_OP_EMBEDDING; op <= KILN_OP_ASSIGN; op++)
+    cr_assert_eq(vk.api->op_support(0, op, KILN_F32), 1, "op %u", op);
+  for (uint32_t op = KILN_OP_LAYERNORM; op <= KILN_OP_LR_SCHEDULE; op++)
     cr_assert_eq(vk.api->op_support(0, op, KILN_F32), 1, "op %u", op);
   cr_assert_eq(vk.api->op_support(0, KILN_OP_NONE, KILN_F32), 0);
   cr_assert_eq(vk.api->op_support(0, 5, KILN_F32), 0);      /* a gap in the numbering */
@@ -809,6 +811,438 @@ Test(vulkan, adam_and_increment) {
              v, step);
       run_case(&c);
     }
+}
+
+/* ---- transformers ------------------------------------------------------------ */
+
+/* Each case below is checked against a double-precision reference written
+ * here (itself checked against central finite differences where it is a
+ * gradient) and against the CPU plugin (run_case), within one bound per
+ * test:
+ *   layernorm, its backward:         atol 1e-5, rtol 1e-4 (float row statistics)
+ *   layernorm_backward_params (R rows summed): atol 1e-6 * R, rtol 1e-4
+ *   gelu, gelu_backward:             atol 1e-6, rtol 1e-5 (erfc fit < 1.2e-7)
+ *   attention:                       atol 1e-5, rtol 1e-4
+ *   attention_backward (T terms):    atol 1e-6 * T + 1e-5, rtol 1e-4
+ *   lr_schedule:                     atol 1e-6 * max_lr, rtol 1e-5 */
+
+/* Runs c once on Vulkan alone; returns every tensor as read back (inputs as
+ * written). Free with free_all(). */
+static float **vk_run(const tcase *c) {
+  ph_graph *g = malloc(sizeof *g);
+  float **t = calloc((size_t)c->nt, sizeof *t);
+  cr_assert(g && t);
+  build(c, &vk, g);
+  cr_assert_eq(ph_compile(g), KILN_OK, "vulkan compile: %s", ph_error());
+  for (int i = 0; i < c->nt; i++) {
+    if (c->t[i].alias >= 0) continue;
+    void *d = random_data(c, i);
+    cr_assert_eq(ph_write(g, i, d), KILN_OK, "vulkan write: %s", ph_error());
+    free(d);
+  }
+  cr_assert_eq(ph_run(g), KILN_OK, "vulkan run: %s", ph_error());
+  for (int i = 0; i < c->nt; i++) {
+    int64_t n = numel_of(&c->t[i]);
+    t[i] = malloc((size_t)(n ? n : 1) * 4);
+    cr_assert_not_null(t[i]);
+    cr_assert_eq(ph_read(g, i, t[i]), KILN_OK, "vulkan read: %s", ph_error());
+  }
+  ph_graph_free(g);
+  free(g);
+  return t;
+}
+
+static void free_all(const tcase *c, float **t) {
+  for (int i = 0; i < c->nt; i++) free(t[i]);
+  free(t);
+}
+
+static void compare_ref(const tcase *c, int i, const float *v, const double *r, const char *what) {
+  int64_t n = numel_of(&c->t[i]);
+  for (int64_t k = 0; k < n; k++) {
+    double err = fabs((double)v[k] - r[k]), bound = c->atol + c->rtol * fabs(r[k]);
+    cr_assert(err <= bound,
+              "%s: tensor %d [%lld] of %lld: vulkan %.9g, double reference %.9g, |diff| %.3g > "
+              "bound %.3g",
+              what, i, (long long)k, (long long)n, (double)v[k], r[k], err, bound);
+  }
+}
+
+static double *dalloc(int64_t n) {
+  double *d = calloc((size_t)(n ? n : 1), sizeof *d);
+  cr_assert_not_null(d);
+  return d;
+}
+
+/* central finite difference of f at x[k] (x restored), step h */
+#define FD(f, x, k, h) \
+  ((x)[k] += (h), fp_ = (f), (x)[k] -= 2 * (h), fm_ = (f), (x)[k] += (h), (fp_ - fm_) / (2 * (h)))
+
+/* y = layernorm(x) [rows, C]; optionally the mean and rstd per row */
+static void ref_layernorm(const double *x, const double *g, const double *b, int64_t rows,
+                          int64_t C, double eps, double *y) {
+  for (int64_t r = 0; r < rows; r++) {
+    const double *xr = x + r * C;
+    double m = 0, v = 0;
+    for (int64_t c = 0; c < C; c++) m += xr[c];
+    m /= (double)C;
+    for (int64_t c = 0; c < C; c++) v += (xr[c] - m) * (xr[c] - m);
+    double rstd = 1.0 / sqrt(v / (double)C + eps);
+    for (int64_t c = 0; c < C; c++) y[r * C + c] = (xr[c] - m) * rstd * g[c] + b[c];
+  }
+}
+
+/* L = sum(dy * layernorm(x)), for finite differences */
+static double ln_loss(const double *dy, const double *x, const double *g, const double *b,
+                      int64_t rows, int64_t C, double eps, double *tmp) {
+  ref_layernorm(x, g, b, rows, C, eps, tmp);
+  double L = 0;
+  for (int64_t k = 0; k < rows * C; k++) L += dy[k] * tmp[k];
+  return L;
+}
+
+/* dx [rows, C] and dparams [2, C] of L = sum(dy * layernorm(x)) */
+static void ref_layernorm_backward(const double *dy, const double *x, const double *g,
+                                   int64_t rows, int64_t C, double eps, double *dx, double *dp) {
+  for (int64_t c = 0; c < 2 * C; c++) dp[c] = 0;
+  for (int64_t r = 0; r < rows; r++) {
+    const double *xr = x + r * C, *gr = dy + r * C;
+    double m = 0, v = 0, sg = 0, sgx = 0;
+    for (int64_t c = 0; c < C; c++) m += xr[c];
+    m /= (double)C;
+    for (int64_t c = 0; c < C; c++) v += (xr[c] - m) * (xr[c] - m);
+    double rstd = 1.0 / sqrt(v / (double)C + eps);
+    for (int64_t c = 0; c < C; c++) {
+      double xh = (xr[c] - m) * rstd;
+      sg += gr[c] * g[c];
+      sgx += gr[c] * g[c] * xh;
+      dp[c] += gr[c] * xh;
+      dp[C + c] += gr[c];
+    }
+    sg /= (double)C;
+    sgx /= (double)C;
+    for (int64_t c = 0; c < C; c++)
+      dx[r * C + c] = rstd * (gr[c] * g[c] - sg - (xr[c] - m) * rstd * sgx);
+  }
+}
+
+static double *to_double(const float *f, int64_t n) {
+  double *d = dalloc(n);
+  for (int64_t k = 0; k < n; k++) d[k] = f[k];
+  return d;
+}
+
+static void layernorm_case(int64_t rows, int64_t C, float eps, uint64_t seed) {
+  tcase c;
+  case_init(&c, 1e-5, 1e-4);
+  c.seed = seed;
+  int x = T(&c, KILN_F32, SH(rows, C), -2.0f, 3.0f);
+  int g = T(&c, KILN_F32, SH(C), 0.5f, 1.5f);
+  int b = F(&c, C);
+  int y = F(&c, rows, C);
+  int dy = F(&c, rows, C);
+  int dx = F(&c, rows, C);
+  int dp = F(&c, 2, C);
+  NODE(&c, KILN_OP_LAYERNORM, y, NULL, FP(eps), x, g, b);
+  NODE(&c, KILN_OP_LAYERNORM_BACKWARD, dx, NULL, FP(eps), dy, x, g);
+  NODE(&c, KILN_OP_LAYERNORM_BACKWARD_PARAMS, dp, NULL, FP(eps), dy, x);
+  float **v = vk_run(&c);
+  int64_t n = rows * C;
+  double *X = to_double(v[x], n), *G = to_double(v[g], C), *Bb = to_double(v[b], C);
+  double *DY = to_double(v[dy], n), *Y = dalloc(n), *DX = dalloc(n), *DP = dalloc(2 * C);
+  ref_layernorm(X, G, Bb, rows, C, eps, Y);
+  ref_layernorm_backward(DY, X, G, rows, C, eps, DX, DP);
+  compare_ref(&c, y, v[y], Y, "layernorm");
+  compare_ref(&c, dx, v[dx], DX, "layernorm_backward");
+  c.atol = 1e-6 * (double)rows;
+  compare_ref(&c, dp, v[dp], DP, "layernorm_backward_params");
+  /* the reference gradients against finite differences */
+  double fp_, fm_, *tmp = dalloc(n);
+  for (int k = 0; k < (n ? 6 : 0); k++) {   /* no rows: dgamma, dbeta are zeros */
+    int64_t i = (int64_t)(((uint64_t)k * 2654435761u + seed) % (uint64_t)n), j = i % C;
+    double fd = FD(ln_loss(DY, X, G, Bb, rows, C, eps, tmp), X, i, 1e-5);
+    cr_assert(fabs(fd - DX[i]) <= 1e-6 + 1e-6 * fabs(fd), "dx[%lld]: fd %.9g, ref %.9g",
+              (long long)i, fd, DX[i]);
+    fd = FD(ln_loss(DY, X, G, Bb, rows, C, eps, tmp), G, j, 1e-5);
+    cr_assert(fabs(fd - DP[j]) <= 1e-6 * (double)rows, "dgamma[%lld]: fd %.9g, ref %.9g",
+              (long long)j, fd, DP[j]);
+    fd = FD(ln_loss(DY, X, G, Bb, rows, C, eps, tmp), Bb, j, 1e-5);
+    cr_assert(fabs(fd - DP[C + j]) <= 1e-6 * (double)rows, "dbeta[%lld]: fd %.9g, ref %.9g",
+              (long long)j, fd, DP[C + j]);
+  }
+  free(tmp);
+  free(X), free(G), free(Bb), free(DY), free(Y), free(DX), free(DP);
+  free_all(&c, v);
+  c.atol = 1e-5;
+  run_case(&c);
+}
+
+Test(vulkan, layernorm_forward_and_backward) {
+  /* C from 1 to past the 256-thread workgroup; rows past the 32-row chunk
+   * of the parameter gradient (one chunk, several, a partial last one) */
+  static const int64_t shapes[][2] = {{1, 1}, {3, 5}, {1, 32}, {17, 33}, {65, 3},
+                                      {7, 300}, {130, 64}, {96, 1000}, {0, 5}};
+  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+    layernorm_case(shapes[i][0], shapes[i][1], i % 2 ? 1e-5f : 1e-3f, i);
+}
+
+static double ref_gelu(double x, int approx) {
+  if (!approx) return 0.5 * x * (1 + erf(x / sqrt(2.0)));
+  return 0.5 * x * (1 + tanh(sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
+}
+
+static double ref_gelu_grad(double x, int approx) {
+  if (!approx) return 0.5 * (1 + erf(x / sqrt(2.0))) + x * exp(-0.5 * x * x) / sqrt(2 * M_PI);
+  double k = sqrt(2 / M_PI), t = tanh(k * (x + 0.044715 * x * x * x));
+  return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * 0.044715 * x * x);
+}
+
+Test(vulkan, gelu_forward_and_backward) {
+  static const int64_t sizes[] = {1, 1001, 65537};
+  for (int approx = 0; approx < 2; approx++)
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+      tcase c;
+      case_init(&c, 1e-6, 1e-5);
+      c.seed = (uint64_t)(approx * 3) + s;
+      int64_t n = sizes[s];
+      int x = T(&c, KILN_F32, SH(n), -8.0f, 8.0f);   /* both tails and the middle */
+      int y = F(&c, n);
+      int dy = F(&c, n);
+      int dx = F(&c, n);
+      int xi = T(&c, KILN_F32, SH(n), -4.0f, 4.0f);   /* in place: y over x */
+      NODE(&c, KILN_OP_GELU, y, IP(approx), NULL, x);
+      NODE(&c, KILN_OP_GELU_BACKWARD, dx, IP(approx), NULL, dy, x);
+      NODE(&c, KILN_OP_GELU, xi, IP(approx), NULL, xi);
+      float **v = vk_run(&c);
+      float *xin = random_data(&c, xi);
+      double *Y = dalloc(n), *DX = dalloc(n), *YI = dalloc(n), fp_, fm_;
+      for (int64_t k = 0; k < n; k++) {
+        double X = v[x][k];
+        Y[k] = ref_gelu(X, approx);
+        DX[k] = v[dy][k] * ref_gelu_grad(X, approx);
+        YI[k] = ref_gelu(xin[k], approx);
+        if (k % 97 == 0) {   /* the reference derivative against finite differences */
+          double fd = FD(ref_gelu(X, approx), &X, 0, 1e-6);
+          cr_assert(fabs(fd - ref_gelu_grad(X, approx)) <= 1e-8, "gelu'(%g): fd %.12g, ref %.12g",
+                    X, fd, ref_gelu_grad(X, approx));
+        }
+      }
+      compare_ref(&c, y, v[y], Y, "gelu");
+      compare_ref(&c, dx, v[dx], DX, "gelu_backward");
+      compare_ref(&c, xi, v[xi], YI, "gelu in place");
+      free(Y), free(DX), free(YI), free(xin);
+      free_all(&c, v);
+      run_case(&c);
+    }
+}
+
+/* y [B, T, C] = attention(qkv [B, T, 3C]) in double, with the full P matrix */
+typedef struct attn_dims {
+  int64_t B, T, C, H;
+  int causal;
+  double scale;
+} attn_dims;
+
+static void ref_attention(const attn_dims *a, const double *qkv, double *y, double *P) {
+  int64_t B = a->B, Tn = a->T, C = a->C, H = a->H, D = C / H;
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h = 0; h < H; h++)
+      for (int64_t t = 0; t < Tn; t++) {
+        const double *q = qkv + (b * Tn + t) * 3 * C + h * D;
+        double *p = P + ((b * H + h) * Tn + t) * Tn, m = -INFINITY, sum = 0;
+        int64_t send = a->causal ? t + 1 : Tn;
+        for (int64_t s = 0; s < send; s++) {
+          const double *k = qkv + (b * Tn + s) * 3 * C + C + h * D;
+          double dot = 0;
+          for (int64_t d = 0; d < D; d++) dot += q[d] * k[d];
+          p[s] = a->scale * dot;
+          if (p[s] > m) m = p[s];
+        }
+        for (int64_t s = 0; s < send; s++) sum += (p[s] = exp(p[s] - m));
+        for (int64_t s = 0; s < Tn; s++) p[s] = s < send ? p[s] / sum : 0;
+        for (int64_t d = 0; d < D; d++) {
+          double acc = 0;
+          for (int64_t s = 0; s < send; s++)
+            acc += p[s] * qkv[(b * Tn + s) * 3 * C + 2 * C + h * D + d];
+          y[(b * Tn + t) * C + h * D + d] = acc;
+        }
+      }
+}
+
+static double attn_loss(const attn_dims *a, const double *dy, const double *qkv, double *y,
+                        double *P) {
+  ref_attention(a, qkv, y, P);
+  double L = 0;
+  for (int64_t k = 0; k < a->B * a->T * a->C; k++) L += dy[k] * y[k];
+  return L;
+}
+
+/* dqkv of L = sum(dy * y), given P from ref_attention */
+static void ref_attention_backward(const attn_dims *a, const double *dy, const double *qkv,
+                                   const double *P, double *dqkv) {
+  int64_t B = a->B, Tn = a->T, C = a->C, H = a->H, D = C / H;
+  double *dp = dalloc(Tn);
+  for (int64_t k = 0; k < B * Tn * 3 * C; k++) dqkv[k] = 0;
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h = 0; h < H; h++)
+      for (int64_t t = 0; t < Tn; t++) {
+        const double *p = P + ((b * H + h) * Tn + t) * Tn, *g = dy + (b * Tn + t) * C + h * D;
+        double dot_pdp = 0;
+        for (int64_t s = 0; s < Tn; s++) {
+          const double *v = qkv + (b * Tn + s) * 3 * C + 2 * C + h * D;
+          dp[s] = 0;
+          for (int64_t d = 0; d < D; d++) dp[s] += g[d] * v[d];
+          dot_pdp += p[s] * dp[s];
+          for (int64_t d = 0; d < D; d++) dqkv[(b * Tn + s) * 3 * C + 2 * C + h * D + d] += p[s] * g[d];
+        }
+        for (int64_t s = 0; s < Tn; s++) {
+          double ds = p[s] * (dp[s] - dot_pdp) * a->scale;
+          for (int64_t d = 0; d < D; d++) {
+            dqkv[(b * Tn + t) * 3 * C + h * D + d] += ds * qkv[(b * Tn + s) * 3 * C + C + h * D + d];
+            dqkv[(b * Tn + s) * 3 * C + C + h * D + d] += ds * qkv[(b * Tn + t) * 3 * C + h * D + d];
+          }
+        }
+      }
+  free(dp);
+}
+
+/* attention and its backward on one graph (the backward reads the forward's
+ * y, as a training graph does), against the double reference and the CPU */
+static void attention_case(int64_t B, int64_t Tn, int64_t C, int64_t H, int causal, float scale,
+                           int n_fd, uint64_t seed) {
+  tcase c;
+  case_init(&c, 1e-5, 1e-4);
+  c.seed = seed;
+  int qkv = T(&c, KILN_F32, SH(B, Tn, 3 * C), -2.0f, 2.0f);
+  int y = F(&c, B, Tn, C);
+  int dy = F(&c, B, Tn, C);
+  int dqkv = F(&c, B, Tn, 3 * C);
+  NODE(&c, KILN_OP_ATTENTION, y, IP(H, causal), FP(scale), qkv);
+  NODE(&c, KILN_OP_ATTENTION_BACKWARD, dqkv, IP(H, causal), FP(scale), dy, qkv, y);
+  float **v = vk_run(&c);
+  attn_dims a = {B, Tn, C, H, causal, scale != 0.0f ? scale : 1.0 / sqrt((double)(C / H))};
+  int64_t n3 = B * Tn * 3 * C, n1 = B * Tn * C;
+  double *QKV = to_double(v[qkv], n3), *DY = to_double(v[dy], n1), *Y = dalloc(n1);
+  double *P = dalloc(B * H * Tn * Tn), *DQKV = dalloc(n3);
+  ref_attention(&a, QKV, Y, P);
+  ref_attention_backward(&a, DY, QKV, P, DQKV);
+  char what[96];
+  snprintf(what, sizeof what, "attention B %lld T %lld C %lld H %lld causal %d",
+           (long long)B, (long long)Tn, (long long)C, (long long)H, causal);
+  compare_ref(&c, y, v[y], Y, what);
+  c.atol = 1e-6 * (double)Tn + 1e-5;
+  compare_ref(&c, dqkv, v[dqkv], DQKV, what);
+  /* the reference gradient against finite differences */
+  double fp_, fm_, *tmpy = dalloc(n1);
+  for (int k = 0; k < n_fd; k++) {
+    int64_t i = (int64_t)(((uint64_t)k * 2654435761u + seed) % (uint64_t)n3);
+    double fd = FD(attn_loss(&a, DY, QKV, tmpy, P), QKV, i, 1e-5);
+    cr_assert(fabs(fd - DQKV[i]) <= 1e-7 + 1e-6 * fabs(fd), "%s: dqkv[%lld]: fd %.9g, ref %.9g",
+              what, (long long)i, fd, DQKV[i]);
+  }
+  free(tmpy), free(QKV), free(DY), free(Y), free(P), free(DQKV);
+  free_all(&c, v);
+  c.atol = 1e-5;
+  run_case(&c);
+}
+
+Test(vulkan, attention_forward_and_backward) {
+  /* T = 1, odd, and past one and two 32-row tiles; head sizes 3, 5 and 32;
+   * 1, 2 and 4 heads; causal and not; the default and a given scale. Head
+   * size 32 (a GPT's) only causal: each head size is a pipeline, and
+   * lavapipe takes seconds to compile one with D = 32 (registers unrolled). */
+  attention_case(1, 1, 3, 1, 1, 0.0f, 9, 1);
+  attention_case(2, 17, 6, 2, 1, 0.0f, 12, 2);
+  attention_case(1, 17, 12, 4, 0, 0.7f, 12, 3);
+  attention_case(1, 65, 20, 4, 0, 0.0f, 8, 4);
+  attention_case(2, 65, 64, 2, 1, 0.0f, 8, 5);
+  attention_case(1, 130, 32, 1, 1, 0.0f, 4, 6);
+  attention_case(3, 130, 128, 4, 1, 0.0f, 2, 7);   /* large-ish */
+}
+
+Test(vulkan, attention_every_tile_edge) {
+  /* the tile (rows, and threads per workgroup) forced through
+   * $KILN_VK_ATTENTION_TILE: 1-row tiles, odd ones that divide no T here,
+   * and tiles larger than T */
+  static const char *tiles[] = {"1", "5", "64"};
+  for (size_t t = 0; t < sizeof tiles / sizeof tiles[0]; t++) {
+    setenv("KILN_VK_ATTENTION_TILE", tiles[t], 1);
+    if (t != 0) attention_case(2, 17, 6, 2, 1, 0.0f, 0, 10 + t);
+    if (t != 2) attention_case(1, 33, 12, 4, 0, 0.0f, 0, 20 + t);
+  }
+  setenv("KILN_VK_ATTENTION_TILE", "0", 1);
+  ph_graph g;
+  ph_graph_init(&g, &vk);
+  int qkv = ph_tensor(&g, KILN_F32, 3, (int64_t[]){1, 4, 6});
+  int y = ph_tensor(&g, KILN_F32, 3, (int64_t[]){1, 4, 2});
+  ph_node(&g, KILN_OP_ATTENTION, 1, (int[]){qkv}, y, IP(1, 1), NULL);
+  cr_assert_eq(ph_compile(&g), KILN_INVALID_ARGUMENT);
+  cr_assert_not_null(strstr(ph_error(), "KILN_VK_ATTENTION_TILE"), "%s", ph_error());
+  ph_graph_free(&g);
+  unsetenv("KILN_VK_ATTENTION_TILE");
+}
+
+Test(vulkan, attention_refusals) {
+  /* shapes and parameters the op cannot take name the problem */
+  static const struct {
+    int64_t qkv[3], y[3], H, causal;
+    kiln_status st;
+    const char *msg;
+  } bad[] = {
+      {{1, 4, 7}, {1, 4, 2}, 1, 1, KILN_SHAPE_MISMATCH, "[B, T, 3C]"},
+      {{1, 4, 6}, {1, 4, 2}, 3, 1, KILN_INVALID_ARGUMENT, "divide C = 2"},
+      {{1, 4, 6}, {1, 4, 2}, 1, 2, KILN_INVALID_ARGUMENT, "causal ip[1] = 2"},
+      {{1, 4, 6}, {1, 5, 2}, 1, 1, KILN_SHAPE_MISMATCH, "[1, 4, 2]"},
+      {{1, 2, 771}, {1, 2, 257}, 1, 1, KILN_UNSUPPORTED, "D = C / H = 257 exceeds 256"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    ph_graph g;
+    ph_graph_init(&g, &vk);
+    int qkv = ph_tensor(&g, KILN_F32, 3, bad[i].qkv);
+    int y = ph_tensor(&g, KILN_F32, 3, bad[i].y);
+    ph_node(&g, KILN_OP_ATTENTION, 1, (int[]){qkv}, y, IP(bad[i].H, bad[i].causal), NULL);
+    cr_assert_eq(ph_compile(&g), bad[i].st, "case %zu: %s", i, ph_error());
+    cr_assert_not_null(strstr(ph_error(), bad[i].msg), "case %zu: %s", i, ph_error());
+    cr_assert_not_null(strstr(ph_error(), "attention"), "case %zu: %s", i, ph_error());
+    ph_graph_free(&g);
+  }
+}
+
+static double ref_lr(double t, double max, double min, int64_t W, int64_t S) {
+  double i = t - 1;
+  if (i < (double)W) return max * (i + 1) / (double)(W + 1);
+  if (i > (double)S) return min;
+  double r = S == W ? 0 : (i - (double)W) / (double)(S - W);
+  return min + 0.5 * (1 + cos(M_PI * r)) * (max - min);
+}
+
+Test(vulkan, lr_schedule) {
+  /* every branch: warmup, its last step, the decay, its end, past it; and
+   * no warmup, and warmup == decay */
+  static const struct { int64_t W, S; float t; } cases[] = {
+      {10, 100, 1}, {10, 100, 10}, {10, 100, 11}, {10, 100, 12}, {10, 100, 57}, {10, 100, 101},
+      {10, 100, 102}, {10, 100, 5000}, {0, 50, 1}, {0, 50, 26}, {7, 7, 8}, {7, 7, 9}, {0, 0, 1}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    tcase c;
+    case_init(&c, 1e-6 * 6e-4, 1e-5);
+    int step = T(&c, KILN_F32, 0, NULL, cases[i].t, cases[i].t);
+    int lr = SCALAR(&c);
+    NODE(&c, KILN_OP_LR_SCHEDULE, lr, IP(cases[i].W, cases[i].S), FP(6e-4f, 6e-5f), step);
+    float **v = vk_run(&c);
+    cr_assert_eq(v[step][0], cases[i].t);
+    double want = ref_lr(cases[i].t, (double)6e-4f, (double)6e-5f, cases[i].W, cases[i].S);
+    compare_ref(&c, lr, v[lr], &want, "lr_schedule");
+    free_all(&c, v);
+    run_case(&c);
+  }
+  ph_graph g;
+  ph_graph_init(&g, &vk);
+  int s = ph_tensor(&g, KILN_F32, 0, NULL);
+  int y = ph_tensor(&g, KILN_F32, 0, NULL);
+  ph_node(&g, KILN_OP_LR_SCHEDULE, 1, (int[]){s}, y, IP(10, 5), FP(1e-3f, 1e-4f));
+  cr_assert_eq(ph_compile(&g), KILN_INVALID_ARGUMENT);
+  cr_assert_not_null(strstr(ph_error(), "lr_schedule"), "%s", ph_error());
+  ph_graph_free(&g);
 }
 
 /* ---- graphs: record once, run many; barriers; offsets ------------------------ */

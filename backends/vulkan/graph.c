@@ -96,6 +96,15 @@ static const kvk_op_desc kvk_ops[KILN_OP_COUNT_] = {
     [KILN_OP_DROPOUT] = {"dropout", 2, 2, kvk_seq_plan, 0, 0},
     [KILN_OP_CLIP_COEF] = {"clip_coef", 1, 1, kvk_seq_plan, 0, 0},
     [KILN_OP_ASSIGN] = {"assign", 2, 2, kvk_seq_plan, 0, 1},
+    [KILN_OP_LAYERNORM] = {"layernorm", 3, 3, kvk_transformer_plan, 0, 0},
+    [KILN_OP_LAYERNORM_BACKWARD] = {"layernorm_backward", 3, 3, kvk_transformer_plan, 0, 0},
+    [KILN_OP_LAYERNORM_BACKWARD_PARAMS] = {"layernorm_backward_params", 2, 2, kvk_transformer_plan,
+                                           0, 0},
+    [KILN_OP_GELU] = {"gelu", 1, 1, kvk_transformer_plan, 1, 0},
+    [KILN_OP_GELU_BACKWARD] = {"gelu_backward", 2, 2, kvk_transformer_plan, 1, 0},
+    [KILN_OP_ATTENTION] = {"attention", 1, 1, kvk_transformer_plan, 0, 0},
+    [KILN_OP_ATTENTION_BACKWARD] = {"attention_backward", 3, 3, kvk_transformer_plan, 0, 0},
+    [KILN_OP_LR_SCHEDULE] = {"lr_schedule", 1, 1, kvk_transformer_plan, 0, 0},
 };
 #undef EW
 

@@ -34,6 +34,12 @@ SHADER_(conv2d)
 SHADER_(conv2d_input)
 SHADER_(pool2d)
 SHADER_(seq)
+SHADER_(layernorm)
+SHADER_(layernorm_params)
+SHADER_(gelu)
+SHADER_(attention)
+SHADER_(attention_backward)
+SHADER_(lr_schedule)
 #undef SHADER_
 
 typedef struct shader_desc {
@@ -61,6 +67,12 @@ static const shader_desc shaders[KVK_SHADER_COUNT] = {
     S_(KVK_SHADER_CONV2D_INPUT, conv2d_input, 3),
     S_(KVK_SHADER_POOL2D, pool2d, 3),
     S_(KVK_SHADER_SEQ, seq, 3),
+    S_(KVK_SHADER_LAYERNORM, layernorm, 4),
+    S_(KVK_SHADER_LAYERNORM_PARAMS, layernorm_params, 3),
+    S_(KVK_SHADER_GELU, gelu, 3),
+    S_(KVK_SHADER_ATTENTION, attention, 2),
+    S_(KVK_SHADER_ATTENTION_BACKWARD, attention_backward, 5),
+    S_(KVK_SHADER_LR_SCHEDULE, lr_schedule, 2),
 };
 #undef S_
 

@@ -97,6 +97,12 @@ typedef enum kvk_shader {
   KVK_SHADER_CONV2D_INPUT,
   KVK_SHADER_POOL2D,
   KVK_SHADER_SEQ,
+  KVK_SHADER_LAYERNORM,
+  KVK_SHADER_LAYERNORM_PARAMS,
+  KVK_SHADER_GELU,
+  KVK_SHADER_ATTENTION,
+  KVK_SHADER_ATTENTION_BACKWARD,
+  KVK_SHADER_LR_SCHEDULE,
   KVK_SHADER_COUNT
 } kvk_shader;
 
@@ -255,6 +261,7 @@ kiln_status kvk_optim_plan(kvk_plan *p, int index, const kvk_node *n);        /*
 kiln_status kvk_conv_plan(kvk_plan *p, int index, const kvk_node *n);         /* ops_conv.c */
 kiln_status kvk_pool_plan(kvk_plan *p, int index, const kvk_node *n);         /* ops_conv.c */
 kiln_status kvk_seq_plan(kvk_plan *p, int index, const kvk_node *n);          /* ops_seq.c */
+kiln_status kvk_transformer_plan(kvk_plan *p, int index, const kvk_node *n);  /* ops_transformer.c */
 
 /* graph.c: the plugin table members. */
 int kvk_op_supported(uint32_t op);
