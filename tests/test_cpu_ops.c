@@ -265,6 +265,31 @@ static void t_unary(void) {
     for (size_t j = 0; j < sizeof shapes / sizeof shapes[0]; j++) check_unary(ops[i], shapes[j]);
 }
 
+/* tanh and sigmoid over their whole range (the CPU plugin computes them
+ * with its own vector code, not libm): a sweep of [-100, 100], the points
+ * where the formulas switch, tiny, huge and non-finite inputs. Bound: 6e-7
+ * relative (a few ulp) plus 1e-37 absolute (sigmoid far below -87 gives
+ * about 1e-38 where the exact value is smaller still). */
+static void t_tanh_sigmoid_range(void) {
+  static const float special[] = {0.0f, -0.0f, 1e-30f, -1e-30f, 1e-6f, -3e-4f, 0.625f, -0.625f,
+                                  0.62499994f, 0.62500006f, 44.0f, -44.0f, 87.0f, -87.0f, 88.5f,
+                                  -88.5f, 200.0f, -200.0f, 3e38f, -3e38f, INFINITY, -INFINITY, NAN};
+  int64_t ns = (int64_t)(sizeof special / sizeof special[0]), n = 200001 + ns;
+  float *x = malloc((size_t)n * sizeof *x), *y = malloc((size_t)n * sizeof *y);
+  double *ref = malloc((size_t)n * sizeof *ref);
+  for (int64_t i = 0; i < 200001; i++) x[i] = (float)((double)(i - 100000) * 1e-3);
+  memcpy(x + 200001, special, sizeof special);
+  shp s = SHP(n);
+  for (int k = 0; k < 2; k++) {
+    uint32_t op = k ? KILN_OP_SIGMOID : KILN_OP_TANH;
+    run_ok(op, 1, (tin[]){F32IN(s, x)}, s, y, NULL, NULL);
+    for (int64_t i = 0; i < n; i++) ref[i] = ref_unary(op, x[i], 0.0f, NULL);
+    check_close(k ? "sigmoid range" : "tanh range", y, ref, NULL, n, 6e-7, 1e-37);
+    cr_assert(isnan(y[n - 1]), "%s(NaN) = %g, want NaN", k ? "sigmoid" : "tanh", (double)y[n - 1]);
+  }
+  free(x), free(y), free(ref);
+}
+
 static void t_fill(void) {
   shp shapes[] = {SCALAR, SHP(1), SHP(7, 3), SHP(40000)};
   for (size_t j = 0; j < 4; j++) {
@@ -1069,6 +1094,7 @@ Test(determinism, same_bits_for_1_2_and_3_threads) {
   OP_TEST(suite, binary_broadcast, t_binary, opener)                \
   OP_TEST(suite, unary_and_helpers, t_unary, opener)                \
   OP_TEST(suite, fill, t_fill, opener)                              \
+  OP_TEST(suite, tanh_sigmoid_range, t_tanh_sigmoid_range, opener)  \
   OP_TEST(suite, matmul, t_matmul, opener)                          \
   OP_TEST(suite, sum_mean, t_reduce, opener)                        \
   OP_TEST(suite, expand, t_expand, opener)                          \
