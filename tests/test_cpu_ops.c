@@ -775,6 +775,79 @@ static void t_graphs(void) {
   ph_graph_free(&g);
 }
 
+/* Matmuls that multiply one B share a packing of it per run (plugin.c):
+ * y1 = x1 @ W^T and y2 = x2 @ W^T share; SGD then writes W, so y3 and y4
+ * (x1 again) must see the new W; u = x2 @ W (not transposed) is packed on
+ * its own. K = 500 is two K blocks and N = 40 pads the last sliver. Two runs
+ * with different W: the packing is redone every run. Each output must equal
+ * a one-node graph of the same product bit for bit. */
+/* y = x [M, K] @ w^T (tb = 1) or x [M, N] @ w (tb = 0), w [N, K] (with
+ * t_shared_b's N and K), as a graph of that node alone. */
+static void mm_alone(const float *x, int64_t M, const float *w, int tb, float *y) {
+  enum { K = 500, N = 40 };
+  ph_graph g;
+  ph_graph_init(&g, &P);
+  int tx = ph_tensor(&g, KILN_F32, 2, (int64_t[]){M, tb ? K : N});
+  int tw = ph_tensor(&g, KILN_F32, 2, (int64_t[]){N, K});
+  int ty = ph_tensor(&g, KILN_F32, 2, (int64_t[]){M, tb ? N : K});
+  ph_node(&g, KILN_OP_MATMUL, 2, (int[]){tx, tw}, ty, (int64_t[8]){0, tb}, NULL);
+  cr_assert_eq(ph_compile(&g), KILN_OK, "%s", ph_error());
+  cr_assert_eq(ph_write(&g, tx, x), KILN_OK);
+  cr_assert_eq(ph_write(&g, tw, w), KILN_OK);
+  cr_assert_eq(ph_run(&g), KILN_OK);
+  cr_assert_eq(ph_read(&g, ty, y), KILN_OK);
+  ph_graph_free(&g);
+}
+
+static void t_shared_b(void) {
+  enum { K = 500, N = 40, M1 = 5, M2 = 7 };
+  ph_graph g;
+  ph_graph_init(&g, &P);
+  int w = ph_tensor(&g, KILN_F32, 2, (int64_t[]){N, K});
+  int gw = ph_tensor(&g, KILN_F32, 2, (int64_t[]){N, K});
+  int x1 = ph_tensor(&g, KILN_F32, 2, (int64_t[]){M1, K});
+  int x2 = ph_tensor(&g, KILN_F32, 2, (int64_t[]){M2, K});
+  int x3 = ph_tensor(&g, KILN_F32, 2, (int64_t[]){M2, N});
+  int y[4], u = ph_tensor(&g, KILN_F32, 2, (int64_t[]){M2, K});
+  int64_t rows[4] = {M1, M2, M2, M1};
+  for (int i = 0; i < 4; i++) y[i] = ph_tensor(&g, KILN_F32, 2, (int64_t[]){rows[i], N});
+  int64_t tb[8] = {0, 1};
+  ph_node(&g, KILN_OP_MATMUL, 2, (int[]){x1, w}, y[0], tb, NULL);
+  ph_node(&g, KILN_OP_MATMUL, 2, (int[]){x3, w}, u, NULL, NULL);
+  ph_node(&g, KILN_OP_MATMUL, 2, (int[]){x2, w}, y[1], tb, NULL);
+  ph_node(&g, KILN_OP_SGD, 2, (int[]){w, gw}, w, NULL, (float[8]){0.5f});
+  ph_node(&g, KILN_OP_MATMUL, 2, (int[]){x2, w}, y[2], tb, NULL);
+  ph_node(&g, KILN_OP_MATMUL, 2, (int[]){x1, w}, y[3], tb, NULL);
+  cr_assert_eq(ph_compile(&g), KILN_OK, "%s", ph_error());
+  float *xf1 = rnd(M1 * K, 31, -1, 1), *xf2 = rnd(M2 * K, 32, -1, 1), *xf3 = rnd(M2 * N, 33, -1, 1);
+  float *gf = rnd(N * K, 34, -1, 1), *w2 = malloc(N * K * sizeof *w2);
+  float *got = malloc(M2 * K * sizeof *got), *want = malloc(M2 * K * sizeof *want);
+  for (int rep = 0; rep < 2; rep++) {
+    float *wf = rnd(N * K, 35 + (uint64_t)rep, -1, 1);
+    for (int i = 0; i < N * K; i++) w2[i] = wf[i] - 0.5f * gf[i];
+    cr_assert_eq(ph_write(&g, w, wf), KILN_OK);
+    cr_assert_eq(ph_write(&g, gw, gf), KILN_OK);
+    cr_assert_eq(ph_write(&g, x1, xf1), KILN_OK);
+    cr_assert_eq(ph_write(&g, x2, xf2), KILN_OK);
+    cr_assert_eq(ph_write(&g, x3, xf3), KILN_OK);
+    cr_assert_eq(ph_run(&g), KILN_OK);
+    const float *xs[4] = {xf1, xf2, xf2, xf1}, *ws[4] = {wf, wf, w2, w2};
+    for (int i = 0; i < 4; i++) {
+      mm_alone(xs[i], rows[i], ws[i], 1, want);
+      cr_assert_eq(ph_read(&g, y[i], got), KILN_OK);
+      cr_assert(memcmp(got, want, (size_t)(rows[i] * N) * sizeof *got) == 0,
+                "run %d: product %d differs from the same matmul alone (a stale shared packing?)",
+                rep + 1, i + 1);
+    }
+    mm_alone(xf3, M2, wf, 0, want);
+    cr_assert_eq(ph_read(&g, u, got), KILN_OK);
+    cr_assert(memcmp(got, want, (size_t)(M2 * K) * sizeof *got) == 0, "run %d: x3 @ W differs", rep + 1);
+    free(wf);
+  }
+  free(xf1), free(xf2), free(xf3), free(gf), free(w2), free(got), free(want);
+  ph_graph_free(&g);
+}
+
 /* Many small parallel jobs back to back: 60 nodes, each split across the
  * pool, run 50 times. A lost wake-up in the pool would hang here (ctest's
  * timeout then fails the test). */
@@ -1103,6 +1176,7 @@ Test(determinism, same_bits_for_1_2_and_3_threads) {
   OP_TEST(suite, transpose_reshape, t_layout, opener)               \
   OP_TEST(suite, optimizers, t_optim, opener)                       \
   OP_TEST(suite, graph_aliasing, t_graphs, opener)                  \
+  OP_TEST(suite, shared_packed_b, t_shared_b, opener)               \
   OP_TEST(suite, validation_ops, t_validation, opener)              \
   OP_TEST(suite, validation_optimizers, t_validation_optim, opener) \
   OP_TEST(suite, validation_tensors, t_validation_tensors, opener)  \
