@@ -211,28 +211,24 @@ static void binary(kcpu_pool *pool, const kcpu_node *n) {
  * included, goes through the same vector code, so a result does not depend
  * on where a thread's chunk starts. NaN in gives NaN out. */
 
-/* The helpers pass 32-byte vectors by value; they are always inlined into
- * tanh_sigmoid's clones, so the ABI that -Wpsabi warns about never applies. */
-#pragma GCC diagnostic ignored "-Wpsabi"
-#define EW_INLINE static inline __attribute__((always_inline))
-
 typedef float ew_v8 __attribute__((vector_size(32), aligned(32)));
 typedef int32_t ew_v8i __attribute__((vector_size(32), aligned(32)));
 
+/* The helpers take and return vectors through pointers: a 32-byte vector
+ * passed by value has an ABI that depends on the clone's ISA (-Wpsabi). */
+#define EW_INLINE static inline __attribute__((always_inline))
 /* m ? a : b per lane, m from a vector comparison (all ones or zeros). */
-EW_INLINE ew_v8 v8_select(ew_v8i m, ew_v8 a, ew_v8 b) {
-  return (ew_v8)(((ew_v8i)a & m) | ((ew_v8i)b & ~m));
-}
+#define V8_SELECT(m, a, b) ((ew_v8)(((ew_v8i)(a) & (m)) | ((ew_v8i)(b) & ~(m))))
+#define V8_SPLAT(v) ((ew_v8){(v), (v), (v), (v), (v), (v), (v), (v)})
 
-EW_INLINE ew_v8 v8_splat(float v) { return (ew_v8){v, v, v, v, v, v, v, v}; }
-
-/* exp(x); x is clamped to [-87, 88] (results from 1.6e-38 to 1.7e38), which
- * is all that sigmoid and tanh need. */
-EW_INLINE ew_v8 v8_exp(ew_v8 x) {
+/* *x = exp(*x); x is clamped to [-87, 88] (results from 1.6e-38 to 1.7e38),
+ * which is all that sigmoid and tanh need. */
+EW_INLINE void v8_exp(ew_v8 *px) {
+  ew_v8 x = *px;
   ew_v8i nan = x != x;
-  x = v8_select(nan, v8_splat(0.0f), x);
-  x = v8_select(x > 88.0f, v8_splat(88.0f), x);
-  x = v8_select(x < -87.0f, v8_splat(-87.0f), x);
+  x = V8_SELECT(nan, V8_SPLAT(0.0f), x);
+  x = V8_SELECT(x > 88.0f, V8_SPLAT(88.0f), x);
+  x = V8_SELECT(x < -87.0f, V8_SPLAT(-87.0f), x);
   /* n = round(x / ln 2) by the 1.5 * 2^23 trick; r = x - n ln 2 in two parts */
   ew_v8 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   ew_v8 r = x - n * 0.693359375f - n * -2.12194440e-4f;
@@ -244,20 +240,25 @@ EW_INLINE ew_v8 v8_exp(ew_v8 x) {
   p = p * r + 5.0000001201e-1f;
   p = p * z + r + 1.0f;
   ew_v8i e = (__builtin_convertvector(n, ew_v8i) + 127) << 23;   /* 2^n, n in [-126, 127] */
-  return p * (ew_v8)e;
+  *px = p * (ew_v8)e;
 }
 
-EW_INLINE ew_v8 v8_sigmoid(ew_v8 x) {
-  ew_v8 y = 1.0f / (1.0f + v8_exp(-x));
-  return v8_select(x != x, x, y);
+EW_INLINE void v8_sigmoid(ew_v8 *px) {
+  ew_v8 x = *px, e = -x;
+  v8_exp(&e);
+  ew_v8 y = 1.0f / (1.0f + e);
+  *px = V8_SELECT(x != x, x, y);
 }
 
 /* Cephes tanhf: an odd polynomial below |x| = 0.625, 1 - 2 / (exp(2|x|) + 1)
  * with x's sign above. */
-EW_INLINE ew_v8 v8_tanh(ew_v8 x) {
+EW_INLINE void v8_tanh(ew_v8 *px) {
+  ew_v8 x = *px;
   ew_v8i sign = (ew_v8i)x & (int32_t)0x80000000;
   ew_v8 ax = (ew_v8)((ew_v8i)x & 0x7fffffff);
-  ew_v8 big = 1.0f - 2.0f / (v8_exp(ax + ax) + 1.0f);
+  ew_v8 e = ax + ax;
+  v8_exp(&e);
+  ew_v8 big = 1.0f - 2.0f / (e + 1.0f);
   big = (ew_v8)((ew_v8i)big | sign);
   ew_v8 z = x * x;
   ew_v8 p = -5.70498872745e-3f * z + 2.06390887954e-2f;
@@ -265,7 +266,7 @@ EW_INLINE ew_v8 v8_tanh(ew_v8 x) {
   p = p * z + 1.33314422036e-1f;
   p = p * z - 3.33332819422e-1f;
   ew_v8 small = p * z * x + x;
-  return v8_select(ax > 0.625f, big, small);
+  *px = V8_SELECT(ax > 0.625f, big, small);
 }
 
 /* y[i] = tanh(x[i]) (op TANH) or sigmoid(x[i]) (SIGMOID) for i < n. */
@@ -275,13 +276,15 @@ static void tanh_sigmoid(uint32_t op, const float *x, float *y, int64_t n) {
   for (; i + 8 <= n; i += 8) {   /* fixed-size copies: registers, no calls */
     ew_v8 v;
     memcpy(&v, x + i, sizeof v);
-    v = op == KILN_OP_TANH ? v8_tanh(v) : v8_sigmoid(v);
+    if (op == KILN_OP_TANH) v8_tanh(&v);
+    else v8_sigmoid(&v);
     memcpy(y + i, &v, sizeof v);
   }
   if (i < n) {
     ew_v8 v = {0};
     memcpy(&v, x + i, (size_t)(n - i) * sizeof *x);
-    v = op == KILN_OP_TANH ? v8_tanh(v) : v8_sigmoid(v);
+    if (op == KILN_OP_TANH) v8_tanh(&v);
+    else v8_sigmoid(&v);
     memcpy(y + i, &v, (size_t)(n - i) * sizeof *y);
   }
 }
