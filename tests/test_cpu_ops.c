@@ -265,6 +265,31 @@ static void t_unary(void) {
     for (size_t j = 0; j < sizeof shapes / sizeof shapes[0]; j++) check_unary(ops[i], shapes[j]);
 }
 
+/* tanh and sigmoid over their whole range (the CPU plugin computes them
+ * with its own vector code, not libm): a sweep of [-100, 100], the points
+ * where the formulas switch, tiny, huge and non-finite inputs. Bound: 6e-7
+ * relative (a few ulp) plus 1e-37 absolute (sigmoid far below -87 gives
+ * about 1e-38 where the exact value is smaller still). */
+static void t_tanh_sigmoid_range(void) {
+  static const float special[] = {0.0f, -0.0f, 1e-30f, -1e-30f, 1e-6f, -3e-4f, 0.625f, -0.625f,
+                                  0.62499994f, 0.62500006f, 44.0f, -44.0f, 87.0f, -87.0f, 88.5f,
+                                  -88.5f, 200.0f, -200.0f, 3e38f, -3e38f, INFINITY, -INFINITY, NAN};
+  int64_t ns = (int64_t)(sizeof special / sizeof special[0]), n = 200001 + ns;
+  float *x = malloc((size_t)n * sizeof *x), *y = malloc((size_t)n * sizeof *y);
+  double *ref = malloc((size_t)n * sizeof *ref);
+  for (int64_t i = 0; i < 200001; i++) x[i] = (float)((double)(i - 100000) * 1e-3);
+  memcpy(x + 200001, special, sizeof special);
+  shp s = SHP(n);
+  for (int k = 0; k < 2; k++) {
+    uint32_t op = k ? KILN_OP_SIGMOID : KILN_OP_TANH;
+    run_ok(op, 1, (tin[]){F32IN(s, x)}, s, y, NULL, NULL);
+    for (int64_t i = 0; i < n; i++) ref[i] = ref_unary(op, x[i], 0.0f, NULL);
+    check_close(k ? "sigmoid range" : "tanh range", y, ref, NULL, n, 6e-7, 1e-37);
+    cr_assert(isnan(y[n - 1]), "%s(NaN) = %g, want NaN", k ? "sigmoid" : "tanh", (double)y[n - 1]);
+  }
+  free(x), free(y), free(ref);
+}
+
 static void t_fill(void) {
   shp shapes[] = {SCALAR, SHP(1), SHP(7, 3), SHP(40000)};
   for (size_t j = 0; j < 4; j++) {
@@ -750,6 +775,79 @@ static void t_graphs(void) {
   ph_graph_free(&g);
 }
 
+/* Matmuls that multiply one B share a packing of it per run (plugin.c):
+ * y1 = x1 @ W^T and y2 = x2 @ W^T share; SGD then writes W, so y3 and y4
+ * (x1 again) must see the new W; u = x2 @ W (not transposed) is packed on
+ * its own. K = 500 is two K blocks and N = 40 pads the last sliver. Two runs
+ * with different W: the packing is redone every run. Each output must equal
+ * a one-node graph of the same product bit for bit. */
+/* y = x [M, K] @ w^T (tb = 1) or x [M, N] @ w (tb = 0), w [N, K] (with
+ * t_shared_b's N and K), as a graph of that node alone. */
+static void mm_alone(const float *x, int64_t M, const float *w, int tb, float *y) {
+  enum { K = 500, N = 40 };
+  ph_graph g;
+  ph_graph_init(&g, &P);
+  int tx = ph_tensor(&g, KILN_F32, 2, (int64_t[]){M, tb ? K : N});
+  int tw = ph_tensor(&g, KILN_F32, 2, (int64_t[]){N, K});
+  int ty = ph_tensor(&g, KILN_F32, 2, (int64_t[]){M, tb ? N : K});
+  ph_node(&g, KILN_OP_MATMUL, 2, (int[]){tx, tw}, ty, (int64_t[8]){0, tb}, NULL);
+  cr_assert_eq(ph_compile(&g), KILN_OK, "%s", ph_error());
+  cr_assert_eq(ph_write(&g, tx, x), KILN_OK);
+  cr_assert_eq(ph_write(&g, tw, w), KILN_OK);
+  cr_assert_eq(ph_run(&g), KILN_OK);
+  cr_assert_eq(ph_read(&g, ty, y), KILN_OK);
+  ph_graph_free(&g);
+}
+
+static void t_shared_b(void) {
+  enum { K = 500, N = 40, M1 = 5, M2 = 7 };
+  ph_graph g;
+  ph_graph_init(&g, &P);
+  int w = ph_tensor(&g, KILN_F32, 2, (int64_t[]){N, K});
+  int gw = ph_tensor(&g, KILN_F32, 2, (int64_t[]){N, K});
+  int x1 = ph_tensor(&g, KILN_F32, 2, (int64_t[]){M1, K});
+  int x2 = ph_tensor(&g, KILN_F32, 2, (int64_t[]){M2, K});
+  int x3 = ph_tensor(&g, KILN_F32, 2, (int64_t[]){M2, N});
+  int y[4], u = ph_tensor(&g, KILN_F32, 2, (int64_t[]){M2, K});
+  int64_t rows[4] = {M1, M2, M2, M1};
+  for (int i = 0; i < 4; i++) y[i] = ph_tensor(&g, KILN_F32, 2, (int64_t[]){rows[i], N});
+  int64_t tb[8] = {0, 1};
+  ph_node(&g, KILN_OP_MATMUL, 2, (int[]){x1, w}, y[0], tb, NULL);
+  ph_node(&g, KILN_OP_MATMUL, 2, (int[]){x3, w}, u, NULL, NULL);
+  ph_node(&g, KILN_OP_MATMUL, 2, (int[]){x2, w}, y[1], tb, NULL);
+  ph_node(&g, KILN_OP_SGD, 2, (int[]){w, gw}, w, NULL, (float[8]){0.5f});
+  ph_node(&g, KILN_OP_MATMUL, 2, (int[]){x2, w}, y[2], tb, NULL);
+  ph_node(&g, KILN_OP_MATMUL, 2, (int[]){x1, w}, y[3], tb, NULL);
+  cr_assert_eq(ph_compile(&g), KILN_OK, "%s", ph_error());
+  float *xf1 = rnd(M1 * K, 31, -1, 1), *xf2 = rnd(M2 * K, 32, -1, 1), *xf3 = rnd(M2 * N, 33, -1, 1);
+  float *gf = rnd(N * K, 34, -1, 1), *w2 = malloc(N * K * sizeof *w2);
+  float *got = malloc(M2 * K * sizeof *got), *want = malloc(M2 * K * sizeof *want);
+  for (int rep = 0; rep < 2; rep++) {
+    float *wf = rnd(N * K, 35 + (uint64_t)rep, -1, 1);
+    for (int i = 0; i < N * K; i++) w2[i] = wf[i] - 0.5f * gf[i];
+    cr_assert_eq(ph_write(&g, w, wf), KILN_OK);
+    cr_assert_eq(ph_write(&g, gw, gf), KILN_OK);
+    cr_assert_eq(ph_write(&g, x1, xf1), KILN_OK);
+    cr_assert_eq(ph_write(&g, x2, xf2), KILN_OK);
+    cr_assert_eq(ph_write(&g, x3, xf3), KILN_OK);
+    cr_assert_eq(ph_run(&g), KILN_OK);
+    const float *xs[4] = {xf1, xf2, xf2, xf1}, *ws[4] = {wf, wf, w2, w2};
+    for (int i = 0; i < 4; i++) {
+      mm_alone(xs[i], rows[i], ws[i], 1, want);
+      cr_assert_eq(ph_read(&g, y[i], got), KILN_OK);
+      cr_assert(memcmp(got, want, (size_t)(rows[i] * N) * sizeof *got) == 0,
+                "run %d: product %d differs from the same matmul alone (a stale shared packing?)",
+                rep + 1, i + 1);
+    }
+    mm_alone(xf3, M2, wf, 0, want);
+    cr_assert_eq(ph_read(&g, u, got), KILN_OK);
+    cr_assert(memcmp(got, want, (size_t)(M2 * K) * sizeof *got) == 0, "run %d: x3 @ W differs", rep + 1);
+    free(wf);
+  }
+  free(xf1), free(xf2), free(xf3), free(gf), free(w2), free(got), free(want);
+  ph_graph_free(&g);
+}
+
 /* Many small parallel jobs back to back: 60 nodes, each split across the
  * pool, run 50 times. A lost wake-up in the pool would hang here (ctest's
  * timeout then fails the test). */
@@ -1069,6 +1167,7 @@ Test(determinism, same_bits_for_1_2_and_3_threads) {
   OP_TEST(suite, binary_broadcast, t_binary, opener)                \
   OP_TEST(suite, unary_and_helpers, t_unary, opener)                \
   OP_TEST(suite, fill, t_fill, opener)                              \
+  OP_TEST(suite, tanh_sigmoid_range, t_tanh_sigmoid_range, opener)  \
   OP_TEST(suite, matmul, t_matmul, opener)                          \
   OP_TEST(suite, sum_mean, t_reduce, opener)                        \
   OP_TEST(suite, expand, t_expand, opener)                          \
@@ -1077,6 +1176,7 @@ Test(determinism, same_bits_for_1_2_and_3_threads) {
   OP_TEST(suite, transpose_reshape, t_layout, opener)               \
   OP_TEST(suite, optimizers, t_optim, opener)                       \
   OP_TEST(suite, graph_aliasing, t_graphs, opener)                  \
+  OP_TEST(suite, shared_packed_b, t_shared_b, opener)               \
   OP_TEST(suite, validation_ops, t_validation, opener)              \
   OP_TEST(suite, validation_optimizers, t_validation_optim, opener) \
   OP_TEST(suite, validation_tensors, t_validation_tensors, opener)  \

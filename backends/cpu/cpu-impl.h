@@ -56,6 +56,11 @@ typedef struct kcpu_node {
   kcpu_tensor out;
   int64_t ip[KILN_OP_MAX_IPARAMS];
   float fp[KILN_OP_MAX_FPARAMS];
+  /* MATMUL whose B other matmuls of the graph share (plugin.c): B packed
+   * once per run into packed_b by the first of them (pack_b = 1), read by
+   * the rest. NULL: the matmul packs B itself. */
+  float *packed_b;
+  int pack_b;
 } kcpu_node;
 
 /* ---- GEMM (gemm.c) --------------------------------------------------------
@@ -69,6 +74,17 @@ typedef struct kcpu_node {
 void kcpu_sgemm(kcpu_pool *pool, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
                 float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
                 float beta, float *C, int64_t ldc);
+
+/* B packed whole, for kcpu_sgemm_packed: kcpu_sgemm_packed_b_floats(N, K)
+ * floats, filled by kcpu_sgemm_pack_b from op(B) [K, N] (B as for
+ * kcpu_sgemm). kcpu_sgemm_packed then computes what kcpu_sgemm would, bit
+ * for bit, without packing B again. */
+int64_t kcpu_sgemm_packed_b_floats(int64_t N, int64_t K);
+void kcpu_sgemm_pack_b(kcpu_pool *pool, int trans_b, int64_t N, int64_t K, const float *B,
+                       int64_t ldb, float *Bp);
+void kcpu_sgemm_packed(kcpu_pool *pool, int trans_a, int64_t M, int64_t N, int64_t K, float alpha,
+                       const float *A, int64_t lda, const float *Bp, float beta, float *C,
+                       int64_t ldc);
 
 /* ---- convolution and pooling (conv.c, pool2d.c) --------------------------
  * Shapes and parameters as documented in kiln/ops.h. Validation functions
@@ -125,9 +141,11 @@ void kcpu_softmax(kcpu_pool *pool, const kcpu_node *n);
 /* layout.c: RESHAPE, TRANSPOSE. */
 kiln_status kcpu_layout_validate(int index, const kcpu_node *n);
 void kcpu_layout(kcpu_pool *pool, const kcpu_node *n);
-/* matmul.c: MATMUL. */
+/* matmul.c: MATMUL. kcpu_matmul_shares_b: 1 if the node is one GEMM of
+ * its whole 2-D B, so that a packed B may be shared with other nodes. */
 kiln_status kcpu_matmul_validate(int index, const kcpu_node *n);
 void kcpu_matmul(kcpu_pool *pool, const kcpu_node *n);
+int kcpu_matmul_shares_b(const kcpu_node *n);
 /* optim.c: SGD, ADAM, INCREMENT. */
 kiln_status kcpu_optim_validate(int index, const kcpu_node *n);
 void kcpu_optim(kcpu_pool *pool, const kcpu_node *n);

@@ -23,6 +23,12 @@
  * never change. ("avx2,fma" would make two separate clones, neither with
  * both.)
  *
+ * A B that several GEMMs multiply (an RNN's weight, once per time step) can
+ * be packed once, whole, by kcpu_sgemm_pack_b and passed to
+ * kcpu_sgemm_packed: its blocks lie in the order the loops below visit
+ * them, block (jc, pc) at Bp + jc * K + pc * (its padded width). Packing
+ * is a copy, so the results are those of kcpu_sgemm.
+ *
  * Determinism: every C element is sum over K blocks in order of
  * (sum over k in order of a*b), computed by one thread. Tiling across
  * threads only decides which thread computes it, so results do not depend
@@ -216,9 +222,30 @@ static void scale_c(int64_t M, int64_t N, float beta, float *C, int64_t ldc) {
   }
 }
 
-void kcpu_sgemm(kcpu_pool *pool, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
-                float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
-                float beta, float *C, int64_t ldc) {
+int64_t kcpu_sgemm_packed_b_floats(int64_t N, int64_t K) { return (N + NR - 1) / NR * NR * K; }
+
+void kcpu_sgemm_pack_b(kcpu_pool *pool, int trans_b, int64_t N, int64_t K, const float *B,
+                       int64_t ldb, float *Bp) {
+  if (N <= 0 || K <= 0) return;
+  int64_t k_blocks = (K + KC - 1) / KC;
+  int64_t kc_max = (K + k_blocks - 1) / k_blocks;
+  int64_t nc_blk = N < NC ? (N + NR - 1) / NR * NR : NC;
+  gemm_job j = {.trans_b = trans_b, .N = N, .K = K, .B = B, .ldb = ldb};
+  for (j.jc = 0; j.jc < N; j.jc += nc_blk) {
+    j.nc = N - j.jc < nc_blk ? N - j.jc : nc_blk;
+    int64_t slivers_b = (j.nc + NR - 1) / NR;
+    for (j.pc = 0; j.pc < K; j.pc += kc_max) {
+      j.kc = K - j.pc < kc_max ? K - j.pc : kc_max;
+      j.Bp = Bp + j.jc * K + j.pc * slivers_b * NR;
+      kcpu_parallel_for(pool, slivers_b, 16, pack_b, &j);
+    }
+  }
+}
+
+/* kcpu_sgemm, with B packed beforehand when Bpre is not NULL. */
+static void sgemm(kcpu_pool *pool, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                  float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
+                  const float *Bpre, float beta, float *C, int64_t ldc) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     scale_c(M, N, beta, C, ldc);
@@ -233,19 +260,19 @@ void kcpu_sgemm(kcpu_pool *pool, int trans_a, int trans_b, int64_t M, int64_t N,
    * per block in stack buffers: slow, but kernels cannot fail, and the
    * micro-kernel and K blocking (hence every result) stay the same. */
   float *Ap = alloc64((size_t)(mb_blk * kc_max) * sizeof(float));
-  float *Bp = alloc64((size_t)(nc_blk * kc_max) * sizeof(float));
+  float *Bp = Bpre ? NULL : alloc64((size_t)(nc_blk * kc_max) * sizeof(float));
   float a_small[MR * KC] __attribute__((aligned(64)));
   float b_small[NR * KC] __attribute__((aligned(64)));
-  int heap = Ap && Bp;
-  if (!heap) {
+  if (!Ap || (!Bp && !Bpre)) {
     free(Ap);
     free(Bp);
+    Ap = Bp = NULL;
     mb_blk = MR;
-    nc_blk = NR;
+    if (!Bpre) nc_blk = NR;   /* a prepacked B keeps its own blocks */
   }
   gemm_job j = {.trans_a = trans_a, .trans_b = trans_b, .M = M, .N = N, .K = K,
                 .alpha = alpha, .A = A, .lda = lda, .B = B, .ldb = ldb, .C = C, .ldc = ldc,
-                .Ap = heap ? Ap : a_small, .Bp = heap ? Bp : b_small};
+                .Ap = Ap ? Ap : a_small, .Bp = Bp ? Bp : b_small};
   int threads = kcpu_pool_size(pool);
   for (j.jc = 0; j.jc < N; j.jc += nc_blk) {
     j.nc = N - j.jc < nc_blk ? N - j.jc : nc_blk;
@@ -253,7 +280,8 @@ void kcpu_sgemm(kcpu_pool *pool, int trans_a, int trans_b, int64_t M, int64_t N,
     for (j.pc = 0; j.pc < K; j.pc += kc_max) {
       j.kc = K - j.pc < kc_max ? K - j.pc : kc_max;
       j.beta_eff = j.pc == 0 ? beta : 1.0f;
-      kcpu_parallel_for(pool, slivers_b, 16, pack_b, &j);
+      if (Bpre) j.Bp = (float *)Bpre + j.jc * K + j.pc * slivers_b * NR;   /* read only */
+      else kcpu_parallel_for(pool, slivers_b, 16, pack_b, &j);
       for (j.ib = 0; j.ib < M; j.ib += mb_blk) {
         j.mb = M - j.ib < mb_blk ? M - j.ib : mb_blk;
         kcpu_parallel_for(pool, (j.mb + MR - 1) / MR, 16, pack_a, &j);
@@ -270,8 +298,18 @@ void kcpu_sgemm(kcpu_pool *pool, int trans_a, int trans_b, int64_t M, int64_t N,
       }
     }
   }
-  if (heap) {
-    free(Ap);
-    free(Bp);
-  }
+  free(Ap);
+  free(Bp);
+}
+
+void kcpu_sgemm(kcpu_pool *pool, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
+                float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
+                float beta, float *C, int64_t ldc) {
+  sgemm(pool, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, NULL, beta, C, ldc);
+}
+
+void kcpu_sgemm_packed(kcpu_pool *pool, int trans_a, int64_t M, int64_t N, int64_t K, float alpha,
+                       const float *A, int64_t lda, const float *Bp, float beta, float *C,
+                       int64_t ldc) {
+  sgemm(pool, trans_a, 0, M, N, K, alpha, A, lda, NULL, 0, Bp, beta, C, ldc);
 }

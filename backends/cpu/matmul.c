@@ -10,6 +10,8 @@
  * (a linear layer on [B, T, C]). Many small batches run in parallel, each
  * GEMM single-threaded; large ones run one after another, each threaded.
  * kcpu_sgemm's results do not depend on its pool, so neither do these.
+ * A 2-D B that several nodes multiply is packed once per run (plugin.c
+ * sets packed_b); the results are the same.
  */
 #include "cpu-impl.h"
 
@@ -94,12 +96,23 @@ static void mm_batches(void *arg, int64_t b0, int64_t b1) {
   }
 }
 
+int kcpu_matmul_shares_b(const kcpu_node *n) {
+  return n->op == KILN_OP_MATMUL && n->out.ndim == 2 && n->in[0].ndim == 2 && n->in[1].ndim == 2;
+}
+
 void kcpu_matmul(kcpu_pool *pool, const kcpu_node *n) {
   const kcpu_tensor *a = &n->in[0], *b = &n->in[1], *y = &n->out;
   mm_plan p = {.n = n, .ta = (int)n->ip[0], .tb = (int)n->ip[1]};
   p.M = y->shape[y->ndim - 2];
   p.N = y->shape[y->ndim - 1];
   p.K = a->shape[a->ndim - 1 - p.ta];
+  if (n->packed_b) {   /* B shared with other matmuls of the graph (plugin.c) */
+    if (y->numel == 0) return;
+    if (n->pack_b) kcpu_sgemm_pack_b(pool, p.tb, p.N, p.K, b->data, p.tb ? p.K : p.N, n->packed_b);
+    kcpu_sgemm_packed(pool, p.ta, p.M, p.N, p.K, 1.0f, a->data, p.ta ? p.M : p.K, n->packed_b, 0.0f,
+                      y->data, p.N);
+    return;
+  }
   p.nb = y->ndim - 2;
   int64_t batches = 1, a_batches = 1, b_batches = 1;
   for (int d = 0; d < p.nb; d++) {

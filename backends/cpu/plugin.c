@@ -47,6 +47,8 @@ typedef struct kcpu_step {
 struct kiln_plugin_exec {
   uint32_t n_steps;
   kcpu_step *steps;
+  uint32_t n_packs;
+  float **packs;              /* B packings shared by matmuls (share_packed_b) */
 };
 
 /* ---- ops ----------------------------------------------------------------- */
@@ -591,8 +593,80 @@ static void cpu_graph_free(kiln_plugin_device *dev, kiln_plugin_exec *exec) {
   (void)dev;
   if (!exec) return;
   for (uint32_t i = 0; i < exec->n_steps; i++) free(exec->steps[i].scratch);
+  for (uint32_t i = 0; i < exec->n_packs; i++) free(exec->packs[i]);
+  free(exec->packs);
   free(exec->steps);
   free(exec);
+}
+
+/* 1 if step s may write any byte of t: its output (or the destination of
+ * its scratch copy) and, for in-place ops (optimizers, assign, which also
+ * update state inputs), every input. */
+static int step_writes(const kcpu_step *s, const kcpu_tensor *t) {
+  const kcpu_node *n = &s->node;
+  kcpu_tensor out = n->out;
+  if (s->scratch) out.data = s->dest;
+  if (overlaps(&out, t)) return 1;
+  const kcpu_op_desc *d = op_desc(n->op);
+  for (int i = 0; d && d->in_place && i < n->n_inputs; i++)
+    if (overlaps(&n->in[i], t)) return 1;
+  return 0;
+}
+
+static int same_b(const kcpu_node *a, const kcpu_node *b) {
+  return a->in[1].data == b->in[1].data && a->ip[1] == b->ip[1] &&
+         a->in[1].shape[0] == b->in[1].shape[0] && a->in[1].shape[1] == b->in[1].shape[1];
+}
+
+/* Matmuls that multiply the same 2-D B, with no node writing B between
+ * them (an RNN's weights, once per time step), share one packing of B per
+ * run: the first packs it, the rest read it (kcpu_node.packed_b). Without
+ * memory for a packing its matmuls pack B themselves, as they would
+ * anyway; the results are the same either way. */
+static void share_packed_b(kiln_plugin_exec *exec) {
+  uint32_t n = exec->n_steps;
+  int64_t *lead = kcpu_malloc((n ? n : 1) * sizeof *lead);     /* leader step, or -1 */
+  int64_t *open = kcpu_malloc((n ? n : 1) * sizeof *open);     /* leaders B may still share */
+  int64_t *readers = kcpu_calloc(n ? n : 1, sizeof *readers);
+  if (!lead || !open || !readers) goto done;
+  int64_t n_open = 0, n_groups = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    kcpu_step *s = &exec->steps[i];
+    lead[i] = -1;
+    if (kcpu_matmul_shares_b(&s->node) && s->node.out.numel > 0 && s->node.in[1].numel > 0) {
+      for (int64_t o = 0; o < n_open && lead[i] < 0; o++)
+        if (same_b(&exec->steps[open[o]].node, &s->node)) {
+          lead[i] = open[o];
+          if (readers[open[o]]++ == 0) n_groups++;
+        }
+      if (lead[i] < 0) lead[i] = open[n_open++] = i;
+    }
+    for (int64_t o = n_open - 1; o >= 0; o--)   /* this step's writes end sharing */
+      if (step_writes(s, &exec->steps[open[o]].node.in[1])) open[o] = open[--n_open];
+  }
+  if (n_groups == 0) goto done;
+  exec->packs = kcpu_calloc((size_t)n_groups, sizeof *exec->packs);
+  if (!exec->packs) goto done;
+  for (uint32_t i = 0; i < n; i++) {
+    kcpu_node *nd = &exec->steps[i].node;
+    if (lead[i] < 0) continue;
+    if (lead[i] == i) {
+      if (readers[i] == 0) continue;
+      int64_t N = nd->ip[1] ? nd->in[1].shape[0] : nd->in[1].shape[1];
+      int64_t K = nd->ip[1] ? nd->in[1].shape[1] : nd->in[1].shape[0];
+      float *buf = kcpu_aligned_alloc(64, (size_t)kcpu_sgemm_packed_b_floats(N, K) * sizeof *buf);
+      if (!buf) continue;
+      exec->packs[exec->n_packs++] = buf;
+      nd->packed_b = buf;
+      nd->pack_b = 1;
+    } else {
+      nd->packed_b = exec->steps[lead[i]].node.packed_b;   /* NULL if its leader got none */
+    }
+  }
+done:
+  free(lead);
+  free(open);
+  free(readers);
 }
 
 static kiln_status cpu_graph_compile(kiln_plugin_device *dev, const kiln_plugin_graph *graph,
@@ -625,6 +699,7 @@ static kiln_status cpu_graph_compile(kiln_plugin_device *dev, const kiln_plugin_
     if (st != KILN_OK) goto fail;
   }
   exec->n_steps = graph->n_nodes;
+  share_packed_b(exec);
   *out = exec;
   return KILN_OK;
 

@@ -148,18 +148,26 @@ static void embedding_backward_cols(void *arg, int64_t begin, int64_t end) {
   }
 }
 
-/* Rows [begin, end) of the A*L slab rows: copy between [A, D, R] and [A, L, R]. */
-static void slice_rows(void *arg, int64_t begin, int64_t end) {
+/* Slabs [begin, end) of A: for each a, the L*R floats x[a, s:s+L, :] are
+ * contiguous in both [A, D, R] and [A, L, R], so one copy moves them (a
+ * gate of an LSTM's [B, 4H], sliced on its last axis, has R = 1). */
+static void slice_slabs(void *arg, int64_t begin, int64_t end) {
   const seq_args *s = arg;
   const float *x = s->n->in[0].data;
   float *y = s->n->out.data;
   int fwd = s->n->op == KILN_OP_SLICE;
-  for (int64_t r = begin; r < end; r++) {
-    int64_t a = r / s->L, l = r % s->L;
-    float *full = (float *)(fwd ? x : y) + (a * s->D + s->start + l) * s->R;
-    float *part = (float *)(fwd ? y : x) + r * s->R;
-    if (fwd) memcpy(part, full, (size_t)s->R * sizeof *part);
-    else memcpy(full, part, (size_t)s->R * sizeof *part);
+  size_t bytes = (size_t)(s->L * s->R) * sizeof *y;
+  for (int64_t a = begin; a < end; a++) {
+    float *full = (float *)(fwd ? x : y) + (a * s->D + s->start) * s->R;
+    float *part = (float *)(fwd ? y : x) + a * s->L * s->R;
+    if (fwd) {
+      memcpy(part, full, bytes);
+    } else {   /* dx[a] = zeros around the slice */
+      float *row = y + a * s->D * s->R;
+      memset(row, 0, (size_t)(s->start * s->R) * sizeof *y);
+      memcpy(full, part, bytes);
+      memset(full + s->L * s->R, 0, (size_t)((s->D - s->start - s->L) * s->R) * sizeof *y);
+    }
   }
 }
 
@@ -199,8 +207,7 @@ void kcpu_seq(kcpu_pool *pool, const kcpu_node *n) {
       around(full, (int)n->ip[0], &s.A, &s.D, &s.R);
       s.start = n->ip[1];
       s.L = n->ip[2];
-      if (n->op == KILN_OP_SLICE_BACKWARD) memset(n->out.data, 0, (size_t)n->out.numel * sizeof(float));
-      kcpu_parallel_for(pool, s.A * s.L, SEQ_GRAIN / s.R + 1, slice_rows, &s);
+      kcpu_parallel_for(pool, s.A, SEQ_GRAIN / (s.D * s.R) + 1, slice_slabs, &s);
       break;
     }
     case KILN_OP_DROPOUT:

@@ -1,14 +1,21 @@
 /*
  * threads.c - the CPU plugin's persistent thread pool.
  *
- * n_threads - 1 workers live as long as the pool. A job is published by
- * bumping an atomic generation counter (under the mutex, so sleepers on the
- * condition variable cannot miss it); workers spin briefly on the counter
- * before they sleep, so back-to-back jobs of one graph cost no syscalls.
+ * n_threads - 1 workers live as long as the pool. The caller publishes a job
+ * in one atomic word, `work` = job number (32 bits) | chunk count (16) | next
+ * chunk (16), under the mutex so that sleepers on the condition variable
+ * cannot miss it; workers spin briefly on the word before they sleep, so
+ * back-to-back jobs of one graph cost no syscalls. Every thread, the caller
+ * included, claims chunks by compare-and-swap on that word: a claim succeeds
+ * only while the job number is the one it woke for and chunks are left, so
+ * a worker that wakes late (or is descheduled on a busy machine) finds the
+ * job finished and claims nothing. The caller waits only for the chunks that
+ * were claimed to be done, never for a worker to wake: a graph of many small
+ * nodes does not stall on the scheduler at every node.
+ *
  * The range is cut into chunks whose boundaries depend only on n, grain and
- * the pool size; threads claim chunks with an atomic counter. Which thread
- * runs a chunk varies, so kernels write disjoint outputs per chunk and never
- * let a result depend on that.
+ * the pool size. Which thread runs a chunk varies, so kernels write disjoint
+ * outputs per chunk and never let a result depend on that.
  *
  * A kcpu_parallel_for called from inside a job (a kernel that nests) runs
  * inline in the calling thread instead of deadlocking.
@@ -24,20 +31,27 @@
 /* Chunks per thread, for load balance when chunks differ in cost. */
 #define KCPU_CHUNKS_PER_THREAD 4
 
+/* The work word's fields. KCPU_MAX_CHUNKS bounds n_chunks (the pool caps
+ * it at n_threads * KCPU_CHUNKS_PER_THREAD, and plugin.c caps n_threads). */
+#define KCPU_MAX_CHUNKS 0xffff
+#define WORK_JOB(w) ((uint32_t)((w) >> 32))
+#define WORK_CHUNKS(w) ((int64_t)(((w) >> 16) & 0xffff))
+#define WORK_NEXT(w) ((int64_t)((w) & 0xffff))
+
 struct kcpu_pool {
   int n_threads;
   pthread_t *threads;
   pthread_mutex_t mu;
-  pthread_cond_t wake;          /* workers: a new generation or stop */
-  pthread_cond_t done;          /* caller: all workers left the job */
-  _Atomic uint64_t generation;
+  pthread_cond_t wake;          /* workers: a new job or stop */
+  pthread_cond_t done;          /* caller: the job's last chunk is done */
+  _Atomic uint64_t work;        /* job | n_chunks | next chunk */
+  _Atomic int64_t chunks_done;  /* chunks of the current job finished */
   _Atomic int stop;
-  _Atomic int remaining;        /* workers still inside the current job */
-  /* The current job; written by the caller before the generation bump. */
+  /* The current job; written by the caller before `work` is published, and
+   * not changed until every chunk of it is done. */
   kcpu_range_fn fn;
   void *arg;
-  int64_t n, chunk, n_chunks;
-  _Atomic int64_t next_chunk;
+  int64_t n, chunk;
 };
 
 static _Thread_local int kcpu_in_job;
@@ -48,40 +62,49 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-static void run_chunks(kcpu_pool *pool) {
+/* Claims and runs chunks of job `job` until none is left; returns the
+ * number this thread ran. */
+static int64_t run_chunks(kcpu_pool *pool, uint32_t job) {
+  int64_t ran = 0;
+  uint64_t w = atomic_load(&pool->work);
   for (;;) {
-    int64_t c = atomic_fetch_add(&pool->next_chunk, 1);
-    if (c >= pool->n_chunks) break;
-    int64_t begin = c * pool->chunk;
+    if (WORK_JOB(w) != job || WORK_NEXT(w) >= WORK_CHUNKS(w)) break;
+    if (!atomic_compare_exchange_weak(&pool->work, &w, w + 1)) continue;
+    int64_t begin = WORK_NEXT(w) * pool->chunk;
     int64_t end = begin + pool->chunk < pool->n ? begin + pool->chunk : pool->n;
     pool->fn(pool->arg, begin, end);
-  }
-}
-
-static void *worker_main(void *p) {
-  kcpu_pool *pool = p;
-  uint64_t seen = 0;
-  kcpu_in_job = 1;
-  for (;;) {
-    uint64_t g = atomic_load(&pool->generation);
-    for (int spin = 0; g == seen && spin < KCPU_SPIN; spin++) {
-      cpu_relax();
-      g = atomic_load(&pool->generation);
-    }
-    if (g == seen) {
-      pthread_mutex_lock(&pool->mu);
-      while ((g = atomic_load(&pool->generation)) == seen)
-        pthread_cond_wait(&pool->wake, &pool->mu);
-      pthread_mutex_unlock(&pool->mu);
-    }
-    seen = g;
-    if (atomic_load(&pool->stop)) break;
-    run_chunks(pool);
-    if (atomic_fetch_sub(&pool->remaining, 1) == 1) {
+    ran++;
+    int64_t n_chunks = WORK_CHUNKS(w);
+    if (atomic_fetch_add(&pool->chunks_done, 1) + 1 == n_chunks && kcpu_in_job == 1) {
+      /* a worker finished the job's last chunk: the caller may be asleep */
       pthread_mutex_lock(&pool->mu);
       pthread_cond_signal(&pool->done);
       pthread_mutex_unlock(&pool->mu);
     }
+    w = atomic_load(&pool->work);
+  }
+  return ran;
+}
+
+static void *worker_main(void *p) {
+  kcpu_pool *pool = p;
+  uint32_t seen = 0;
+  kcpu_in_job = 1;
+  for (;;) {
+    uint32_t job = WORK_JOB(atomic_load(&pool->work));
+    for (int spin = 0; job == seen && spin < KCPU_SPIN && !atomic_load(&pool->stop); spin++) {
+      cpu_relax();
+      job = WORK_JOB(atomic_load(&pool->work));
+    }
+    if (job == seen) {
+      pthread_mutex_lock(&pool->mu);
+      while ((job = WORK_JOB(atomic_load(&pool->work))) == seen && !atomic_load(&pool->stop))
+        pthread_cond_wait(&pool->wake, &pool->mu);
+      pthread_mutex_unlock(&pool->mu);
+    }
+    if (atomic_load(&pool->stop)) break;
+    seen = job;
+    run_chunks(pool, job);
   }
   return NULL;
 }
@@ -120,7 +143,6 @@ void kcpu_pool_destroy(kcpu_pool *pool) {
   if (!pool) return;
   pthread_mutex_lock(&pool->mu);
   atomic_store(&pool->stop, 1);
-  atomic_fetch_add(&pool->generation, 1);
   pthread_cond_broadcast(&pool->wake);
   pthread_mutex_unlock(&pool->mu);
   for (int i = 0; i < pool->n_threads - 1; i++) pthread_join(pool->threads[i], NULL);
@@ -146,26 +168,32 @@ void kcpu_parallel_for(kcpu_pool *pool, int64_t n, int64_t grain, kcpu_range_fn 
   int64_t chunk = (n + n_chunks - 1) / n_chunks;
   n_chunks = (n + chunk - 1) / chunk;
 
+  if (n_chunks > KCPU_MAX_CHUNKS) { /* cannot happen with plugin.c's thread cap */
+    chunk = (n + KCPU_MAX_CHUNKS - 1) / KCPU_MAX_CHUNKS;
+    n_chunks = (n + chunk - 1) / chunk;
+  }
+
   pool->fn = fn;
   pool->arg = arg;
   pool->n = n;
   pool->chunk = chunk;
-  pool->n_chunks = n_chunks;
-  atomic_store(&pool->next_chunk, 0);
-  atomic_store(&pool->remaining, pool->n_threads - 1);
+  atomic_store(&pool->chunks_done, 0);
+  uint32_t job = WORK_JOB(atomic_load(&pool->work)) + 1;
   pthread_mutex_lock(&pool->mu);
-  atomic_fetch_add(&pool->generation, 1);
+  atomic_store(&pool->work, (uint64_t)job << 32 | (uint64_t)n_chunks << 16);
   pthread_cond_broadcast(&pool->wake);
   pthread_mutex_unlock(&pool->mu);
 
-  kcpu_in_job = 1;
-  run_chunks(pool);
+  kcpu_in_job = 2;   /* the caller: runs chunks, never signals itself */
+  run_chunks(pool, job);
   kcpu_in_job = 0;
 
-  for (int spin = 0; atomic_load(&pool->remaining) != 0 && spin < KCPU_SPIN; spin++) cpu_relax();
-  if (atomic_load(&pool->remaining) != 0) {
+  /* Only chunks that a worker claimed can still be running. */
+  for (int spin = 0; atomic_load(&pool->chunks_done) != n_chunks && spin < KCPU_SPIN; spin++)
+    cpu_relax();
+  if (atomic_load(&pool->chunks_done) != n_chunks) {
     pthread_mutex_lock(&pool->mu);
-    while (atomic_load(&pool->remaining) != 0) pthread_cond_wait(&pool->done, &pool->mu);
+    while (atomic_load(&pool->chunks_done) != n_chunks) pthread_cond_wait(&pool->done, &pool->mu);
     pthread_mutex_unlock(&pool->mu);
   }
 }

@@ -191,8 +191,8 @@ kiln_status char_graph_create(char_model *m, int B, int T, int train, const char
   cg->T = T;
   cg->train = train;
   kiln_status st;
-  int L = m->L, G = gates(m);
-  int64_t H = m->H, GH = G * H;
+  int L = m->L;
+  int64_t H = m->H;
   int64_t bh[2] = {B, H};
   for (int l = 0; l < L; l++) {
     if ((st = new_tensor(m->dev, 2, bh, &cg->h[l])) != KILN_OK) goto fail;
@@ -209,7 +209,6 @@ kiln_status char_graph_create(char_model *m, int B, int T, int train, const char
 #define W_HH(l) P[2 + 4 * (l)]
 #define B_IH(l) P[3 + 4 * (l)]
 #define B_HH(l) P[4 + 4 * (l)]
-  cg->x = kiln_input(g, "x", KILN_I32, 2, (int64_t[]){B, T});
   kiln_node *h0[CHAR_MAX_LAYERS], *c0[CHAR_MAX_LAYERS] = {0}, *h[CHAR_MAX_LAYERS], *c[CHAR_MAX_LAYERS] = {0};
   char name[48];
   for (int l = 0; l < L; l++) {
@@ -226,16 +225,18 @@ kiln_status char_graph_create(char_model *m, int B, int T, int train, const char
     ctr = kiln_increment(g, kiln_state(g, "dropout.counter", cg->counter), 1.0f);
   }
 
-  /* Layer 0's input projection for all steps at once: [B*T, H] @ W_ih^T. */
-  kiln_node *emb = kiln_reshape(g, kiln_embedding(g, emb_w, cg->x), 2, (int64_t[]){(int64_t)B * T, H});
-  kiln_node *xw0 = kiln_reshape(g, kiln_add(g, kiln_matmul(g, emb, W_IH(0), 0, 1), B_IH(0)), 3,
-                                (int64_t[]){B, T, GH});
+  /* Each step embeds its own column of x, and every layer projects its
+   * input per step. (One [B*T, H] @ W_ih^T for layer 0, sliced per step,
+   * did fewer GEMM calls, but each slice's gradient is a zero-padded
+   * [B, T, G*H] tensor and the T of them are summed: O(T^2) memory traffic,
+   * a fifth of a CPU training step at T = 50.) */
   kiln_node *total = NULL, *logits = NULL;
   for (int t = 0; t < T; t++) {
-    kiln_node *in = NULL;
+    snprintf(name, sizeof name, "x%d", t);
+    cg->x[t] = kiln_input(g, name, KILN_I32, 1, (int64_t[]){B});
+    kiln_node *in = kiln_embedding(g, emb_w, cg->x[t]);
     for (int l = 0; l < L; l++) {
-      kiln_node *xw = l == 0 ? kiln_reshape(g, kiln_slice(g, xw0, 1, t, 1), 2, (int64_t[]){B, GH})
-                             : kiln_add(g, kiln_matmul(g, in, W_IH(l), 0, 1), B_IH(l));
+      kiln_node *xw = kiln_add(g, kiln_matmul(g, in, W_IH(l), 0, 1), B_IH(l));
       if (m->cell == CHAR_LSTM) {
         kiln_node *hn, *cn;
         if (kiln_lstm_cell(g, xw, h[l], c[l], W_HH(l), B_HH(l), &hn, &cn) != KILN_OK) break;
@@ -307,15 +308,16 @@ fail:
 kiln_status char_graph_run(char_graph *cg, const int32_t *x, const int32_t *y, float *loss) {
   char_err[0] = '\0';
   int B = cg->B, T = cg->T;
-  kiln_status st = kiln_compiled_set_input(cg->c, cg->x, x, (size_t)B * T * sizeof *x);
-  if (st == KILN_OK && cg->loss) {
-    int32_t col[4096];
-    if (B > (int)(sizeof col / sizeof col[0]))
-      return fail(KILN_INVALID_ARGUMENT, "char model: batch %d above 4096", B);
-    for (int t = 0; t < T && st == KILN_OK; t++) {
-      for (int b = 0; b < B; b++) col[b] = y[(int64_t)b * T + t];
-      st = kiln_compiled_set_input(cg->c, cg->y[t], col, (size_t)B * sizeof *col);
-    }
+  int32_t col[4096];
+  if (B > (int)(sizeof col / sizeof col[0]))
+    return fail(KILN_INVALID_ARGUMENT, "char model: batch %d above 4096", B);
+  kiln_status st = KILN_OK;
+  for (int t = 0; t < T && st == KILN_OK; t++) {
+    for (int b = 0; b < B; b++) col[b] = x[(int64_t)b * T + t];
+    st = kiln_compiled_set_input(cg->c, cg->x[t], col, (size_t)B * sizeof *col);
+    if (st != KILN_OK || !cg->loss) continue;
+    for (int b = 0; b < B; b++) col[b] = y[(int64_t)b * T + t];
+    st = kiln_compiled_set_input(cg->c, cg->y[t], col, (size_t)B * sizeof *col);
   }
   if (st == KILN_OK) st = kiln_compiled_run(cg->c);
   if (st == KILN_OK && loss && cg->loss) st = kiln_compiled_get_output(cg->c, cg->loss, loss, sizeof *loss);

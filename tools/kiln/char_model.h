@@ -49,7 +49,7 @@ typedef struct char_graph {
   int B, T, train;
   kiln_graph *g;
   kiln_compiled *c;
-  kiln_node *x;               /* [B, T] i32 */
+  kiln_node *x[512];          /* per step [B] i32 */
   kiln_node *y[512];          /* per step [B] i32 (train/eval) */
   kiln_node *loss;            /* [] mean over steps (train/eval) */
   kiln_node *logits;          /* [B, V] of the last step (sampling) */
