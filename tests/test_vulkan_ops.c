@@ -16,8 +16,9 @@
  *   sum/mean (R terms):              atol 1e-6 * R, rtol 1e-5
  *   softmax family, cross-entropy:   atol 1e-6, rtol 1e-5
  *   sgd, adam:                       atol 1e-6, rtol 1e-5
- *   conv2d and its backward (K terms per output, K the larger of the
- *   forward and weight-gradient depths): atol 1e-6 * K, rtol 1e-5
+ *   conv2d and its backward (K terms per output, K the largest of the
+ *   forward, input-gradient and weight-gradient depths): atol 1e-6 * K,
+ *   rtol 1e-5
  *   pooling and its backward:        atol 1e-6, rtol 1e-5
  * Shapes include 1, odd sizes, sizes that are not multiples of any tile or
  * workgroup size (matmul tiles are 32 and 64, workgroups 32..256) and a few
@@ -645,32 +646,50 @@ static const int64_t conv_cfgs[][14] = {
     {2, 5, 11, 13, 7, 5, 4, 3, 2, 2, 3, 2, 1, 1},
 };
 
+static void conv_case(size_t i, uint64_t seed) {
+  const int64_t *k = conv_cfgs[i];
+  int64_t N = k[0], C = k[1], H = k[2], W = k[3], O = k[4], KH = k[5], KW = k[6], G = k[13];
+  int64_t OH = (H + 2 * k[9] - k[11] * (KH - 1) - 1) / k[7] + 1;
+  int64_t OW = (W + 2 * k[10] - k[12] * (KW - 1) - 1) / k[8] + 1;
+  int64_t depth = (C / G) * KH * KW;            /* forward */
+  if (N * OH * OW > depth) depth = N * OH * OW;  /* backward weight */
+  if ((O / G) * KH * KW > depth) depth = (O / G) * KH * KW;   /* backward input */
+  const int64_t ip[8] = {k[7], k[8], k[9], k[10], k[11], k[12], G};
+  tcase c;
+  case_init(&c, 1e-6 * (double)depth, 1e-5);
+  c.seed = seed;
+  int x = F(&c, N, C, H, W);
+  int w = F(&c, O, C / G, KH, KW);
+  int b = F(&c, O);
+  int y = F(&c, N, O, OH, OW);
+  int yb = F(&c, N, O, OH, OW);
+  int dy = F(&c, N, O, OH, OW);
+  int dx = F(&c, N, C, H, W);
+  int dw = F(&c, O, C / G, KH, KW);
+  NODE(&c, KILN_OP_CONV2D, y, ip, NULL, x, w);
+  NODE(&c, KILN_OP_CONV2D, yb, ip, NULL, x, w, b);
+  NODE(&c, KILN_OP_CONV2D_BACKWARD_INPUT, dx, ip, NULL, dy, w);
+  NODE(&c, KILN_OP_CONV2D_BACKWARD_WEIGHT, dw, ip, NULL, dy, x);
+  run_case(&c);
+}
+
 Test(vulkan, conv2d_forward_and_backward) {
-  for (size_t i = 0; i < sizeof conv_cfgs / sizeof conv_cfgs[0]; i++) {
-    const int64_t *k = conv_cfgs[i];
-    int64_t N = k[0], C = k[1], H = k[2], W = k[3], O = k[4], KH = k[5], KW = k[6], G = k[13];
-    int64_t OH = (H + 2 * k[9] - k[11] * (KH - 1) - 1) / k[7] + 1;
-    int64_t OW = (W + 2 * k[10] - k[12] * (KW - 1) - 1) / k[8] + 1;
-    int64_t depth = (C / G) * KH * KW;            /* forward */
-    if (N * OH * OW > depth) depth = N * OH * OW;  /* backward weight */
-    const int64_t ip[8] = {k[7], k[8], k[9], k[10], k[11], k[12], G};
-    tcase c;
-    case_init(&c, 1e-6 * (double)depth, 1e-5);
-    c.seed = i;
-    int x = F(&c, N, C, H, W);
-    int w = F(&c, O, C / G, KH, KW);
-    int b = F(&c, O);
-    int y = F(&c, N, O, OH, OW);
-    int yb = F(&c, N, O, OH, OW);
-    int dy = F(&c, N, O, OH, OW);
-    int dx = F(&c, N, C, H, W);
-    int dw = F(&c, O, C / G, KH, KW);
-    NODE(&c, KILN_OP_CONV2D, y, ip, NULL, x, w);
-    NODE(&c, KILN_OP_CONV2D, yb, ip, NULL, x, w, b);
-    NODE(&c, KILN_OP_CONV2D_BACKWARD_INPUT, dx, ip, NULL, dy, w);
-    NODE(&c, KILN_OP_CONV2D_BACKWARD_WEIGHT, dw, ip, NULL, dy, x);
-    run_case(&c);
+  for (size_t i = 0; i < sizeof conv_cfgs / sizeof conv_cfgs[0]; i++) conv_case(i, i);
+}
+
+/* Every GEMM tile shape conv2d.comp may get (the GPU and CPU defaults, a
+ * row per thread, and odd ones where a workgroup is not a multiple of the
+ * tile's columns, so the shader's general B-tile load runs), on the
+ * configurations with stride, padding, dilation and groups. */
+Test(vulkan, conv2d_every_tile_configuration) {
+  static const char *const tiles[] = {"32,32,16,2,2", "32,32,8,4,4", "64,64,8,8,8",
+                                      "32,64,8,4,8", "1,64,8,1,8", "16,48,4,2,3", "8,8,1,1,1"};
+  static const size_t cfgs[] = {1, 2, 3, 6};
+  for (size_t t = 0; t < sizeof tiles / sizeof tiles[0]; t++) {
+    setenv("KILN_VK_CONV_TILE", tiles[t], 1);
+    for (size_t i = 0; i < sizeof cfgs / sizeof cfgs[0]; i++) conv_case(cfgs[i], 100 + t * 10 + i);
   }
+  unsetenv("KILN_VK_CONV_TILE");
 }
 
 Test(vulkan, pool2d_forward_and_backward) {

@@ -31,7 +31,6 @@ SHADER_(cross_entropy_backward)
 SHADER_(sgd)
 SHADER_(adam)
 SHADER_(conv2d)
-SHADER_(conv2d_input)
 SHADER_(pool2d)
 SHADER_(seq)
 #undef SHADER_
@@ -58,7 +57,6 @@ static const shader_desc shaders[KVK_SHADER_COUNT] = {
     S_(KVK_SHADER_SGD, sgd, 3),
     S_(KVK_SHADER_ADAM, adam, 6),
     S_(KVK_SHADER_CONV2D, conv2d, 4),
-    S_(KVK_SHADER_CONV2D_INPUT, conv2d_input, 3),
     S_(KVK_SHADER_POOL2D, pool2d, 3),
     S_(KVK_SHADER_SEQ, seq, 3),
 };

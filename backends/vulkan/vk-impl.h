@@ -94,7 +94,6 @@ typedef enum kvk_shader {
   KVK_SHADER_SGD,
   KVK_SHADER_ADAM,
   KVK_SHADER_CONV2D,
-  KVK_SHADER_CONV2D_INPUT,
   KVK_SHADER_POOL2D,
   KVK_SHADER_SEQ,
   KVK_SHADER_COUNT
@@ -243,6 +242,16 @@ int kvk_same_shape(const kvk_tensor *a, const kvk_tensor *b);
 /* Element strides of t (right-aligned against y's rank) for each axis of y;
  * 0 where t broadcasts (ops_elementwise.c). */
 void kvk_broadcast_strides(const kvk_tensor *t, const kvk_tensor *y, uint32_t *st);
+
+/* A GEMM tile (matmul.comp, conv2d.comp): a workgroup of (bn/tn) x (bm/tm)
+ * threads computes bm x bn outputs, bk deep, tm x tn per thread. */
+typedef struct kvk_tile {
+  uint32_t bm, bn, bk, tm, tn;
+} kvk_tile;
+/* Replaces *t by $var ("BM,BN,BK,TM,TN") when set, checked against the
+ * device's limits; a bad value fails naming the variable (ops_matmul.c). */
+kiln_status kvk_tile_override(const kiln_plugin_device *dev, int index, const kvk_node *n,
+                              const char *var, kvk_tile *t);
 
 /* Each family validates a node (shapes, params) and plans its dispatches. */
 typedef kiln_status (*kvk_plan_fn)(kvk_plan *p, int index, const kvk_node *n);
