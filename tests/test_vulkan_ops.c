@@ -532,7 +532,7 @@ Test(vulkan, matmul_large) {
 
 /* ---- reductions ----------------------------------------------------------- */
 
-Test(vulkan, sum_mean) {
+static void sum_mean_cases(void) {
   static const int64_t shapes[][5] = {
       {1, 1}, {1, 1001}, {2, 7, 33}, {3, 4, 1, 300}, {4, 2, 3, 5, 7},
   };
@@ -562,7 +562,7 @@ Test(vulkan, sum_mean) {
   }
 }
 
-Test(vulkan, sum_large) {
+static void sum_large_case(void) {
   tcase c;
   case_init(&c, 1e-6 * 2000000, 1e-5);
   int x = F(&c, 2000000);
@@ -594,7 +594,7 @@ Test(vulkan, expand_and_transpose) {
 
 /* ---- softmax family --------------------------------------------------------- */
 
-Test(vulkan, softmax_family) {
+static void softmax_cases(void) {
   static const int64_t shapes[][4] = {{1, 1}, {2, 3, 10}, {2, 7, 1000}, {1, 65}, {3, 2, 5, 257}};
   for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
     tcase c;
@@ -615,7 +615,7 @@ Test(vulkan, softmax_family) {
   }
 }
 
-Test(vulkan, cross_entropy) {
+static void cross_entropy_cases(void) {
   static const int64_t nc[][2] = {{1, 1}, {1, 10}, {64, 10}, {37, 65}, {300, 1000}};
   for (size_t s = 0; s < sizeof nc / sizeof nc[0]; s++) {
     tcase c;
@@ -632,6 +632,43 @@ Test(vulkan, cross_entropy) {
     run_case(&c);
   }
 }
+
+/* The reductions (sum/mean, softmax and its backward, cross-entropy and its
+ * backward) run with subgroup operations on a device that has them
+ * (lavapipe does), and with shared-memory trees under KILN_VK_NO_SUBGROUPS=1,
+ * which also clears KILN_FEATURE_SUBGROUPS in device_info: both paths are
+ * checked against the CPU plugin here. */
+static int device_uses_subgroups(void) {
+  kiln_device_info info;
+  memset(&info, 0, sizeof info);
+  info.struct_size = sizeof info;
+  cr_assert_eq(vk.api->device_info(0, &info), KILN_OK, "%s", ph_error());
+  return (info.features & KILN_FEATURE_SUBGROUPS) != 0;
+}
+
+Test(vulkan, sum_mean) {
+  cr_log_info("reductions with subgroup operations: %s", device_uses_subgroups() ? "yes" : "no");
+  sum_mean_cases();
+}
+Test(vulkan, sum_large) { sum_large_case(); }
+Test(vulkan, softmax_family) { softmax_cases(); }
+Test(vulkan, cross_entropy) { cross_entropy_cases(); }
+
+static void open_both_no_subgroups(void) {
+  setenv("KILN_VK_NO_SUBGROUPS", "1", 1);
+  open_both();
+}
+
+TestSuite(vulkan_no_subgroups, .init = open_both_no_subgroups, .fini = close_both, .timeout = 600);
+
+Test(vulkan_no_subgroups, feature_cleared) {
+  cr_assert_not(device_uses_subgroups(),
+                "KILN_VK_NO_SUBGROUPS=1, yet device_info reports KILN_FEATURE_SUBGROUPS");
+}
+Test(vulkan_no_subgroups, sum_mean) { sum_mean_cases(); }
+Test(vulkan_no_subgroups, sum_large) { sum_large_case(); }
+Test(vulkan_no_subgroups, softmax_family) { softmax_cases(); }
+Test(vulkan_no_subgroups, cross_entropy) { cross_entropy_cases(); }
 
 /* ---- convolution and pooling ---------------------------------------------- */
 

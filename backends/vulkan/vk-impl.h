@@ -65,6 +65,10 @@ void kvk_instance_shutdown(void);
 uint32_t kvk_physical_count(void);
 const kvk_physical *kvk_physical_get(uint32_t index);
 kiln_status kvk_device_info(uint32_t index, kiln_device_info *info);
+/* 1 if the shaders with a subgroup variant use it on p: subgroup basic and
+ * arithmetic operations in compute, and $KILN_VK_NO_SUBGROUPS unset (or
+ * "0"). kvk_device_info reports KILN_FEATURE_SUBGROUPS exactly then. */
+int kvk_use_subgroups(const kvk_physical *p);
 
 /* ---- memory (memory.c) --------------------------------------------------- */
 
