@@ -5,9 +5,10 @@
 // a power of two) and, for the subgroup variant, KVK_SUBGROUP.
 //
 //   KVK_SUBGROUP: subgroupAdd/subgroupMax within each subgroup, one partial
-//     per subgroup in shared memory, then every invocation adds the
-//     gl_NumSubgroups partials in order: two barriers. No subgroup size is
-//     assumed (gl_SubgroupID, gl_NumSubgroups; 1 to WG subgroups).
+//     per subgroup in shared memory, reduced again by subgroups until one is
+//     left, then shared with the workgroup: 2 barriers per level plus 2. No
+//     subgroup size is assumed (gl_SubgroupSize, gl_SubgroupID,
+//     gl_NumSubgroups; 1 to WG subgroups).
 //   otherwise: a shared-memory tree, log2(WG) + 1 barriers.
 #ifdef KVK_SUBGROUP
 #extension GL_KHR_shader_subgroup_basic : require
@@ -17,24 +18,39 @@
 shared float wg_red[WG];
 
 #ifdef KVK_SUBGROUP
+// Level by level: each subgroup reduces gl_SubgroupSize values to one
+// partial in wg_red[subgroup], until one value is left; ceil(log_S(WG))
+// levels for subgroups of S (3 for 256 lanes of 8, 2 for 32).
 float wg_sum(float v) {
+  const uint lid = gl_LocalInvocationIndex;
   v = subgroupAdd(v);
-  if (subgroupElect()) wg_red[gl_SubgroupID] = v;
+  for (uint n = gl_NumSubgroups; n > 1; n = (n + gl_SubgroupSize - 1) / gl_SubgroupSize) {
+    if (subgroupElect()) wg_red[gl_SubgroupID] = v;
+    barrier();
+    v = subgroupAdd(lid < n ? wg_red[lid] : 0.0);
+    barrier();
+  }
+  if (lid == 0) wg_red[0] = v;
   barrier();
-  float s = wg_red[0];
-  for (uint i = 1; i < gl_NumSubgroups; i++) s += wg_red[i];
+  v = wg_red[0];
   barrier();
-  return s;
+  return v;
 }
 
 float wg_max(float v) {
+  const uint lid = gl_LocalInvocationIndex;
   v = subgroupMax(v);
-  if (subgroupElect()) wg_red[gl_SubgroupID] = v;
+  for (uint n = gl_NumSubgroups; n > 1; n = (n + gl_SubgroupSize - 1) / gl_SubgroupSize) {
+    if (subgroupElect()) wg_red[gl_SubgroupID] = v;
+    barrier();
+    v = subgroupMax(lid < n ? wg_red[lid] : uintBitsToFloat(0xff800000u));
+    barrier();
+  }
+  if (lid == 0) wg_red[0] = v;
   barrier();
-  float m = wg_red[0];
-  for (uint i = 1; i < gl_NumSubgroups; i++) m = max(m, wg_red[i]);
+  v = wg_red[0];
   barrier();
-  return m;
+  return v;
 }
 #else
 float wg_sum(float v) {
