@@ -74,6 +74,12 @@ int kvk_use_subgroups(const kvk_physical *p);
 
 typedef struct kvk_block kvk_block;
 
+/* buffer_write of at most KVK_RING_SLOT_SIZE bytes returns once the data is
+ * in a staging slot and its copy is submitted (plugin.h's ordering rule
+ * needs no more: later graph runs and reads are submitted after it). */
+#define KVK_RING_SLOTS 4
+#define KVK_RING_SLOT_SIZE ((uint64_t)1 << 20)
+
 struct kiln_plugin_buffer {
   VkBuffer buf;
   uint64_t size;                 /* bytes the host asked for */
@@ -141,7 +147,15 @@ struct kiln_plugin_device {
   VkBuffer staging;
   VkDeviceMemory staging_mem;
   void *staging_map;
-  VkDeviceSize staging_size;
+  VkDeviceSize staging_size;      /* the synchronous part, at offset 0 */
+  /* Asynchronous writes: slots of the staging buffer after staging_size,
+   * each with its command buffer and fence, used round robin. */
+  struct kvk_ring_slot {
+    VkCommandBuffer cmd;
+    VkFence fence;
+    int pending;                 /* submitted, fence not yet waited for */
+  } ring[KVK_RING_SLOTS];
+  uint32_t ring_next;
 
   kvk_pipelines pipes;
 };
