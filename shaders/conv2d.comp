@@ -18,7 +18,9 @@
 // adds up. Tiling as in matmul.comp: a workgroup of WX x WY threads computes
 // a BM x BN tile, BK deep, TM x TN results per thread. When the workgroup
 // has a multiple of BN threads (MODE 0 and 2), each thread loads one fixed
-// column of every B tile, so that column's index math is done once.
+// column of every B tile, so that column's index math is done once; the
+// depth index (a kernel tap) is split by udiv(), exact below 2^24 taps
+// (ops_conv.c refuses more).
 // Bindings: 0 x (MODE 2: dy), 1 w (MODE 1: dy), 2 bias (HAS_BIAS; else
 // binding 1 again, unused), 3 y, dw or dx (written).
 layout(local_size_x_id = 0, local_size_y_id = 1) in;

@@ -504,7 +504,8 @@ kiln_status kvk_buffer_write(kiln_plugin_device *dev, kiln_plugin_buffer *dst, u
   kiln_status st = check_range("buffer_write", dst, offset, size, src);
   if (st != KILN_OK) return st;
   if (size == 0) return KILN_OK;
-  if (size <= KVK_RING_SLOT_SIZE && !getenv("KILN_VK_SYNC_UPLOADS"))
+  const char *sync = getenv("KILN_VK_SYNC_UPLOADS");
+  if (size <= KVK_RING_SLOT_SIZE && (!sync || !*sync || strcmp(sync, "0") == 0))
     return write_async(dev, dst, offset, src, size);
   for (uint64_t done = 0; done < size;) {
     uint64_t n = size - done < dev->staging_size ? size - done : dev->staging_size;
