@@ -100,16 +100,19 @@ static void conv_params(kvk_dispatch *d, const conv_geom *g, const kvk_node *n) 
   for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) kvk_param_u(d, (uint64_t)v[i]);
 }
 
-/* The GEMM tile for a GEMM of `rows` rows. CPU drivers (lavapipe): 64 threads
- * with 8 x 8 results each, as for matmul (32 x 128 tiles when there are
- * only 32 rows, e.g. 32 filters; a row of 8 per thread for 8 rows or fewer,
- * e.g. the input gradient of a 1-channel image). Measured on lavapipe:
- * 8 x 8 per thread beats 4 x 8 and 4 x 4 by 1.4-2x, and fewer than 32
- * threads per workgroup are slower again (docs/vulkan.md). GPUs: 16 x 16 threads with 2 x 2 each, 8 x 8
- * threads with 4 x 4 where workgroups are small. */
-static kvk_tile choose_tile(const kiln_plugin_device *dev, int64_t rows) {
+/* The GEMM tile for rows x cols outputs. CPU drivers (lavapipe): 64
+ * threads with 8 x 8 results each, as for matmul; 32 x 128 tiles for 32
+ * rows or fewer (e.g. 32 filters); a row of 8 per thread for 8 rows or
+ * fewer (the input gradient of a 1-channel image); 16 columns for 16 or
+ * fewer (the weight gradient of a 3 x 3 kernel on one channel). Measured on
+ * lavapipe: 8 x 8 per thread beats 4 x 8 and 4 x 4 by 1.4-2x, and fewer
+ * than 32 threads per workgroup are slower again (docs/vulkan.md).
+ * GPUs: 16 x 16 threads with 2 x 2 each, 8 x 8 threads with 4 x 4 where
+ * workgroups are small. */
+static kvk_tile choose_tile(const kiln_plugin_device *dev, int64_t rows, int64_t cols) {
   const VkPhysicalDeviceLimits *l = &dev->phys->props.limits;
   if (dev->phys->kind == KILN_DEVICE_CPU) {
+    if (cols <= 16) return rows > 32 ? (kvk_tile){64, 16, 16, 8, 2} : (kvk_tile){32, 16, 16, 8, 2};
     if (rows > 32) return (kvk_tile){64, 64, 8, 8, 8};
     if (rows > 8) return (kvk_tile){32, 128, 8, 8, 8};
     uint32_t bm = 1;
@@ -139,7 +142,7 @@ kiln_status kvk_conv_plan(kvk_plan *p, int index, const kvk_node *n) {
     return kvk_node_error(index, n, KILN_UNSUPPORTED,
                           "w %s: a kernel of %lld taps per output; the Vulkan shader supports "
                           "fewer than 2^24", KVK_SHAPE(s1, g.w), (long long)depth);
-  kvk_tile tl = choose_tile(p->dev, M);
+  kvk_tile tl = choose_tile(p->dev, M, cols);
   kiln_status st = kvk_tile_override(p->dev, index, n, "KILN_VK_CONV_TILE", &tl);
   if (st != KILN_OK) return st;
   uint32_t bm = tl.bm, bn = tl.bn, bk = tl.bk, tm = tl.tm, tn = tl.tn;
