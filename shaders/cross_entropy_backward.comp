@@ -1,8 +1,10 @@
 #version 450
+#extension GL_GOOGLE_include_directive : require
+// kvk-variant: subgroup KVK_SUBGROUP
 // cross_entropy backward: dx [N, C] = dloss * (softmax(x) - onehot(label)) / N
 // with dloss [], x [N, C], labels [N] (i32); rows with a label outside
-// [0, C) get zeros. One workgroup per row (grid-stride), shared-memory max
-// and sum. Bindings: 0 dloss, 1 x, 2 labels, 3 dx (written).
+// [0, C) get zeros. One workgroup per row (grid-stride), wg_max
+// and wg_sum (wg_reduce.glsl). Bindings: 0 dloss, 1 x, 2 labels, 3 dx (written).
 // Spec: 0 WG (a power of two).
 layout(local_size_x_id = 0) in;
 layout(constant_id = 0) const uint WG = 256;
@@ -15,7 +17,7 @@ layout(push_constant, std430) uniform PC {
   uint N, C;
 } pc;
 
-shared float red[WG];
+#include "wg_reduce.glsl"
 
 void main() {
   const uint lid = gl_LocalInvocationID.x;
@@ -29,24 +31,11 @@ void main() {
     }
     float m = uintBitsToFloat(0xff800000u);
     for (uint c = lid; c < pc.C; c += WG) m = max(m, x[xb + c]);
-    red[lid] = m;
-    barrier();
-    for (uint h = WG / 2; h > 0; h >>= 1) {
-      if (lid < h) red[lid] = max(red[lid], red[lid + h]);
-      barrier();
-    }
-    m = red[0];
-    barrier();
+    m = wg_max(m);
     float s = 0.0;
     for (uint c = lid; c < pc.C; c += WG) s += exp(x[xb + c] - m);
-    red[lid] = s;
-    barrier();
-    for (uint h = WG / 2; h > 0; h >>= 1) {
-      if (lid < h) red[lid] += red[lid + h];
-      barrier();
-    }
-    float inv = 1.0 / red[0];
-    barrier();
+    s = wg_sum(s);
+    float inv = 1.0 / s;
     for (uint c = lid; c < pc.C; c += WG)
       dx[db + c] = g * (exp(x[xb + c] - m) * inv - (c == uint(label) ? 1.0 : 0.0));
   }

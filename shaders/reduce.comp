@@ -1,10 +1,13 @@
 #version 450
+#extension GL_GOOGLE_include_directive : require
+// kvk-variant: subgroup KVK_SUBGROUP
 // reduce: y[outputs] = scale * sum of x over the reduced axes (SUM: scale 1,
 // MEAN: 1 / count). x's axes are listed kept first (dims[0, nk), in order)
 // then reduced (dims[nk, nd)), each with its element stride in x.
 // One workgroup per output element (grid-stride); each thread sums a strided
-// share of the R reduced elements, then a shared-memory tree adds the
-// partials (no subgroup size assumed). Bindings: 0 x, 1 y (written).
+// share of the R reduced elements, then wg_sum adds the partials
+// (wg_reduce.glsl: subgroup operations in the _subgroup variant, a
+// shared-memory tree otherwise). Bindings: 0 x, 1 y (written).
 // Spec: 0 workgroup size WG (a power of two).
 layout(local_size_x_id = 0) in;
 layout(constant_id = 0) const uint WG = 256;
@@ -20,7 +23,7 @@ layout(push_constant, std430) uniform PC {
   uint strides[8];
 } pc;
 
-shared float part[WG];
+#include "wg_reduce.glsl"
 
 void main() {
   const uint lid = gl_LocalInvocationID.x;
@@ -39,13 +42,7 @@ void main() {
       }
       s += x[base + off];
     }
-    part[lid] = s;
-    barrier();
-    for (uint h = WG / 2; h > 0; h >>= 1) {
-      if (lid < h) part[lid] += part[lid + h];
-      barrier();
-    }
-    if (lid == 0) y[pc.y_off + o] = part[0] * pc.scale;
-    barrier();
+    s = wg_sum(s);
+    if (lid == 0) y[pc.y_off + o] = s * pc.scale;
   }
 }

@@ -1,7 +1,9 @@
 #version 450
+#extension GL_GOOGLE_include_directive : require
+// kvk-variant: subgroup KVK_SUBGROUP
 // softmax over the last axis: x, y [rows, C]; y = exp(x - max) / sum, or with
-// LOG, y = x - max - log(sum). One workgroup per row (grid-stride), shared-
-// memory reductions for the max and the sum. Bindings: 0 x, 1 y (written).
+// LOG, y = x - max - log(sum). One workgroup per row (grid-stride),
+// wg_max and wg_sum (wg_reduce.glsl) for the max and the sum. Bindings: 0 x, 1 y (written).
 // Spec: 0 workgroup size WG (a power of two), 1 LOG.
 layout(local_size_x_id = 0) in;
 layout(constant_id = 0) const uint WG = 256;
@@ -13,7 +15,7 @@ layout(push_constant, std430) uniform PC {
   uint rows, C;
 } pc;
 
-shared float red[WG];
+#include "wg_reduce.glsl"
 
 void main() {
   const uint lid = gl_LocalInvocationID.x;
@@ -21,24 +23,10 @@ void main() {
     const uint xb = pc.x_off + row * pc.C, yb = pc.y_off + row * pc.C;
     float m = uintBitsToFloat(0xff800000u);   // -inf
     for (uint c = lid; c < pc.C; c += WG) m = max(m, x[xb + c]);
-    red[lid] = m;
-    barrier();
-    for (uint h = WG / 2; h > 0; h >>= 1) {
-      if (lid < h) red[lid] = max(red[lid], red[lid + h]);
-      barrier();
-    }
-    m = red[0];
-    barrier();
+    m = wg_max(m);
     float s = 0.0;
     for (uint c = lid; c < pc.C; c += WG) s += exp(x[xb + c] - m);
-    red[lid] = s;
-    barrier();
-    for (uint h = WG / 2; h > 0; h >>= 1) {
-      if (lid < h) red[lid] += red[lid + h];
-      barrier();
-    }
-    s = red[0];
-    barrier();
+    s = wg_sum(s);
     if (LOG != 0) {
       float lse = m + log(s);
       for (uint c = lid; c < pc.C; c += WG) y[yb + c] = x[xb + c] - lse;

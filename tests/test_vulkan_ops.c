@@ -16,8 +16,9 @@
  *   sum/mean (R terms):              atol 1e-6 * R, rtol 1e-5
  *   softmax family, cross-entropy:   atol 1e-6, rtol 1e-5
  *   sgd, adam:                       atol 1e-6, rtol 1e-5
- *   conv2d and its backward (K terms per output, K the larger of the
- *   forward and weight-gradient depths): atol 1e-6 * K, rtol 1e-5
+ *   conv2d and its backward (K terms per output, K the largest of the
+ *   forward, input-gradient and weight-gradient depths): atol 1e-6 * K,
+ *   rtol 1e-5
  *   pooling and its backward:        atol 1e-6, rtol 1e-5
  * Shapes include 1, odd sizes, sizes that are not multiples of any tile or
  * workgroup size (matmul tiles are 32 and 64, workgroups 32..256) and a few
@@ -354,6 +355,41 @@ Test(vulkan, buffers_zeroed_and_round_trip) {
   ph_graph_free(&g);
 }
 
+/* Small writes return before their copy runs (an upload ring of a few
+ * slots). More writes than slots, to overlapping ranges, interleaved with
+ * graph runs that read the written bytes, must still take effect in call
+ * order; the validation layer (synchronization included) must stay quiet. */
+Test(vulkan, uploads_in_flight_keep_call_order) {
+  ph_graph g;
+  ph_graph_init(&g, &vk);
+  int64_t n = 4096;
+  int x = ph_tensor(&g, KILN_F32, 1, &n);
+  int y = ph_tensor(&g, KILN_F32, 1, &n);
+  cr_assert_geq(ph_node(&g, KILN_OP_NEG, 1, (int[]){x}, y, NULL, NULL), 0, "%s", ph_error());
+  cr_assert_eq(ph_compile(&g), KILN_OK, "%s", ph_error());
+  float *d = malloc((size_t)n * 4), *e = malloc((size_t)n * 4);
+  cr_assert(d && e);
+  for (int k = 0; k < 11; k++) {
+    for (int64_t i = 0; i < n; i++) d[i] = (float)(k * 10000 + i);
+    /* the whole tensor, then a part over it (the part must win) */
+    cr_assert_eq(ph_write(&g, x, d), KILN_OK, "%s", ph_error());
+    for (int64_t i = 0; i < 100; i++) d[i] = -1.0f - (float)k;
+    cr_assert_eq(vk.api->buffer_write(vk.dev, g.buffers[g.tensors[x].buffer],
+                                      g.tensors[x].offset + 400, d, 400), KILN_OK, "%s", ph_error());
+    if (k % 3 == 2) continue;   /* sometimes two rounds of writes before a run */
+    cr_assert_eq(ph_run(&g), KILN_OK, "run %d: %s", k, ph_error());
+    cr_assert_eq(ph_read(&g, y, e), KILN_OK, "%s", ph_error());
+    for (int64_t i = 0; i < n; i++) {
+      float want = i >= 100 && i < 200 ? 1.0f + (float)k : -(float)(k * 10000 + i);
+      cr_assert_eq(e[i], want, "round %d: y[%lld] = %g, expected %g", k, (long long)i,
+                   (double)e[i], (double)want);
+    }
+  }
+  free(d);
+  free(e);
+  ph_graph_free(&g);
+}
+
 /* ---- elementwise ---------------------------------------------------------- */
 
 static const int64_t ew_shapes[][4] = {
@@ -533,7 +569,7 @@ Test(vulkan, matmul_large) {
 
 /* ---- reductions ----------------------------------------------------------- */
 
-Test(vulkan, sum_mean) {
+static void sum_mean_cases(void) {
   static const int64_t shapes[][5] = {
       {1, 1}, {1, 1001}, {2, 7, 33}, {3, 4, 1, 300}, {4, 2, 3, 5, 7},
   };
@@ -563,7 +599,7 @@ Test(vulkan, sum_mean) {
   }
 }
 
-Test(vulkan, sum_large) {
+static void sum_large_case(void) {
   tcase c;
   case_init(&c, 1e-6 * 2000000, 1e-5);
   int x = F(&c, 2000000);
@@ -595,7 +631,7 @@ Test(vulkan, expand_and_transpose) {
 
 /* ---- softmax family --------------------------------------------------------- */
 
-Test(vulkan, softmax_family) {
+static void softmax_cases(void) {
   static const int64_t shapes[][4] = {{1, 1}, {2, 3, 10}, {2, 7, 1000}, {1, 65}, {3, 2, 5, 257}};
   for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
     tcase c;
@@ -616,7 +652,7 @@ Test(vulkan, softmax_family) {
   }
 }
 
-Test(vulkan, cross_entropy) {
+static void cross_entropy_cases(void) {
   static const int64_t nc[][2] = {{1, 1}, {1, 10}, {64, 10}, {37, 65}, {300, 1000}};
   for (size_t s = 0; s < sizeof nc / sizeof nc[0]; s++) {
     tcase c;
@@ -634,6 +670,43 @@ Test(vulkan, cross_entropy) {
   }
 }
 
+/* The reductions (sum/mean, softmax and its backward, cross-entropy and its
+ * backward) run with subgroup operations on a device that has them
+ * (lavapipe does), and with shared-memory trees under KILN_VK_NO_SUBGROUPS=1,
+ * which also clears KILN_FEATURE_SUBGROUPS in device_info: both paths are
+ * checked against the CPU plugin here. */
+static int device_uses_subgroups(void) {
+  kiln_device_info info;
+  memset(&info, 0, sizeof info);
+  info.struct_size = sizeof info;
+  cr_assert_eq(vk.api->device_info(0, &info), KILN_OK, "%s", ph_error());
+  return (info.features & KILN_FEATURE_SUBGROUPS) != 0;
+}
+
+Test(vulkan, sum_mean) {
+  cr_log_info("reductions with subgroup operations: %s", device_uses_subgroups() ? "yes" : "no");
+  sum_mean_cases();
+}
+Test(vulkan, sum_large) { sum_large_case(); }
+Test(vulkan, softmax_family) { softmax_cases(); }
+Test(vulkan, cross_entropy) { cross_entropy_cases(); }
+
+static void open_both_no_subgroups(void) {
+  setenv("KILN_VK_NO_SUBGROUPS", "1", 1);
+  open_both();
+}
+
+TestSuite(vulkan_no_subgroups, .init = open_both_no_subgroups, .fini = close_both, .timeout = 600);
+
+Test(vulkan_no_subgroups, feature_cleared) {
+  cr_assert_not(device_uses_subgroups(),
+                "KILN_VK_NO_SUBGROUPS=1, yet device_info reports KILN_FEATURE_SUBGROUPS");
+}
+Test(vulkan_no_subgroups, sum_mean) { sum_mean_cases(); }
+Test(vulkan_no_subgroups, sum_large) { sum_large_case(); }
+Test(vulkan_no_subgroups, softmax_family) { softmax_cases(); }
+Test(vulkan_no_subgroups, cross_entropy) { cross_entropy_cases(); }
+
 /* ---- convolution and pooling ---------------------------------------------- */
 
 /* N, C, H, W, O, KH, KW, stride h/w, pad h/w, dilation h/w, groups */
@@ -647,32 +720,50 @@ static const int64_t conv_cfgs[][14] = {
     {2, 5, 11, 13, 7, 5, 4, 3, 2, 2, 3, 2, 1, 1},
 };
 
+static void conv_case(size_t i, uint64_t seed) {
+  const int64_t *k = conv_cfgs[i];
+  int64_t N = k[0], C = k[1], H = k[2], W = k[3], O = k[4], KH = k[5], KW = k[6], G = k[13];
+  int64_t OH = (H + 2 * k[9] - k[11] * (KH - 1) - 1) / k[7] + 1;
+  int64_t OW = (W + 2 * k[10] - k[12] * (KW - 1) - 1) / k[8] + 1;
+  int64_t depth = (C / G) * KH * KW;            /* forward */
+  if (N * OH * OW > depth) depth = N * OH * OW;  /* backward weight */
+  if ((O / G) * KH * KW > depth) depth = (O / G) * KH * KW;   /* backward input */
+  const int64_t ip[8] = {k[7], k[8], k[9], k[10], k[11], k[12], G};
+  tcase c;
+  case_init(&c, 1e-6 * (double)depth, 1e-5);
+  c.seed = seed;
+  int x = F(&c, N, C, H, W);
+  int w = F(&c, O, C / G, KH, KW);
+  int b = F(&c, O);
+  int y = F(&c, N, O, OH, OW);
+  int yb = F(&c, N, O, OH, OW);
+  int dy = F(&c, N, O, OH, OW);
+  int dx = F(&c, N, C, H, W);
+  int dw = F(&c, O, C / G, KH, KW);
+  NODE(&c, KILN_OP_CONV2D, y, ip, NULL, x, w);
+  NODE(&c, KILN_OP_CONV2D, yb, ip, NULL, x, w, b);
+  NODE(&c, KILN_OP_CONV2D_BACKWARD_INPUT, dx, ip, NULL, dy, w);
+  NODE(&c, KILN_OP_CONV2D_BACKWARD_WEIGHT, dw, ip, NULL, dy, x);
+  run_case(&c);
+}
+
 Test(vulkan, conv2d_forward_and_backward) {
-  for (size_t i = 0; i < sizeof conv_cfgs / sizeof conv_cfgs[0]; i++) {
-    const int64_t *k = conv_cfgs[i];
-    int64_t N = k[0], C = k[1], H = k[2], W = k[3], O = k[4], KH = k[5], KW = k[6], G = k[13];
-    int64_t OH = (H + 2 * k[9] - k[11] * (KH - 1) - 1) / k[7] + 1;
-    int64_t OW = (W + 2 * k[10] - k[12] * (KW - 1) - 1) / k[8] + 1;
-    int64_t depth = (C / G) * KH * KW;            /* forward */
-    if (N * OH * OW > depth) depth = N * OH * OW;  /* backward weight */
-    const int64_t ip[8] = {k[7], k[8], k[9], k[10], k[11], k[12], G};
-    tcase c;
-    case_init(&c, 1e-6 * (double)depth, 1e-5);
-    c.seed = i;
-    int x = F(&c, N, C, H, W);
-    int w = F(&c, O, C / G, KH, KW);
-    int b = F(&c, O);
-    int y = F(&c, N, O, OH, OW);
-    int yb = F(&c, N, O, OH, OW);
-    int dy = F(&c, N, O, OH, OW);
-    int dx = F(&c, N, C, H, W);
-    int dw = F(&c, O, C / G, KH, KW);
-    NODE(&c, KILN_OP_CONV2D, y, ip, NULL, x, w);
-    NODE(&c, KILN_OP_CONV2D, yb, ip, NULL, x, w, b);
-    NODE(&c, KILN_OP_CONV2D_BACKWARD_INPUT, dx, ip, NULL, dy, w);
-    NODE(&c, KILN_OP_CONV2D_BACKWARD_WEIGHT, dw, ip, NULL, dy, x);
-    run_case(&c);
+  for (size_t i = 0; i < sizeof conv_cfgs / sizeof conv_cfgs[0]; i++) conv_case(i, i);
+}
+
+/* Every GEMM tile shape conv2d.comp may get (the GPU and CPU defaults, a
+ * row per thread, and odd ones where a workgroup is not a multiple of the
+ * tile's columns, so the shader's general B-tile load runs), on the
+ * configurations with stride, padding, dilation and groups. */
+Test(vulkan, conv2d_every_tile_configuration) {
+  static const char *const tiles[] = {"32,32,16,2,2", "32,32,8,4,4", "64,64,8,8,8",
+                                      "32,64,8,4,8", "1,64,8,1,8", "16,48,4,2,3", "8,8,1,1,1"};
+  static const size_t cfgs[] = {1, 2, 3, 6};
+  for (size_t t = 0; t < sizeof tiles / sizeof tiles[0]; t++) {
+    setenv("KILN_VK_CONV_TILE", tiles[t], 1);
+    for (size_t i = 0; i < sizeof cfgs / sizeof cfgs[0]; i++) conv_case(cfgs[i], 100 + t * 10 + i);
   }
+  unsetenv("KILN_VK_CONV_TILE");
 }
 
 Test(vulkan, pool2d_forward_and_backward) {

@@ -302,6 +302,15 @@ static const char *vendor_name(uint32_t id) {
   }
 }
 
+int kvk_use_subgroups(const kvk_physical *p) {
+  const VkSubgroupFeatureFlags arith =
+      VK_SUBGROUP_FEATURE_BASIC_BIT | VK_SUBGROUP_FEATURE_ARITHMETIC_BIT;
+  const char *off = getenv("KILN_VK_NO_SUBGROUPS");
+  if (off && *off && strcmp(off, "0") != 0) return 0;
+  return (p->subgroup.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) &&
+         (p->subgroup.supportedOperations & arith) == arith;
+}
+
 kiln_status kvk_device_info(uint32_t index, kiln_device_info *info) {
   const kvk_physical *p = kvk_physical_get(index);
   if (!p) {
@@ -329,11 +338,7 @@ kiln_status kvk_device_info(uint32_t index, kiln_device_info *info) {
   else
     snprintf(d.driver, sizeof d.driver, "driver version 0x%x", p->props.driverVersion);
   d.memory_bytes = p->device_local_bytes;
-  const VkSubgroupFeatureFlags arith =
-      VK_SUBGROUP_FEATURE_BASIC_BIT | VK_SUBGROUP_FEATURE_ARITHMETIC_BIT;
-  if ((p->subgroup.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) &&
-      (p->subgroup.supportedOperations & arith) == arith)
-    d.features |= KILN_FEATURE_SUBGROUPS;
+  if (kvk_use_subgroups(p)) d.features |= KILN_FEATURE_SUBGROUPS;
   if (p->kind == KILN_DEVICE_CPU || p->kind == KILN_DEVICE_INTEGRATED_GPU)
     d.features |= KILN_FEATURE_UNIFIED;
   d.compute_units = 0;   /* Vulkan does not report it */

@@ -13,6 +13,14 @@
  * kvk_cmd_barrier_all() so it is ordered after every earlier submission
  * (graph runs included), submitted with a fence and waited for. Large
  * transfers go in chunks of the staging buffer's size.
+ *
+ * Except small writes (<= KVK_RING_SLOT_SIZE, e.g. a training step's
+ * batch): they are copied into the next of KVK_RING_SLOTS slots after the
+ * synchronous staging area, and their copy is submitted with the slot's own
+ * command buffer and fence without waiting. A slot is waited for only when
+ * it comes round again; reads, synchronize and buffer_free wait for
+ * everything anyway. So a step's upload no longer waits for the previous
+ * step's graph run to finish.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -66,6 +74,14 @@ static VkBufferCreateInfo buffer_info(VkDeviceSize size, VkBufferUsageFlags usag
   (VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT | \
    VK_BUFFER_USAGE_TRANSFER_DST_BIT)
 
+static void ring_destroy(kiln_plugin_device *dev) {
+  for (uint32_t i = 0; i < KVK_RING_SLOTS; i++) {
+    if (dev->ring[i].fence) vkDestroyFence(dev->dev, dev->ring[i].fence, NULL);
+    if (dev->ring[i].cmd) vkFreeCommandBuffers(dev->dev, dev->cmd_pool, 1, &dev->ring[i].cmd);
+    dev->ring[i] = (struct kvk_ring_slot){0};
+  }
+}
+
 kiln_status kvk_memory_init(kiln_plugin_device *dev) {
   const VkPhysicalDeviceMemoryProperties *mp = &dev->phys->mem;
   VkResult r;
@@ -89,9 +105,10 @@ kiln_status kvk_memory_init(kiln_plugin_device *dev) {
   VkDeviceSize heap = mp->memoryHeaps[mp->memoryTypes[t].heapIndex].size;
   if (dev->block_size > heap / 4) dev->block_size = heap / 4;
 
-  /* The staging buffer: host-visible and coherent (cached when offered). */
+  /* The staging buffer: host-visible and coherent (cached when offered),
+   * the synchronous area then the ring's slots. */
   dev->staging_size = KVK_STAGING_SIZE;
-  bi = buffer_info(dev->staging_size,
+  bi = buffer_info(dev->staging_size + KVK_RING_SLOTS * KVK_RING_SLOT_SIZE,
                    VK_BUFFER_USAGE_TRANSFER_SRC_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT);
   r = vkCreateBuffer(dev->dev, &bi, NULL, &dev->staging);
   if (r != VK_SUCCESS) return kvk_vk_error("device_open", "vkCreateBuffer (staging)", r);
@@ -122,8 +139,26 @@ kiln_status kvk_memory_init(kiln_plugin_device *dev) {
     st = kvk_vk_error("device_open", "binding or mapping the staging memory", r);
     goto fail_memory;
   }
+  for (uint32_t i = 0; i < KVK_RING_SLOTS; i++) {
+    VkCommandBufferAllocateInfo cai = {
+        .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
+        .commandPool = dev->cmd_pool,
+        .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
+        .commandBufferCount = 1,
+    };
+    VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
+    r = vkAllocateCommandBuffers(dev->dev, &cai, &dev->ring[i].cmd);
+    if (r == VK_SUCCESS) r = vkCreateFence(dev->dev, &fci, NULL, &dev->ring[i].fence);
+    if (r != VK_SUCCESS) {
+      st = kvk_vk_error("device_open", "creating the upload ring", r);
+      goto fail_ring;
+    }
+  }
   return KILN_OK;
 
+fail_ring:
+  ring_destroy(dev);
+  vkUnmapMemory(dev->dev, dev->staging_mem);
 fail_memory:
   vkFreeMemory(dev->dev, dev->staging_mem, NULL);
 fail_buffer:
@@ -146,6 +181,7 @@ void kvk_memory_shutdown(kiln_plugin_device *dev) {
     b = next;
   }
   dev->blocks = NULL;
+  ring_destroy(dev);   /* the device is idle: kvk_device_close waited */
   if (dev->staging) {
     vkUnmapMemory(dev->dev, dev->staging_mem);
     vkFreeMemory(dev->dev, dev->staging_mem, NULL);
@@ -423,10 +459,54 @@ static kiln_status check_range(const char *what, const kiln_plugin_buffer *buf, 
   return KILN_OK;
 }
 
+/* A small write through the next ring slot, not waited for. */
+static kiln_status write_async(kiln_plugin_device *dev, kiln_plugin_buffer *dst, uint64_t offset,
+                               const void *src, uint64_t size) {
+  uint32_t i = dev->ring_next;
+  struct kvk_ring_slot *s = &dev->ring[i];
+  VkResult r;
+  if (s->pending) {
+    r = vkWaitForFences(dev->dev, 1, &s->fence, VK_TRUE, UINT64_MAX);
+    if (r != VK_SUCCESS) return kvk_vk_error("buffer_write", "vkWaitForFences (upload ring)", r);
+    r = vkResetFences(dev->dev, 1, &s->fence);
+    if (r != VK_SUCCESS) return kvk_vk_error("buffer_write", "vkResetFences (upload ring)", r);
+    s->pending = 0;
+  }
+  VkDeviceSize at = dev->staging_size + i * KVK_RING_SLOT_SIZE;
+  memcpy((char *)dev->staging_map + at, src, (size_t)size);
+  r = vkResetCommandBuffer(s->cmd, 0);
+  if (r != VK_SUCCESS) return kvk_vk_error("buffer_write", "vkResetCommandBuffer", r);
+  VkCommandBufferBeginInfo bi = {
+      .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
+      .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT,
+  };
+  r = vkBeginCommandBuffer(s->cmd, &bi);
+  if (r != VK_SUCCESS) return kvk_vk_error("buffer_write", "vkBeginCommandBuffer", r);
+  kvk_cmd_barrier_all(s->cmd);
+  VkBufferCopy c = {.srcOffset = at, .dstOffset = offset, .size = size};
+  vkCmdCopyBuffer(s->cmd, dev->staging, dst->buf, 1, &c);
+  r = vkEndCommandBuffer(s->cmd);
+  if (r != VK_SUCCESS) return kvk_vk_error("buffer_write", "vkEndCommandBuffer", r);
+  VkSubmitInfo si = {
+      .sType = VK_STRUCTURE_TYPE_SUBMIT_INFO,
+      .commandBufferCount = 1,
+      .pCommandBuffers = &s->cmd,
+  };
+  r = vkQueueSubmit(dev->queue, 1, &si, s->fence);
+  if (r != VK_SUCCESS) return kvk_vk_error("buffer_write", "vkQueueSubmit", r);
+  s->pending = 1;
+  dev->ring_next = (i + 1) % KVK_RING_SLOTS;
+  return KILN_OK;
+}
+
 kiln_status kvk_buffer_write(kiln_plugin_device *dev, kiln_plugin_buffer *dst, uint64_t offset,
                              const void *src, uint64_t size) {
   kiln_status st = check_range("buffer_write", dst, offset, size, src);
   if (st != KILN_OK) return st;
+  if (size == 0) return KILN_OK;
+  const char *sync = getenv("KILN_VK_SYNC_UPLOADS");
+  if (size <= KVK_RING_SLOT_SIZE && (!sync || !*sync || strcmp(sync, "0") == 0))
+    return write_async(dev, dst, offset, src, size);
   for (uint64_t done = 0; done < size;) {
     uint64_t n = size - done < dev->staging_size ? size - done : dev->staging_size;
     memcpy(dev->staging_map, (const char *)src + done, (size_t)n);

@@ -7,9 +7,12 @@
  *   conv2d_backward_weight  shaders/conv2d.comp MODE 1: dy [O/G, N*OH*OW] @ col(x)^T,
  *                           split over N*OH*OW into partials (split-K), then
  *                           shaders/reduce.comp adds the partials
- *   conv2d_backward_input   shaders/conv2d_input.comp: a gather per dx element
+ *   conv2d_backward_input   shaders/conv2d.comp MODE 2: w^T [C/G, O/G*KH*KW] @ the
+ *                           transposed gather of dy [.., N*H*W] (zero where a
+ *                           stride skips), no atomics
  *   max/avg pool (+ bwd)    shaders/pool2d.comp: a thread per output / dx element
- * Workgroups: the GEMMs tile 32 x 32 outputs (x: columns, y: rows, z: groups).
+ * Workgroups: the GEMMs' tiles are chosen per device kind (choose_tile,
+ * $KILN_VK_CONV_TILE overrides); x: columns, y: rows, z: groups (x splits).
  */
 #include "vk-impl.h"
 
@@ -97,48 +100,65 @@ static void conv_params(kvk_dispatch *d, const conv_geom *g, const kvk_node *n) 
   for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) kvk_param_u(d, (uint64_t)v[i]);
 }
 
-kiln_status kvk_conv_plan(kvk_plan *p, int index, const kvk_node *n) {
-  conv_geom g;
-  kiln_status st = conv_validate(index, n, &g);
-  if (st != KILN_OK) return st;
-  kvk_dispatch *d = kvk_plan_add(p, index, n);
-  if (!d) return KILN_OUT_OF_MEMORY;
-  const VkPhysicalDeviceLimits *l = &p->dev->phys->props.limits;
-  if (n->op == KILN_OP_CONV2D_BACKWARD_INPUT) {
-    d->shader = KVK_SHADER_CONV2D_INPUT;
-    d->n_spec = 1;
-    d->spec[0] = WG;
-    d->n_bind = 3;
-    d->bind[0] = &n->in[0];
-    d->bind[1] = &n->in[1];
-    d->bind[2] = &n->out;
-    d->write_mask = 4;
-    conv_params(d, &g, n);
-    d->groups[0] = kvk_groups_1d(p->dev, (uint64_t)n->out.numel, WG);
-    d->groups[1] = d->groups[2] = 1;
-    return KILN_OK;
+/* The GEMM tile for rows x cols outputs. CPU drivers (lavapipe): 64
+ * threads with 8 x 8 results each, as for matmul; 32 x 128 tiles for 32
+ * rows or fewer (e.g. 32 filters); a row of 8 per thread for 8 rows or
+ * fewer (the input gradient of a 1-channel image); 16 columns for 16 or
+ * fewer (the weight gradient of a 3 x 3 kernel on one channel). Measured on
+ * lavapipe: 8 x 8 per thread beats 4 x 8 and 4 x 4 by 1.4-2x, and fewer
+ * than 32 threads per workgroup are slower again (docs/vulkan.md).
+ * GPUs: 16 x 16 threads with 2 x 2 each, 8 x 8 threads with 4 x 4 where
+ * workgroups are small. */
+static kvk_tile choose_tile(const kiln_plugin_device *dev, int64_t rows, int64_t cols) {
+  const VkPhysicalDeviceLimits *l = &dev->phys->props.limits;
+  if (dev->phys->kind == KILN_DEVICE_CPU) {
+    if (cols <= 16) return rows > 32 ? (kvk_tile){64, 16, 16, 8, 2} : (kvk_tile){32, 16, 16, 8, 2};
+    if (rows > 32) return (kvk_tile){64, 64, 8, 8, 8};
+    if (rows > 8) return (kvk_tile){32, 128, 8, 8, 8};
+    uint32_t bm = 1;
+    while (bm < rows) bm *= 2;
+    return (kvk_tile){bm, 64, 8, 1, 8};
   }
-  int big = l->maxComputeWorkGroupInvocations >= 256 && l->maxComputeWorkGroupSize[0] >= 16 &&
-            l->maxComputeWorkGroupSize[1] >= 16;
-  uint32_t bm = 32, bn = 32, bk = big ? 16 : 8, tm = big ? 2 : 4, tn = big ? 2 : 4;
-  int fwd = n->op == KILN_OP_CONV2D;
-  int64_t M = g.O / g.G;
-  int64_t cols = fwd ? g.N * g.OH * g.OW : (g.C / g.G) * g.KH * g.KW;
+  if (l->maxComputeWorkGroupInvocations >= 256 && l->maxComputeWorkGroupSize[0] >= 16 &&
+      l->maxComputeWorkGroupSize[1] >= 16)
+    return (kvk_tile){32, 32, 16, 2, 2};
+  return (kvk_tile){32, 32, 8, 4, 4};
+}
+
+kiln_status kvk_conv_plan(kvk_plan *p, int index, const kvk_node *n) {
+  char s0[KVK_SHAPE_STR], s1[KVK_SHAPE_STR];
+  conv_geom g = {0};
+  kiln_status vst = conv_validate(index, n, &g);
+  if (vst != KILN_OK) return vst;
+  const VkPhysicalDeviceLimits *l = &p->dev->phys->props.limits;
+  /* GEMM per group: rows, columns and depth (see shaders/conv2d.comp) */
+  uint32_t mode = n->op == KILN_OP_CONV2D ? 0 : n->op == KILN_OP_CONV2D_BACKWARD_WEIGHT ? 1 : 2;
+  int fwd = mode == 0;
+  int64_t KK = g.KH * g.KW;
+  int64_t M = mode == 2 ? g.C / g.G : g.O / g.G;
+  int64_t cols = mode == 0 ? g.N * g.OH * g.OW : mode == 1 ? (g.C / g.G) * KK : g.N * g.H * g.W;
+  int64_t depth = mode == 0 ? (g.C / g.G) * KK : mode == 1 ? g.N * g.OH * g.OW : (g.O / g.G) * KK;
+  if (mode != 1 && depth >= (1 << 24))
+    return kvk_node_error(index, n, KILN_UNSUPPORTED,
+                          "w %s: a kernel of %lld taps per output; the Vulkan shader supports "
+                          "fewer than 2^24", KVK_SHAPE(s1, g.w), (long long)depth);
+  kvk_tile tl = choose_tile(p->dev, M, cols);
+  kiln_status st = kvk_tile_override(p->dev, index, n, "KILN_VK_CONV_TILE", &tl);
+  if (st != KILN_OK) return st;
+  uint32_t bm = tl.bm, bn = tl.bn, bk = tl.bk, tm = tl.tm, tn = tl.tn;
   uint64_t gx = ((uint64_t)cols + bn - 1) / bn, gy = ((uint64_t)M + bm - 1) / bm;
   if (gx > l->maxComputeWorkGroupCount[0] || gy > l->maxComputeWorkGroupCount[1]) {
-    char s[KVK_SHAPE_STR];
     return kvk_node_error(index, n, KILN_UNSUPPORTED,
                           "x %s needs %llu x %llu workgroups; this device allows %u x %u",
-                          KVK_SHAPE(s, g.x), (unsigned long long)gx, (unsigned long long)gy,
+                          KVK_SHAPE(s0, g.x), (unsigned long long)gx, (unsigned long long)gy,
                           l->maxComputeWorkGroupCount[0], l->maxComputeWorkGroupCount[1]);
   }
   /* Split-K for the weight gradient: its depth (N*OH*OW) is long and its
    * output (O x C/G*KH*KW) small, often one or two tiles; partials over
    * depth chunks of >= 512 give the device ~256 workgroups to run, and a
    * reduce dispatch adds them up in a fixed order. */
-  int64_t depth = fwd ? (g.C / g.G) * g.KH * g.KW : g.N * g.OH * g.OW;
   uint64_t tiles = gx * gy * (uint64_t)g.G, splits = 1;
-  if (!fwd && tiles < 256) {
+  if (mode == 1 && tiles < 256) {
     splits = 256 / tiles;
     if (splits > (uint64_t)depth / 512) splits = (uint64_t)depth / 512;
     if (splits < 1) splits = 1;
@@ -154,6 +174,8 @@ kiln_status kvk_conv_plan(kvk_plan *p, int index, const kvk_node *n) {
   uint64_t gz = (uint64_t)g.G * splits;
   if (gz > l->maxComputeWorkGroupCount[2]) gz = l->maxComputeWorkGroupCount[2];
   int has_bias = fwd && n->n_inputs == 3;
+  kvk_dispatch *d = kvk_plan_add(p, index, n);
+  if (!d) return KILN_OUT_OF_MEMORY;
   d->shader = KVK_SHADER_CONV2D;
   d->n_spec = 9;
   d->spec[0] = bn / tn;
@@ -163,11 +185,11 @@ kiln_status kvk_conv_plan(kvk_plan *p, int index, const kvk_node *n) {
   d->spec[4] = bk;
   d->spec[5] = tm;
   d->spec[6] = tn;
-  d->spec[7] = fwd ? 0 : 1;
+  d->spec[7] = mode;
   d->spec[8] = (uint32_t)has_bias;
   d->n_bind = 4;
-  d->bind[0] = g.x;
-  d->bind[1] = fwd ? g.w : g.y;   /* w, or dy */
+  d->bind[0] = mode == 2 ? g.y : g.x;   /* x, or dy */
+  d->bind[1] = mode == 1 ? g.y : g.w;   /* w, or dy */
   d->bind[2] = has_bias ? &n->in[2] : d->bind[1];
   d->bind[3] = out;
   d->write_mask = 8;

@@ -12,43 +12,40 @@
 
 #include "vk-impl.h"
 
-typedef struct tile {
-  uint32_t bm, bn, bk, tm, tn;
-} tile;
-
-static tile choose_tile(const kiln_plugin_device *dev, int64_t M, int64_t N) {
+static kvk_tile choose_tile(const kiln_plugin_device *dev, int64_t M, int64_t N) {
   const VkPhysicalDeviceLimits *l = &dev->phys->props.limits;
   int big = l->maxComputeWorkGroupInvocations >= 256 && l->maxComputeWorkGroupSize[0] >= 16 &&
             l->maxComputeWorkGroupSize[1] >= 16;
   /* CPU drivers (lavapipe) run a workgroup's invocations as SIMD lanes and
    * pay for every barrier; fewer threads with 8 x 8 results each measured
    * about twice as fast there (512^3 on lavapipe, see docs/vulkan.md). */
-  if (dev->phys->kind == KILN_DEVICE_CPU && M >= 64 && N >= 64) return (tile){64, 64, 8, 8, 8};
+  if (dev->phys->kind == KILN_DEVICE_CPU && M >= 64 && N >= 64) return (kvk_tile){64, 64, 8, 8, 8};
   /* GPUs: 16 x 16 threads each computing 4 x 4 (64 x 64 tiles) for large
    * products; 2 x 2 per thread (32 x 32 tiles) when M or N is small, so
    * fewer threads idle; 8 x 8 threads on devices with small workgroups. */
-  if (big && M >= 64 && N >= 64) return (tile){64, 64, 16, 4, 4};
-  if (big) return (tile){32, 32, 16, 2, 2};
-  return (tile){32, 32, 8, 4, 4};
+  if (big && M >= 64 && N >= 64) return (kvk_tile){64, 64, 16, 4, 4};
+  if (big) return (kvk_tile){32, 32, 16, 2, 2};
+  return (kvk_tile){32, 32, 8, 4, 4};
 }
 
-/* $KILN_VK_MATMUL_TILE = "BM,BN,BK,TM,TN" overrides the choice (for tuning
- * on a new GPU, and so the tests cover every shape of the shader). */
-static kiln_status tile_override(const kiln_plugin_device *dev, int index, const kvk_node *n,
-                                 tile *t) {
-  const char *e = getenv("KILN_VK_MATMUL_TILE");
+/* $KILN_VK_MATMUL_TILE (and ops_conv.c's $KILN_VK_CONV_TILE) =
+ * "BM,BN,BK,TM,TN" overrides the choice (for tuning on a new GPU, and so the
+ * tests cover every shape of the shaders). */
+kiln_status kvk_tile_override(const kiln_plugin_device *dev, int index, const kvk_node *n,
+                              const char *var, kvk_tile *t) {
+  const char *e = getenv(var);
   if (!e || !*e) return KILN_OK;
   const VkPhysicalDeviceLimits *l = &dev->phys->props.limits;
-  tile o;
+  kvk_tile o;
   if (sscanf(e, "%u,%u,%u,%u,%u", &o.bm, &o.bn, &o.bk, &o.tm, &o.tn) != 5 || !o.bm || !o.bn ||
       !o.bk || !o.tm || !o.tn || o.bm % o.tm || o.bn % o.tn ||
       (uint64_t)(o.bm / o.tm) * (o.bn / o.tn) > l->maxComputeWorkGroupInvocations ||
       o.bn / o.tn > l->maxComputeWorkGroupSize[0] || o.bm / o.tm > l->maxComputeWorkGroupSize[1] ||
       (uint64_t)(o.bm + o.bn) * o.bk * 4 > l->maxComputeSharedMemorySize)
     return kvk_node_error(index, n, KILN_INVALID_ARGUMENT,
-                          "KILN_VK_MATMUL_TILE=\"%s\" is not BM,BN,BK,TM,TN with TM | BM, TN | BN, "
+                          "%s=\"%s\" is not BM,BN,BK,TM,TN with TM | BM, TN | BN, "
                           "(BM/TM)*(BN/TN) <= %u threads and (BM+BN)*BK*4 <= %u bytes of shared "
-                          "memory", e, l->maxComputeWorkGroupInvocations,
+                          "memory", var, e, l->maxComputeWorkGroupInvocations,
                           l->maxComputeSharedMemorySize);
   *t = o;
   return KILN_OK;
@@ -123,8 +120,8 @@ kiln_status kvk_matmul_plan(kvk_plan *p, int index, const kvk_node *n) {
     }
   }
 
-  tile tl = choose_tile(p->dev, M, N);
-  kiln_status st = tile_override(p->dev, index, n, &tl);
+  kvk_tile tl = choose_tile(p->dev, M, N);
+  kiln_status st = kvk_tile_override(p->dev, index, n, "KILN_VK_MATMUL_TILE", &tl);
   if (st != KILN_OK) return st;
   const VkPhysicalDeviceLimits *l = &p->dev->phys->props.limits;
   uint64_t gx = ((uint64_t)N + tl.bn - 1) / tl.bn, gy = ((uint64_t)M + tl.bm - 1) / tl.bm;

@@ -9,6 +9,11 @@
  * constants) pair and kept for the device's lifetime, so graphs compiled
  * again (a new batch size, a new model) reuse them; a VkPipelineCache
  * backs the driver's own compilation.
+ *
+ * The reduction shaders are also built as NAME_subgroup (subgroup
+ * arithmetic, `// kvk-variant:` in the shader); a device that has it
+ * (kvk_use_subgroups) gets that module under the same kvk_shader, so the
+ * op files plan the same dispatches either way.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -31,7 +36,6 @@ SHADER_(cross_entropy_backward)
 SHADER_(sgd)
 SHADER_(adam)
 SHADER_(conv2d)
-SHADER_(conv2d_input)
 SHADER_(pool2d)
 SHADER_(seq)
 SHADER_(layernorm)
@@ -40,6 +44,11 @@ SHADER_(gelu)
 SHADER_(attention)
 SHADER_(attention_backward)
 SHADER_(lr_schedule)
+SHADER_(reduce_subgroup)
+SHADER_(softmax_subgroup)
+SHADER_(softmax_backward_subgroup)
+SHADER_(cross_entropy_subgroup)
+SHADER_(cross_entropy_backward_subgroup)
 #undef SHADER_
 
 typedef struct shader_desc {
@@ -47,24 +56,28 @@ typedef struct shader_desc {
   const uint32_t *code;
   const size_t *size;
   uint32_t bindings;
+  const uint32_t *sg_code;     /* the subgroup variant, or NULL */
+  const size_t *sg_size;
 } shader_desc;
 
-#define S_(e, name, nb) [e] = {#name, kvk_spirv_##name, &kvk_spirv_##name##_size, nb}
+#define S_(e, name, nb) [e] = {#name, kvk_spirv_##name, &kvk_spirv_##name##_size, nb, NULL, NULL}
+#define SG_(e, name, nb)                                                          \
+  [e] = {#name, kvk_spirv_##name, &kvk_spirv_##name##_size, nb,                  \
+         kvk_spirv_##name##_subgroup, &kvk_spirv_##name##_subgroup_size}
 static const shader_desc shaders[KVK_SHADER_COUNT] = {
     S_(KVK_SHADER_FILL, fill, 1),
     S_(KVK_SHADER_UNARY, unary, 2),
     S_(KVK_SHADER_BINARY, binary, 3),
     S_(KVK_SHADER_GATHER, gather, 2),
     S_(KVK_SHADER_MATMUL, matmul, 3),
-    S_(KVK_SHADER_REDUCE, reduce, 2),
-    S_(KVK_SHADER_SOFTMAX, softmax, 2),
-    S_(KVK_SHADER_SOFTMAX_BACKWARD, softmax_backward, 3),
-    S_(KVK_SHADER_CROSS_ENTROPY, cross_entropy, 3),
-    S_(KVK_SHADER_CROSS_ENTROPY_BACKWARD, cross_entropy_backward, 4),
+    SG_(KVK_SHADER_REDUCE, reduce, 2),
+    SG_(KVK_SHADER_SOFTMAX, softmax, 2),
+    SG_(KVK_SHADER_SOFTMAX_BACKWARD, softmax_backward, 3),
+    SG_(KVK_SHADER_CROSS_ENTROPY, cross_entropy, 3),
+    SG_(KVK_SHADER_CROSS_ENTROPY_BACKWARD, cross_entropy_backward, 4),
     S_(KVK_SHADER_SGD, sgd, 3),
     S_(KVK_SHADER_ADAM, adam, 6),
     S_(KVK_SHADER_CONV2D, conv2d, 4),
-    S_(KVK_SHADER_CONV2D_INPUT, conv2d_input, 3),
     S_(KVK_SHADER_POOL2D, pool2d, 3),
     S_(KVK_SHADER_SEQ, seq, 3),
     S_(KVK_SHADER_LAYERNORM, layernorm, 4),
@@ -75,6 +88,7 @@ static const shader_desc shaders[KVK_SHADER_COUNT] = {
     S_(KVK_SHADER_LR_SCHEDULE, lr_schedule, 2),
 };
 #undef S_
+#undef SG_
 
 uint32_t kvk_shader_bindings(kvk_shader s) { return shaders[s].bindings; }
 const char *kvk_shader_name(kvk_shader s) { return shaders[s].name; }
@@ -114,15 +128,19 @@ kiln_status kvk_pipelines_init(kiln_plugin_device *dev) {
     r = vkCreatePipelineLayout(dev->dev, &pl, NULL, &p->layouts[n]);
     if (r != VK_SUCCESS) goto fail_vk;
   }
+  int sg = kvk_use_subgroups(dev->phys);
   for (int s = 0; s < KVK_SHADER_COUNT; s++) {
+    int v = sg && shaders[s].sg_code;
     VkShaderModuleCreateInfo mi = {
         .sType = VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO,
-        .codeSize = *shaders[s].size,
-        .pCode = shaders[s].code,
+        .codeSize = v ? *shaders[s].sg_size : *shaders[s].size,
+        .pCode = v ? shaders[s].sg_code : shaders[s].code,
     };
     r = vkCreateShaderModule(dev->dev, &mi, NULL, &p->modules[s]);
     if (r != VK_SUCCESS) goto fail_vk;
   }
+  kvk_host->log(3, "vulkan: device %u: reductions use %s", dev->index,
+                sg ? "subgroup operations" : "shared-memory trees");
   VkPipelineCacheCreateInfo ci = {.sType = VK_STRUCTURE_TYPE_PIPELINE_CACHE_CREATE_INFO};
   r = vkCreatePipelineCache(dev->dev, &ci, NULL, &p->cache);
   if (r != VK_SUCCESS) goto fail_vk;

@@ -65,10 +65,20 @@ void kvk_instance_shutdown(void);
 uint32_t kvk_physical_count(void);
 const kvk_physical *kvk_physical_get(uint32_t index);
 kiln_status kvk_device_info(uint32_t index, kiln_device_info *info);
+/* 1 if the shaders with a subgroup variant use it on p: subgroup basic and
+ * arithmetic operations in compute, and $KILN_VK_NO_SUBGROUPS unset (or
+ * "0"). kvk_device_info reports KILN_FEATURE_SUBGROUPS exactly then. */
+int kvk_use_subgroups(const kvk_physical *p);
 
 /* ---- memory (memory.c) --------------------------------------------------- */
 
 typedef struct kvk_block kvk_block;
+
+/* buffer_write of at most KVK_RING_SLOT_SIZE bytes returns once the data is
+ * in a staging slot and its copy is submitted (plugin.h's ordering rule
+ * needs no more: later graph runs and reads are submitted after it). */
+#define KVK_RING_SLOTS 4
+#define KVK_RING_SLOT_SIZE ((uint64_t)1 << 20)
 
 struct kiln_plugin_buffer {
   VkBuffer buf;
@@ -94,7 +104,6 @@ typedef enum kvk_shader {
   KVK_SHADER_SGD,
   KVK_SHADER_ADAM,
   KVK_SHADER_CONV2D,
-  KVK_SHADER_CONV2D_INPUT,
   KVK_SHADER_POOL2D,
   KVK_SHADER_SEQ,
   KVK_SHADER_LAYERNORM,
@@ -144,7 +153,15 @@ struct kiln_plugin_device {
   VkBuffer staging;
   VkDeviceMemory staging_mem;
   void *staging_map;
-  VkDeviceSize staging_size;
+  VkDeviceSize staging_size;      /* the synchronous part, at offset 0 */
+  /* Asynchronous writes: slots of the staging buffer after staging_size,
+   * each with its command buffer and fence, used round robin. */
+  struct kvk_ring_slot {
+    VkCommandBuffer cmd;
+    VkFence fence;
+    int pending;                 /* submitted, fence not yet waited for */
+  } ring[KVK_RING_SLOTS];
+  uint32_t ring_next;
 
   kvk_pipelines pipes;
 };
@@ -249,6 +266,16 @@ int kvk_same_shape(const kvk_tensor *a, const kvk_tensor *b);
 /* Element strides of t (right-aligned against y's rank) for each axis of y;
  * 0 where t broadcasts (ops_elementwise.c). */
 void kvk_broadcast_strides(const kvk_tensor *t, const kvk_tensor *y, uint32_t *st);
+
+/* A GEMM tile (matmul.comp, conv2d.comp): a workgroup of (bn/tn) x (bm/tm)
+ * threads computes bm x bn outputs, bk deep, tm x tn per thread. */
+typedef struct kvk_tile {
+  uint32_t bm, bn, bk, tm, tn;
+} kvk_tile;
+/* Replaces *t by $var ("BM,BN,BK,TM,TN") when set, checked against the
+ * device's limits; a bad value fails naming the variable (ops_matmul.c). */
+kiln_status kvk_tile_override(const kiln_plugin_device *dev, int index, const kvk_node *n,
+                              const char *var, kvk_tile *t);
 
 /* Each family validates a node (shapes, params) and plans its dispatches. */
 typedef kiln_status (*kvk_plan_fn)(kvk_plan *p, int index, const kvk_node *n);
