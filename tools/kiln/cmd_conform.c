@@ -1460,6 +1460,9 @@ static void cf_usage(FILE *f) {
   fprintf(f,
           "usage: kiln conform PLUGIN [--device N] [--json FILE] [--reference PATH]\n"
           "\n"
+          "PLUGIN is a plugin file, or the name of one of this build's plugins (cpu,\n"
+          "vulkan: libkiln-NAME.so beside the CPU reference).\n"
+          "\n"
           "Checks a backend plugin file against the plugin ABI and the CPU reference:\n"
           "negotiation and table sizes, error paths (NULL and bad arguments must give a\n"
           "status, not a crash), and every op and dtype the device claims, on shapes\n"
@@ -1517,10 +1520,16 @@ int kiln_cmd_conform(int argc, char **argv) {
     }
     a.ref = refbuf;
   }
-  /* A relative plugin path means that file, not a dlopen search. */
+  /* A relative plugin path means that file, not a dlopen search. A bare
+   * name that is not a file here (cpu, vulkan) names a plugin of this
+   * build: libkiln-NAME.so beside the reference plugin. */
   char pathbuf[4096];
   if (!strchr(a.path, '/')) {
-    snprintf(pathbuf, sizeof pathbuf, "./%s", a.path);
+    const char *slash = strrchr(a.ref, '/');
+    if (access(a.path, F_OK) != 0 && slash)
+      snprintf(pathbuf, sizeof pathbuf, "%.*s/libkiln-%s.so", (int)(slash - a.ref), a.ref, a.path);
+    else
+      snprintf(pathbuf, sizeof pathbuf, "./%s", a.path);
     a.path = pathbuf;
   }
 

@@ -48,6 +48,14 @@ typedef struct train_opts {
 
 static void train_usage(FILE *f) {
   fprintf(f,
+          "usage: kiln train MODEL [options]\n"
+          "\n"
+          "models:\n"
+          "  mnist-cnn            the reference CNN on MNIST (options below)\n"
+          "  char-lstm, char-gru  character-level RNN language models\n"
+          "                       (`kiln train char-lstm --help`)\n"
+          "  char-gpt             a character-level GPT (`kiln train char-gpt --help`)\n"
+          "\n"
           "usage: kiln train mnist-cnn [options]\n"
           "\n"
           "Trains the reference MNIST CNN (conv 32-64-64, dense 64-10, Adam,\n"
@@ -227,12 +235,15 @@ static int parse_opts(int argc, char **argv, int is_eval, train_opts *o) {
     }
   }
   if (!o->model) {
-    fprintf(stderr, "kiln %s: which model? (known: mnist-cnn)\n", cmd);
+    fprintf(stderr, "kiln %s: which model? (known: %s)\n", cmd,
+            is_eval ? "mnist-cnn" : "mnist-cnn, char-lstm, char-gru, char-gpt");
     (is_eval ? eval_usage : train_usage)(stderr);
     return 2;
   }
   if (strcmp(o->model, "mnist-cnn") != 0) {
-    fprintf(stderr, "kiln %s: unknown model '%s' (known: mnist-cnn)\n", cmd, o->model);
+    fprintf(stderr, "kiln %s: unknown model '%s' (known: %s)\n", cmd, o->model,
+            is_eval ? "mnist-cnn; char models are checked by their validation loss in training"
+                    : "mnist-cnn, char-lstm, char-gru, char-gpt");
     return 2;
   }
   if (is_eval && !o->load) {

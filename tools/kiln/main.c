@@ -16,7 +16,7 @@ typedef struct command {
 
 static const command commands[] = {
     {"info", kiln_cmd_info, "list the backend plugins, their devices, and why any were refused"},
-    {"train", kiln_cmd_train, "train a model (mnist-cnn) and save a checkpoint"},
+    {"train", kiln_cmd_train, "train a model (mnist-cnn, char-lstm, char-gru, char-gpt)"},
     {"eval", kiln_cmd_eval, "evaluate a saved checkpoint on the test set"},
     {"fetch", kiln_cmd_fetch, "download a dataset (mnist, shakespeare) into the data directory"},
     {"plan", kiln_cmd_plan, "show how a training step runs on a device (segments, CPU fallback, memory)"},
