@@ -12,6 +12,7 @@
  * or above the baseline, or learn only unigram statistics, about 3.3).
  */
 #include <criterion/criterion.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,8 @@
 
 #include "kiln/data.h"
 #include "kiln/kiln.h"
+#include "kiln/text.h"
+#include "gpt_model.h"
 #include "testutil.h"
 
 #define KILN_BIN KILN_BUILD_DIR "/bin/kiln"
@@ -224,5 +227,77 @@ Test(gpt_cli, bad_options_are_refused) {
   cr_assert_eq(run("train char-gpt --help", out, sizeof out), 0, "%s", out);
   cr_assert(strstr(out, "--heads") && strstr(out, "--weight-decay") && strstr(out, "--preset"), "%s", out);
   unlink(tiny);
+  unlink(data);
+}
+
+/* ---- CPU against Vulkan ------------------------------------------------------ */
+
+#define EQ_ITERS 12
+#define EQ_B 4
+#define EQ_T 16
+
+/* Trains a 2-layer, 2-head, 32-wide GPT (dropout 0.1, so the Philox masks
+ * must agree too) for EQ_ITERS iterations on `backend` and stores each
+ * iteration's loss. Returns 0 (after cr_skip_test) when the backend has no
+ * device. */
+static int gpt_losses(const char *backend, const kiln_text *text, float *loss) {
+  kiln_context *ctx = NULL;
+  kiln_device *dev = NULL;
+  cr_assert_eq(kiln_context_create(NULL, &ctx), KILN_OK, "%s", kiln_last_error());
+  kiln_status st = kiln_device_open(ctx, backend, -1, &dev);
+  if (st == KILN_NO_DEVICE || st == KILN_NOT_FOUND) {
+    cr_skip_test("no %s device on this machine (%s); the CPU-vs-Vulkan training check needs one",
+                 backend, kiln_last_error());
+    kiln_context_destroy(ctx);
+    return 0;
+  }
+  cr_assert_eq(st, KILN_OK, "opening %s: %s", backend, kiln_last_error());
+  gpt_model *m = NULL;
+  gpt_graph *tg = NULL;
+  gpt_train_opts opts = {.lr = 3e-3f, .min_lr = 3e-4f, .warmup = 3, .decay_iters = EQ_ITERS,
+                         .weight_decay = 0.1f, .beta1 = 0.9f, .beta2 = 0.99f, .clip = 1.0f,
+                         .dropout = 0.1f, .seed = 5};
+  cr_assert_eq(gpt_model_create(dev, text->vocab_size, text->vocab, 2, 2, 32, EQ_T, &m), KILN_OK,
+               "%s", gpt_error());
+  cr_assert_eq(gpt_model_init(m, 11), KILN_OK, "%s", gpt_error());
+  cr_assert_eq(gpt_graph_create(m, EQ_B, EQ_T, 1, 1, &opts, &tg), KILN_OK, "%s: %s", backend,
+               gpt_error());
+  int32_t x[EQ_B * EQ_T], y[EQ_B * EQ_T];
+  for (int it = 0; it < EQ_ITERS; it++) {
+    cr_assert_eq(kiln_text_random_windows(text, 0, EQ_B, EQ_T, 9, (uint64_t)it, x, y), KILN_OK);
+    st = gpt_graph_run(tg, x, y, &loss[it]);
+    cr_assert_eq(st, KILN_OK, "%s: iteration %d: %s", backend, it + 1, gpt_error());
+  }
+  gpt_graph_destroy(tg);
+  gpt_model_destroy(m);
+  kiln_device_close(dev);
+  kiln_context_destroy(ctx);
+  return 1;
+}
+
+/* The whole training step (attention, layer norm, GELU, dropout, clipping,
+ * the lr schedule and AdamW) on Vulkan, under the validation layer, gives
+ * the CPU plugin's losses iteration by iteration. */
+Test(cpu_vs_vulkan, char_gpt_same_losses, .timeout = 900) {
+  setenv("KILN_VK_VALIDATION", "1", 1);   /* before the plugins load */
+  const char *data = subset();
+  kiln_text text;
+  cr_assert_eq(kiln_text_load(data, NULL, 0, &text), KILN_OK, "%s", kiln_last_error());
+  float lc[EQ_ITERS], lv[EQ_ITERS];
+  if (gpt_losses("vulkan", &text, lv)) {
+    cr_assert(gpt_losses("cpu", &text, lc));
+    double worst = 0.0;
+    for (int it = 0; it < EQ_ITERS; it++) {
+      double rel = fabs((double)lv[it] - lc[it]) / fabs((double)lc[it]);
+      cr_assert(rel <= 1e-3, "iteration %d: cpu loss %.7f, vulkan %.7f (relative difference %.2g > 1e-3)",
+                it + 1, (double)lc[it], (double)lv[it], rel);
+      if (rel > worst) worst = rel;
+    }
+    cr_assert_lt(lc[EQ_ITERS - 1], lc[0] - 0.3, "cpu loss %.4f -> %.4f: not training", (double)lc[0],
+                 (double)lc[EQ_ITERS - 1]);
+    cr_log_info("char-gpt: cpu loss %.5f -> %.5f, largest relative cpu/vulkan difference %.2g",
+                (double)lc[0], (double)lc[EQ_ITERS - 1], worst);
+  }
+  kiln_text_free(&text);
   unlink(data);
 }
