@@ -47,6 +47,7 @@ struct kcpu_pool {
   _Atomic uint64_t work;        /* job | n_chunks | next chunk */
   _Atomic int64_t chunks_done;  /* chunks of the current job finished */
   _Atomic int stop;
+  _Atomic int busy;             /* a kcpu_parallel_for owns the pool */
   /* The current job; written by the caller before `work` is published, and
    * not changed until every chunk of it is done. */
   kcpu_range_fn fn;
@@ -54,7 +55,6 @@ struct kcpu_pool {
   int64_t n, chunk;
 };
 
-static _Thread_local int kcpu_in_job;
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -64,7 +64,7 @@ static inline void cpu_relax(void) {
 
 /* Claims and runs chunks of job `job` until none is left; returns the
  * number this thread ran. */
-static int64_t run_chunks(kcpu_pool *pool, uint32_t job) {
+static int64_t run_chunks(kcpu_pool *pool, uint32_t job, int is_worker) {
   int64_t ran = 0;
   uint64_t w = atomic_load(&pool->work);
   for (;;) {
@@ -75,7 +75,7 @@ static int64_t run_chunks(kcpu_pool *pool, uint32_t job) {
     pool->fn(pool->arg, begin, end);
     ran++;
     int64_t n_chunks = WORK_CHUNKS(w);
-    if (atomic_fetch_add(&pool->chunks_done, 1) + 1 == n_chunks && kcpu_in_job == 1) {
+    if (atomic_fetch_add(&pool->chunks_done, 1) + 1 == n_chunks && is_worker) {
       /* a worker finished the job's last chunk: the caller may be asleep */
       pthread_mutex_lock(&pool->mu);
       pthread_cond_signal(&pool->done);
@@ -89,7 +89,6 @@ static int64_t run_chunks(kcpu_pool *pool, uint32_t job) {
 static void *worker_main(void *p) {
   kcpu_pool *pool = p;
   uint32_t seen = 0;
-  kcpu_in_job = 1;
   for (;;) {
     uint32_t job = WORK_JOB(atomic_load(&pool->work));
     for (int spin = 0; job == seen && spin < KCPU_SPIN && !atomic_load(&pool->stop); spin++) {
@@ -104,7 +103,7 @@ static void *worker_main(void *p) {
     }
     if (atomic_load(&pool->stop)) break;
     seen = job;
-    run_chunks(pool, job);
+    run_chunks(pool, job, 1);
   }
   return NULL;
 }
@@ -158,7 +157,11 @@ int kcpu_pool_size(const kcpu_pool *pool) { return pool ? pool->n_threads : 1; }
 void kcpu_parallel_for(kcpu_pool *pool, int64_t n, int64_t grain, kcpu_range_fn fn, void *arg) {
   if (n <= 0) return;
   if (grain < 1) grain = 1;
-  if (!pool || pool->n_threads == 1 || n <= grain || kcpu_in_job) {
+  /* Inline: no pool, nothing to split, or the pool is taken: by this very
+   * job (a kernel that nests, in a worker or in the caller) or by another
+   * thread. (No thread-local flag: LeakSanitizer's tracer trips over the
+   * dynamic TLS of a dlclose'd plugin.) */
+  if (!pool || pool->n_threads == 1 || n <= grain || atomic_exchange(&pool->busy, 1)) {
     fn(arg, 0, n);
     return;
   }
@@ -184,9 +187,7 @@ void kcpu_parallel_for(kcpu_pool *pool, int64_t n, int64_t grain, kcpu_range_fn 
   pthread_cond_broadcast(&pool->wake);
   pthread_mutex_unlock(&pool->mu);
 
-  kcpu_in_job = 2;   /* the caller: runs chunks, never signals itself */
-  run_chunks(pool, job);
-  kcpu_in_job = 0;
+  run_chunks(pool, job, 0);   /* the caller never signals itself */
 
   /* Only chunks that a worker claimed can still be running. */
   for (int spin = 0; atomic_load(&pool->chunks_done) != n_chunks && spin < KCPU_SPIN; spin++)
@@ -196,4 +197,5 @@ void kcpu_parallel_for(kcpu_pool *pool, int64_t n, int64_t grain, kcpu_range_fn 
     while (atomic_load(&pool->chunks_done) != n_chunks) pthread_cond_wait(&pool->done, &pool->mu);
     pthread_mutex_unlock(&pool->mu);
   }
+  atomic_store(&pool->busy, 0);
 }
