@@ -44,7 +44,7 @@ struct kiln_plugin_exec {
 typedef struct kvk_op_desc {
   const char *name;
   int min_inputs, max_inputs;
-  kvk_plan_fn plan;             /* NULL: not implemented on Vulkan yet */
+  kvk_plan_fn plan;             /* NULL: unsupported on Vulkan (op_support reports 0) */
   int elementwise;              /* output may exactly alias a same-shaped input */
   int in_place;                 /* output is inputs[0] */
 } kvk_op_desc;
@@ -345,7 +345,7 @@ static kiln_status check_node(const kiln_plugin_graph *g, uint32_t index, kvk_no
   }
   if (!d->plan)
     return kvk_node_error(ix, n, KILN_UNSUPPORTED,
-                          "not implemented by the Vulkan plugin yet (op_support reports 0); run "
+                          "is not supported by the Vulkan plugin (op_support reports 0); run "
                           "this graph on the cpu backend");
   if ((int)pn->n_inputs < d->min_inputs || (int)pn->n_inputs > d->max_inputs) {
     if (d->min_inputs == d->max_inputs)
