@@ -6,6 +6,8 @@
  */
 #include "char_model.h"
 
+#include "ckpt_io.h"
+
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -402,31 +404,8 @@ kiln_status char_save(const char *path, const char_model *m, const char_graph *t
   return st;
 }
 
-/* Uploads entry `name` of f into t after checking its dtype and shape. */
 static kiln_status take(const kiln_safetensors *f, const char *path, const char *name, kiln_tensor *t) {
-  kiln_st_tensor e;
-  if (kiln_safetensors_find(f, name, &e) != KILN_OK)
-    return fail(KILN_NOT_FOUND, "checkpoint %s: no tensor '%s'", path, name);
-  int64_t shape[KILN_MAX_DIMS];
-  int nd = kiln_tensor_shape(t, shape);
-  int ok = e.dtype == KILN_F32 && e.ndim == nd;
-  for (int i = 0; ok && i < nd; i++) ok = e.shape[i] == shape[i];
-  if (!ok) {
-    char want[96] = "", got[96] = "";
-    for (int i = 0; i < nd; i++) snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", i ? ", " : "", (long long)shape[i]);
-    for (int i = 0; i < e.ndim; i++) snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", i ? ", " : "", (long long)e.shape[i]);
-    return fail(KILN_SHAPE_MISMATCH, "checkpoint %s: tensor '%s' is %s [%s], the model needs f32 [%s]",
-                path, name, kiln_dtype_name(e.dtype), got, want);
-  }
-  return lib(kiln_tensor_upload(t, e.data, e.nbytes));
-}
-
-static int meta_int(const kiln_safetensors *f, const char *key, long lo, long hi, long *v) {
-  const char *s = kiln_safetensors_meta(f, key);
-  if (!s) return 0;
-  char *end;
-  *v = strtol(s, &end, 10);
-  return *s && !*end && *v >= lo && *v <= hi;
+  return ckpt_take(f, path, name, t, char_err, sizeof char_err);
 }
 
 kiln_status char_load_model(const char *path, kiln_device *dev, char_model **out) {
@@ -445,7 +424,7 @@ kiln_status char_load_model(const char *path, kiln_device *dev, char_model **out
               path, kind ? kind : "missing");
     goto done;
   }
-  if (!meta_int(f, "layers", 1, CHAR_MAX_LAYERS, &L) || !meta_int(f, "hidden", 1, 65536, &H)) {
+  if (!ckpt_meta_int(f, "layers", 1, CHAR_MAX_LAYERS, &L) || !ckpt_meta_int(f, "hidden", 1, 65536, &H)) {
     st = fail(KILN_CORRUPT_DATA, "checkpoint %s: metadata 'layers' (1..%d) or 'hidden' missing or invalid",
               path, CHAR_MAX_LAYERS);
     goto done;
@@ -482,7 +461,7 @@ kiln_status char_load_train_state(const char *path, char_graph *tg, int64_t *ite
   char_model *m = tg->m;
   char name[64];
   long it = 0;
-  if (!meta_int(f, "iter", 0, 0x7fffffffL, &it)) {
+  if (!ckpt_meta_int(f, "iter", 0, 0x7fffffffL, &it)) {
     st = fail(KILN_CORRUPT_DATA, "checkpoint %s: metadata 'iter' missing or invalid", path);
     goto done;
   }

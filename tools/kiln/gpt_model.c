@@ -6,6 +6,8 @@
  */
 #include "gpt_model.h"
 
+#include "ckpt_io.h"
+
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -379,31 +381,8 @@ kiln_status gpt_save(const char *path, const gpt_model *m, const gpt_graph *tg, 
   return st;
 }
 
-/* Uploads entry `name` of f into t after checking its dtype and shape. */
 static kiln_status take(const kiln_safetensors *f, const char *path, const char *name, kiln_tensor *t) {
-  kiln_st_tensor e;
-  if (kiln_safetensors_find(f, name, &e) != KILN_OK)
-    return fail(KILN_NOT_FOUND, "checkpoint %s: no tensor '%s'", path, name);
-  int64_t shape[KILN_MAX_DIMS];
-  int nd = kiln_tensor_shape(t, shape);
-  int ok = e.dtype == KILN_F32 && e.ndim == nd;
-  for (int i = 0; ok && i < nd; i++) ok = e.shape[i] == shape[i];
-  if (!ok) {
-    char want[96] = "", got[96] = "";
-    for (int i = 0; i < nd; i++) snprintf(want + strlen(want), sizeof want - strlen(want), "%s%lld", i ? ", " : "", (long long)shape[i]);
-    for (int i = 0; i < e.ndim; i++) snprintf(got + strlen(got), sizeof got - strlen(got), "%s%lld", i ? ", " : "", (long long)e.shape[i]);
-    return fail(KILN_SHAPE_MISMATCH, "checkpoint %s: tensor '%s' is %s [%s], the model needs f32 [%s]",
-                path, name, kiln_dtype_name(e.dtype), got, want);
-  }
-  return lib(kiln_tensor_upload(t, e.data, e.nbytes));
-}
-
-static int meta_int(const kiln_safetensors *f, const char *key, long lo, long hi, long *v) {
-  const char *s = kiln_safetensors_meta(f, key);
-  if (!s) return 0;
-  char *end;
-  *v = strtol(s, &end, 10);
-  return *s && !*end && *v >= lo && *v <= hi;
+  return ckpt_take(f, path, name, t, gpt_err, sizeof gpt_err);
 }
 
 kiln_status gpt_load_model(const char *path, kiln_device *dev, gpt_model **out) {
@@ -421,13 +400,13 @@ kiln_status gpt_load_model(const char *path, kiln_device *dev, gpt_model **out) 
               kind ? kind : "missing");
     goto done;
   }
-  if (!meta_int(f, "n_layer", 1, GPT_MAX_LAYERS, &L) || !meta_int(f, "n_head", 1, GPT_MAX_EMBD, &NH) ||
-      !meta_int(f, "n_embd", 1, GPT_MAX_EMBD, &C) || !meta_int(f, "block_size", 1, GPT_MAX_BLOCK, &block)) {
+  if (!ckpt_meta_int(f, "n_layer", 1, GPT_MAX_LAYERS, &L) || !ckpt_meta_int(f, "n_head", 1, GPT_MAX_EMBD, &NH) ||
+      !ckpt_meta_int(f, "n_embd", 1, GPT_MAX_EMBD, &C) || !ckpt_meta_int(f, "block_size", 1, GPT_MAX_BLOCK, &block)) {
     st = fail(KILN_CORRUPT_DATA, "checkpoint %s: metadata n_layer, n_head, n_embd or block_size missing or invalid",
               path);
     goto done;
   }
-  if (meta_int(f, "bias", 0, 1, &bias) && !bias) {
+  if (ckpt_meta_int(f, "bias", 0, 1, &bias) && !bias) {
     st = fail(KILN_UNSUPPORTED, "checkpoint %s: bias=0 models are not supported (kiln's char-gpt has biases)", path);
     goto done;
   }
@@ -468,7 +447,7 @@ kiln_status gpt_load_train_state(const char *path, gpt_graph *tg, int64_t *iter)
   gpt_model *m = tg->m;
   char name[96];
   long it = 0;
-  if (!meta_int(f, "iter", 0, 0x7fffffffL, &it)) {
+  if (!ckpt_meta_int(f, "iter", 0, 0x7fffffffL, &it)) {
     st = fail(KILN_CORRUPT_DATA, "checkpoint %s: metadata 'iter' missing or invalid", path);
     goto done;
   }
