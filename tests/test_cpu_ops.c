@@ -19,6 +19,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "plugin_harness.h"
 #include "testutil.h"
@@ -1157,6 +1158,62 @@ Test(determinism, same_bits_for_1_2_and_3_threads) {
   cr_assert(memcmp(r1, r2, (size_t)n1 * sizeof *r1) == 0, "1 and 2 threads differ");
   cr_assert(memcmp(r1, r3, (size_t)n1 * sizeof *r1) == 0, "1 and 3 threads differ");
   free(r1), free(r2), free(r3);
+}
+
+/* ---- $KILN_PROFILE ------------------------------------------------------- */
+
+/* Compiles relu(x) + x, runs it `runs` times and frees it with stderr sent
+ * to a file; returns what was written there (malloc'd). */
+static char *profile_run(const char *env, int runs) {
+  if (env) setenv("KILN_PROFILE", env, 1);
+  else unsetenv("KILN_PROFILE");
+  open_with_threads("1");
+  ph_graph g;
+  ph_graph_init(&g, &P);
+  int x = ph_tensor(&g, KILN_F32, 2, (int64_t[]){3, 5});
+  int r = ph_tensor(&g, KILN_F32, 2, (int64_t[]){3, 5});
+  int y = ph_tensor(&g, KILN_F32, 2, (int64_t[]){3, 5});
+  ph_node(&g, KILN_OP_RELU, 1, (int[]){x}, r, NULL, NULL);
+  ph_node(&g, KILN_OP_ADD, 2, (int[]){r, x}, y, NULL, NULL);
+  cr_assert_eq(ph_compile(&g), KILN_OK, "%s", ph_error());
+  float xs[15];
+  for (int i = 0; i < 15; i++) xs[i] = (float)i - 7.0f;
+  ph_write(&g, x, xs);
+  for (int i = 0; i < runs; i++) cr_assert_eq(ph_run(&g), KILN_OK, "%s", ph_error());
+  FILE *f = tmpfile();
+  cr_assert_not_null(f);
+  fflush(stderr);
+  int saved = dup(2);
+  dup2(fileno(f), 2);
+  ph_graph_free(&g);
+  fflush(stderr);
+  dup2(saved, 2);
+  close(saved);
+  long len = ftell(f) >= 0 ? (fseek(f, 0, SEEK_END), ftell(f)) : 0;
+  char *out = calloc((size_t)len + 1, 1);
+  rewind(f);
+  cr_assert_eq(fread(out, 1, (size_t)len, f), (size_t)len);
+  fclose(f);
+  ph_close(&P);
+  return out;
+}
+
+Test(profile, per_op_table_when_asked) {
+  char *out = profile_run("1", 3);
+  cr_assert(strstr(out, "profile: graph of 2 nodes, 3 run(s)"), "profile header missing:\n%s", out);
+  cr_assert(strstr(out, "relu") && strstr(out, "add"), "op rows missing:\n%s", out);
+  cr_assert(strstr(out, "slowest nodes") && strstr(out, "out [3, 5]"),
+            "node rows missing:\n%s", out);
+  free(out);
+}
+
+Test(profile, silent_without_the_variable) {
+  char *out = profile_run(NULL, 2);
+  cr_assert(strstr(out, "profile") == NULL, "printed without KILN_PROFILE:\n%s", out);
+  free(out);
+  out = profile_run("0", 2);
+  cr_assert(strstr(out, "profile") == NULL, "printed with KILN_PROFILE=0:\n%s", out);
+  free(out);
 }
 
 /* ---- suites: the same checks with 2 threads and with 1 ------------------- */

@@ -168,4 +168,12 @@ void kcpu_seq(kcpu_pool *pool, const kcpu_node *n);
 kiln_status kcpu_tf_validate(int index, const kcpu_node *n);
 void kcpu_tf(kcpu_pool *pool, const kcpu_node *n);
 
+/* profile.c: $KILN_PROFILE per-node timing. kcpu_profile_enabled reads the
+ * variable (at graph compile); kcpu_profile_report prints per-op and
+ * slowest-node tables for ns[i] summed over `runs` runs of nodes[i]. */
+int kcpu_profile_enabled(void);
+uint64_t kcpu_now_ns(void);
+void kcpu_profile_report(const kcpu_node *const *nodes, const uint64_t *ns, uint32_t n_nodes,
+                         uint64_t runs);
+
 #endif /* KCPU_IMPL_H */

@@ -49,6 +49,8 @@ struct kiln_plugin_exec {
   kcpu_step *steps;
   uint32_t n_packs;
   float **packs;              /* B packings shared by matmuls (share_packed_b) */
+  uint64_t *prof_ns;          /* $KILN_PROFILE: time per step over prof_runs runs */
+  uint64_t prof_runs;
 };
 
 /* ---- ops ----------------------------------------------------------------- */
@@ -592,6 +594,13 @@ static kiln_status compile_node(const kiln_plugin_graph *g, uint32_t index, kcpu
 static void cpu_graph_free(kiln_plugin_device *dev, kiln_plugin_exec *exec) {
   (void)dev;
   if (!exec) return;
+  if (exec->prof_ns) {
+    const kcpu_node **nodes = kcpu_malloc((exec->n_steps ? exec->n_steps : 1) * sizeof *nodes);
+    for (uint32_t i = 0; nodes && i < exec->n_steps; i++) nodes[i] = &exec->steps[i].node;
+    if (nodes) kcpu_profile_report(nodes, exec->prof_ns, exec->n_steps, exec->prof_runs);
+    free(nodes);
+    free(exec->prof_ns);
+  }
   for (uint32_t i = 0; i < exec->n_steps; i++) free(exec->steps[i].scratch);
   for (uint32_t i = 0; i < exec->n_packs; i++) free(exec->packs[i]);
   free(exec->packs);
@@ -700,6 +709,8 @@ static kiln_status cpu_graph_compile(kiln_plugin_device *dev, const kiln_plugin_
   }
   exec->n_steps = graph->n_nodes;
   share_packed_b(exec);
+  if (kcpu_profile_enabled())   /* without memory for it, no profile */
+    exec->prof_ns = kcpu_calloc(exec->n_steps ? exec->n_steps : 1, sizeof *exec->prof_ns);
   *out = exec;
   return KILN_OK;
 
@@ -718,11 +729,18 @@ static kiln_status cpu_graph_run(kiln_plugin_device *dev, kiln_plugin_exec *exec
     kcpu_host->set_error("cpu: graph_run: NULL device or executable");
     return KILN_INVALID_ARGUMENT;
   }
+  uint64_t t0 = exec->prof_ns ? kcpu_now_ns() : 0;
   for (uint32_t i = 0; i < exec->n_steps; i++) {
     kcpu_step *s = &exec->steps[i];
     s->run(dev->pool, &s->node);
     if (s->scratch) memcpy(s->dest, s->scratch, s->out_bytes);
+    if (exec->prof_ns) {
+      uint64_t t1 = kcpu_now_ns();
+      exec->prof_ns[i] += t1 - t0;
+      t0 = t1;
+    }
   }
+  exec->prof_runs += exec->prof_ns != NULL;
   return KILN_OK;
 }
 

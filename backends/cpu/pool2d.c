@@ -173,6 +173,88 @@ static void avgpool_row(const pool_geom *g, const float *xp, int64_t oh, int64_t
 
 /* ---- kernels ------------------------------------------------------------- */
 
+/* ---- 2x2, stride 2, no padding -------------------------------------------
+ * The CNN's pooling. Windows tile the input without overlap, so the
+ * forward pass takes the maximum of four loads and the backward pass
+ * writes every input element once: dy to the window's first maximum, 0 to
+ * the rest and to the row and column no window covers (odd H or W). The
+ * order of comparisons and the NaN rule are those of the general path, and
+ * 0 + dy keeps its sign rule (-0 becomes +0), so results are the same bit
+ * for bit. */
+
+static int pool_is_2x2(const pool_geom *g) {
+  return g->KH == 2 && g->KW == 2 && g->sh == 2 && g->sw == 2 && g->ph == 0 && g->pw == 0;
+}
+
+/* The first maximum of a, b, c, d in that order (a NaN counts as the
+ * maximum): its position 0..3. Branch-free: on real data the outcome is
+ * random, and mispredicted branches cost more than the comparisons. */
+static inline int max4_first(float a, float b, float c, float d) {
+  float m = a;
+  int k = 0, t;
+  t = (b > m) | ((b != b) & (m == m)), m = t ? b : m, k = t ? 1 : k;
+  t = (c > m) | ((c != c) & (m == m)), m = t ? c : m, k = t ? 2 : k;
+  t = (d > m) | ((d != d) & (m == m)), k = t ? 3 : k;
+  return k;
+}
+
+/* dy where sel, else +0: a bit mask, so no branch and dy's bits unchanged. */
+static inline float pick(int sel, float dy) {
+  uint32_t u;
+  memcpy(&u, &dy, sizeof u);
+  u &= -(uint32_t)sel;
+  memcpy(&dy, &u, sizeof dy);
+  return dy;
+}
+
+static void maxpool_2x2_range(void *arg, int64_t begin, int64_t end) {
+  const pool_job *j = arg;
+  const pool_geom *g = &j->g;
+  const int64_t W = g->W, OW = g->OW;
+  for (int64_t p = begin; p < end; p++) {
+    const float *xp = j->a + p * g->H * W;
+    float *yp = j->out + p * g->OH * OW;
+    for (int64_t oh = 0; oh < g->OH; oh++) {
+      const float *r0 = xp + 2 * oh * W, *r1 = r0 + W;
+      float *y = yp + oh * OW;
+      for (int64_t ow = 0; ow < OW; ow++) {
+        float m = r0[2 * ow], v;
+        v = r0[2 * ow + 1], m = ((v > m) | (v != v)) ? v : m;
+        v = r1[2 * ow], m = ((v > m) | (v != v)) ? v : m;
+        v = r1[2 * ow + 1], m = ((v > m) | (v != v)) ? v : m;
+        y[ow] = m;
+      }
+    }
+  }
+}
+
+static void maxpool_2x2_backward_range(void *arg, int64_t begin, int64_t end) {
+  const pool_job *j = arg;
+  const pool_geom *g = &j->g;
+  const int64_t H = g->H, W = g->W, OW = g->OW;
+  for (int64_t p = begin; p < end; p++) {
+    const float *dyp = j->a + p * g->OH * OW;
+    const float *xp = j->b + p * H * W;
+    float *dxp = j->out + p * H * W;
+    for (int64_t oh = 0; oh < g->OH; oh++) {
+      const float *r0 = xp + 2 * oh * W, *r1 = r0 + W;
+      float *d0 = dxp + 2 * oh * W, *d1 = d0 + W;
+      for (int64_t ow = 0; ow < OW; ow++) {
+        int k = max4_first(r0[2 * ow], r0[2 * ow + 1], r1[2 * ow], r1[2 * ow + 1]);
+        float dy = 0.0f + dyp[oh * OW + ow];
+        d0[2 * ow] = pick(k == 0, dy);
+        d0[2 * ow + 1] = pick(k == 1, dy);
+        d1[2 * ow] = pick(k == 2, dy);
+        d1[2 * ow + 1] = pick(k == 3, dy);
+      }
+      if (W > 2 * OW) d0[W - 1] = d1[W - 1] = 0.0f;
+    }
+    if (H > 2 * g->OH) memset(dxp + 2 * g->OH * W, 0, (size_t)((H - 2 * g->OH) * W) * sizeof *dxp);
+  }
+}
+
+/* ---- general windows ------------------------------------------------------ */
+
 /* y[p, oh, ow] = max of x[p] over window (oh, ow), for planes p in [begin, end). */
 static void maxpool_range(void *arg, int64_t begin, int64_t end) {
   const pool_job *j = arg;
@@ -273,14 +355,14 @@ static void pool_run(kcpu_pool *pool, pool_job *j, kcpu_range_fn fn) {
 void kcpu_maxpool2d(kcpu_pool *pool, const kcpu_node *n) {
   pool_job j = {.a = n->in[0].data, .out = n->out.data};
   pool_geom_init(&j.g, n, n->in[0].shape, n->out.shape);
-  pool_run(pool, &j, maxpool_range);
+  pool_run(pool, &j, pool_is_2x2(&j.g) ? maxpool_2x2_range : maxpool_range);
 }
 
 /* dy = in[0] [N, C, OH, OW], x = in[1] [N, C, H, W]; dx = out [N, C, H, W]. */
 void kcpu_maxpool2d_backward(kcpu_pool *pool, const kcpu_node *n) {
   pool_job j = {.a = n->in[0].data, .b = n->in[1].data, .out = n->out.data};
   pool_geom_init(&j.g, n, n->out.shape, n->in[0].shape);
-  pool_run(pool, &j, maxpool_backward_range);
+  pool_run(pool, &j, pool_is_2x2(&j.g) ? maxpool_2x2_backward_range : maxpool_backward_range);
 }
 
 /* x = in[0] [N, C, H, W]; y = out [N, C, OH, OW]. */
