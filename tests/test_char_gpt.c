@@ -253,3 +253,34 @@ Test(cpu_vs_vulkan, char_gpt_same_losses, .timeout = 900) {
   kiln_text_free(&text);
   unlink(data);
 }
+
+/* `kiln bench --cases char-lstm,char-gpt` times both models' training
+ * steps and writes them to its JSON (the figures are not checked: speed is
+ * a benchmark's business, not a test's); an unknown case is refused. */
+Test(bench_cli, token_cases_in_json, .timeout = 600) {
+  static char out[1 << 16];
+  const char *json = tmp_path("bench.json");
+  char args[1024];
+  snprintf(args, sizeof args, "bench --backend cpu --quick --cases char-lstm,char-gpt --json '%s'",
+           json);
+  int rc = run(args, out, sizeof out);
+  cr_assert_eq(rc, 0, "kiln %s failed (%d):\n%s", args, rc, out);
+  cr_assert(strstr(out, "char-lstm step") && strstr(out, "char-gpt step") &&
+                strstr(out, "tokens/s"), "rows missing:\n%s", out);
+  cr_assert(!strstr(out, "sgemm") && !strstr(out, "conv1"), "--cases ran more:\n%s", out);
+  FILE *f = fopen(json, "r");
+  cr_assert_not_null(f, "no %s", json);
+  static char js[1 << 14];
+  size_t n = fread(js, 1, sizeof js - 1, f);
+  js[n] = '\0';
+  fclose(f);
+  remove(json);
+  cr_assert(strstr(js, "\"model\": \"char-lstm\"") && strstr(js, "\"model\": \"char-gpt\""),
+            "json lacks the models:\n%s", js);
+  const char *t = strstr(js, "\"tokens_per_s\": ");
+  cr_assert(t && atof(t + 16) > 0, "json lacks a positive tokens_per_s:\n%s", js);
+
+  rc = run("bench --cases sgemm,lstm", out, sizeof out);
+  cr_assert_eq(rc, 2, "an unknown case gave exit %d:\n%s", rc, out);
+  cr_assert(strstr(out, "unknown case 'lstm'"), "message:\n%s", out);
+}

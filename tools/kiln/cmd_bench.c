@@ -3,7 +3,7 @@
  * for, measured through the public graph API exactly as a user would run it.
  *
  *   kiln bench [--backend cpu|vulkan|auto] [--device N] [--threads N]
- *              [--quick] [--json FILE]
+ *              [--quick] [--cases LIST] [--json FILE]
  *
  * Cases:
  *   sgemm N        C[N, N] = A[N, N] @ B[N, N] for N = 256, 512, 1024, 2048;
@@ -14,6 +14,11 @@
  *   train step     full training steps of the reference CNN (batch 64, Adam,
  *                  cross-entropy) through kiln_trainer_fit_epoch on synthetic
  *                  data; images/s
+ *   char-lstm step full training steps of `kiln train char-lstm`'s default
+ *                  model (2 x 128 LSTM, batch 50 x 50, Adam, clipping) on
+ *                  random characters; tokens/s
+ *   char-gpt step  the same for `kiln train char-gpt`'s default (4 layers,
+ *                  4 heads, 128 wide, block 64, batch 12, AdamW); tokens/s
  *
  * Each case is warmed up, then timed in `reps` repetitions of `iters`
  * back-to-back runs (iters chosen so that one repetition lasts at least the
@@ -23,9 +28,10 @@
  * --threads N sets KILN_NUM_THREADS for the CPU plugin before it loads.
  * --json FILE writes the figures for tools/bench-compare; its layout:
  *   {"kiln_version", "backend", "device", "threads" (0: the plugin's default), "quick",
- *    "cases": [{"name", "kind": "sgemm"|"conv"|"train", "n" | "layer"+"pass",
- *               "seconds" (median per run), "min_seconds", "max_seconds",
- *               "iters", "reps", "gflops" | "images_per_s"}]}
+ *    "cases": [{"name", "kind": "sgemm"|"conv"|"train"|"tokens", "n" | "layer"+"pass"
+ *               | "batch" | "model", "seconds" (median per run), "min_seconds",
+ *               "max_seconds", "iters", "reps", "gflops" | "images_per_s" |
+ *               "tokens_per_s"}]}
  */
 #include <errno.h>
 #include <math.h>
@@ -34,7 +40,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "char_model.h"
 #include "commands.h"
+#include "gpt_model.h"
 #include "kiln/kiln.h"
 #include "kiln/nn.h"
 
@@ -46,19 +54,26 @@ typedef struct bench_opts {
   int threads;          /* 0: the plugin's default */
   int quick;
   const char *json;
+  unsigned cases;       /* BENCH_* bits */
 } bench_opts;
+
+enum { BENCH_SGEMM = 1, BENCH_CONV = 2, BENCH_CNN = 4, BENCH_LSTM = 8, BENCH_GPT = 16 };
+static const struct { const char *name; unsigned bit; } bench_case_names[] = {
+    {"sgemm", BENCH_SGEMM}, {"conv", BENCH_CONV}, {"cnn", BENCH_CNN},
+    {"char-lstm", BENCH_LSTM}, {"char-gpt", BENCH_GPT}};
 
 /* One measured case. */
 typedef struct bench_result {
   char name[48];
-  const char *kind;     /* "sgemm", "conv", "train" */
+  const char *kind;     /* "sgemm", "conv", "train" (images), "tokens" */
+  const char *model;    /* tokens: "char-lstm", "char-gpt" */
   int n;                /* sgemm size */
   const char *layer;    /* conv: "conv1".. */
   const char *pass;     /* conv: "forward", "backward_input", "backward_weight" */
   char shape[96];       /* human-readable problem shape */
   double seconds, min_s, max_s;   /* per run: median, fastest, slowest repetition */
   int iters, reps;
-  double work;          /* flops per run (sgemm, conv) or images per run (train) */
+  double work;          /* flops (sgemm, conv), images (train) or tokens (tokens) per run */
 } bench_result;
 
 typedef struct bench_timing {
@@ -83,16 +98,20 @@ static void bench_usage(FILE *f) {
           "usage: kiln bench [options]\n"
           "\n"
           "Measures sgemm (256 to 2048), each convolution of the reference MNIST CNN\n"
-          "(batch 64: forward, input gradient, weight gradient) and full training steps\n"
-          "of that CNN (batch 64, Adam), through the public graph API. Each case is\n"
-          "warmed up and timed in repetitions; the median is reported, with the\n"
-          "fastest and slowest repetition as a measure of noise.\n"
+          "(batch 64: forward, input gradient, weight gradient), full training steps\n"
+          "of that CNN (batch 64, Adam; images/s) and of the default char-lstm and\n"
+          "char-gpt models of `kiln train` on random characters (tokens/s), through\n"
+          "the public graph API. Each case is warmed up and timed in repetitions; the\n"
+          "median is reported, with the fastest and slowest repetition as a measure\n"
+          "of noise.\n"
           "\n"
           "options:\n"
           "  --backend NAME   cpu, vulkan or auto (default auto: the best device)\n"
           "  --device N       device index within the backend (default: its best)\n"
           "  --threads N      CPU threads (sets KILN_NUM_THREADS; default: online cores)\n"
           "  --quick          fewer and shorter repetitions, no sgemm 2048\n"
+          "  --cases LIST     comma-separated subset of sgemm, conv, cnn, char-lstm,\n"
+          "                   char-gpt (default: all)\n"
           "  --json FILE      also write the figures as JSON (for tools/bench-compare)\n"
           "  --help           show this help\n");
 }
@@ -102,6 +121,7 @@ static int parse_opts(int argc, char **argv, bench_opts *o) {
   memset(o, 0, sizeof *o);
   o->backend = "auto";
   o->device = -1;
+  o->cases = BENCH_SGEMM | BENCH_CONV | BENCH_CNN | BENCH_LSTM | BENCH_GPT;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -119,7 +139,7 @@ static int parse_opts(int argc, char **argv, bench_opts *o) {
     memcpy(flag, a, flen);
     flag[flen] = '\0';
     if (strcmp(flag, "--backend") && strcmp(flag, "--device") && strcmp(flag, "--threads") &&
-        strcmp(flag, "--json")) {
+        strcmp(flag, "--json") && strcmp(flag, "--cases")) {
       fprintf(stderr, "kiln bench: unknown %s '%s' (see kiln bench --help)\n",
               a[0] == '-' ? "option" : "argument", a);
       return 2;
@@ -148,6 +168,22 @@ static int parse_opts(int argc, char **argv, bench_opts *o) {
       o->backend = val;
     } else if (!strcmp(flag, "--json")) {
       o->json = val;
+    } else if (!strcmp(flag, "--cases") && good) {
+      o->cases = 0;
+      for (const char *c = val; good && *c;) {
+        size_t len = strcspn(c, ",");
+        unsigned bit = 0;
+        for (size_t k = 0; k < sizeof bench_case_names / sizeof bench_case_names[0]; k++)
+          if (strlen(bench_case_names[k].name) == len && !strncmp(c, bench_case_names[k].name, len))
+            bit = bench_case_names[k].bit;
+        if (!bit) {
+          fprintf(stderr, "kiln bench: unknown case '%.*s' in --cases (choose from sgemm, conv, "
+                          "cnn, char-lstm, char-gpt)\n", (int)len, c);
+          return 2;
+        }
+        o->cases |= bit;
+        c += len + (c[len] == ',');
+      }
     }
     if (!good) {
       fprintf(stderr, "kiln bench: bad value '%s' for %s\n", val, flag);
@@ -402,13 +438,127 @@ done:
   return ok;
 }
 
+/* Full training steps of `kiln train char-lstm` / `char-gpt`'s default
+ * model on random characters (65 of them, as tinyshakespeare): each
+ * repetition runs `iters` steps back to back. The step's data is uploaded
+ * and its loss read back every step, as training does. */
+typedef struct token_bench {
+  char_graph *cg;
+  gpt_graph *gg;
+  int32_t *x, *y;
+  int64_t n;                  /* tokens per step */
+} token_bench;
+
+static int token_step(token_bench *tb) {
+  float loss;
+  kiln_status st = tb->cg ? char_graph_run(tb->cg, tb->x, tb->y, &loss)
+                          : gpt_graph_run(tb->gg, tb->x, tb->y, &loss);
+  return st == KILN_OK && isfinite(loss);
+}
+
+static int bench_tokens(kiln_device *dev, const char *model, const bench_timing *tm,
+                        bench_result *r) {
+  enum { V = 65 };
+  memset(r, 0, sizeof *r);
+  snprintf(r->name, sizeof r->name, "%s step", model);
+  r->kind = "tokens";
+  r->model = model;
+  int ok = 0, lstm = !strcmp(model, "char-lstm");
+  uint8_t vocab[V];
+  for (int i = 0; i < V; i++) vocab[i] = (uint8_t)(' ' + i);
+  char_model *cm = NULL;
+  gpt_model *gm = NULL;
+  token_bench tb = {0};
+  const char *err = NULL;
+  if (lstm) {
+    int B = 50, T = 50, H = 128, L = 2;
+    snprintf(r->shape, sizeof r->shape, "%dx%d lstm, batch %dx%d, adam", L, H, B, T);
+    char_train_opts to = {.lr = 2e-3f, .clip = 5.0f, .dropout = 0.0f, .seed = 1};
+    tb.n = (int64_t)B * T;
+    if (char_model_create(dev, CHAR_LSTM, V, vocab, H, L, &cm) != KILN_OK ||
+        char_model_init(cm, 1) != KILN_OK || char_graph_create(cm, B, T, 1, &to, &tb.cg) != KILN_OK)
+      err = char_error();
+  } else {
+    int B = 12, T = 64, L = 4, NH = 4, C = 128;
+    snprintf(r->shape, sizeof r->shape, "%dx%d gpt, %d heads, batch %dx%d, adamw", L, C, NH, B, T);
+    gpt_train_opts to = {.lr = 1e-3f, .min_lr = 1e-4f, .warmup = 100, .decay_iters = 2000,
+                         .weight_decay = 0.1f, .beta1 = 0.9f, .beta2 = 0.99f, .clip = 1.0f,
+                         .dropout = 0.0f, .seed = 1};
+    tb.n = (int64_t)B * T;
+    if (gpt_model_create(dev, V, vocab, L, NH, C, T, &gm) != KILN_OK ||
+        gpt_model_init(gm, 1) != KILN_OK || gpt_graph_create(gm, B, T, 1, 1, &to, &tb.gg) != KILN_OK)
+      err = gpt_error();
+  }
+  r->work = (double)tb.n;
+  if (err) goto fail;
+  tb.x = malloc((size_t)tb.n * sizeof *tb.x);
+  tb.y = malloc((size_t)tb.n * sizeof *tb.y);
+  if (!tb.x || !tb.y) {
+    err = "out of memory for the batch";
+    goto fail;
+  }
+  uint32_t s = 777;
+  for (int64_t i = 0; i < tb.n; i++) {
+    s = s * 1664525u + 1013904223u;
+    tb.x[i] = (int32_t)((s >> 24) % V);
+    s = s * 1664525u + 1013904223u;
+    tb.y[i] = (int32_t)((s >> 24) % V);
+  }
+  /* Warm up, then find how many steps fill target_s. */
+  for (int w = 0; w < tm->warmup; w++)
+    if (!token_step(&tb)) goto fail_run;
+  int iters = 1;
+  for (;;) {
+    double t0 = now_s();
+    for (int i = 0; i < iters; i++)
+      if (!token_step(&tb)) goto fail_run;
+    double dt = now_s() - t0;
+    if (dt >= tm->target_s || iters >= 1 << 16) break;
+    iters *= 2;
+  }
+  double times[64];
+  int reps = tm->reps < 64 ? tm->reps : 64;
+  for (int k = 0; k < reps; k++) {
+    double t0 = now_s();
+    for (int i = 0; i < iters; i++)
+      if (!token_step(&tb)) goto fail_run;
+    times[k] = (now_s() - t0) / iters;
+  }
+  qsort(times, (size_t)reps, sizeof times[0], cmp_double);
+  r->seconds = reps % 2 ? times[reps / 2] : 0.5 * (times[reps / 2 - 1] + times[reps / 2]);
+  r->min_s = times[0];
+  r->max_s = times[reps - 1];
+  r->iters = iters;
+  r->reps = reps;
+  ok = 1;
+  goto done;
+fail_run:
+  err = lstm ? char_error() : gpt_error();
+  if (!err || !*err) err = "a step gave a non-finite loss";
+fail:
+  fprintf(stderr, "kiln bench: %s step: %s\n", model, err);
+done:
+  char_graph_destroy(tb.cg);
+  gpt_graph_destroy(tb.gg);
+  char_model_destroy(cm);
+  gpt_model_destroy(gm);
+  free(tb.x);
+  free(tb.y);
+  return ok;
+}
+
 static double rate_of(const bench_result *r) {
   if (!(r->seconds > 0)) return 0;
-  return !strcmp(r->kind, "train") ? r->work / r->seconds : r->work / r->seconds * 1e-9;
+  return !strcmp(r->kind, "train") || !strcmp(r->kind, "tokens") ? r->work / r->seconds
+                                                                  : r->work / r->seconds * 1e-9;
+}
+
+static const char *rate_unit(const bench_result *r) {
+  return !strcmp(r->kind, "train") ? "images/s" : !strcmp(r->kind, "tokens") ? "tokens/s" : "GFLOP/s";
 }
 
 static void print_row(const bench_result *r) {
-  const char *unit = !strcmp(r->kind, "train") ? "images/s" : "GFLOP/s";
+  const char *unit = rate_unit(r);
   double spread = r->seconds > 0 ? (r->max_s - r->min_s) / r->seconds * 100.0 : 0;
   printf("%-18s %-40s %10.3f ms %10.1f %-8s  +-%.0f%%  (%d x %d)\n", r->name, r->shape,
          r->seconds * 1e3, rate_of(r), unit, spread / 2, r->reps, r->iters);
@@ -453,12 +603,13 @@ static int write_json(const char *path, const bench_opts *o, const char *backend
     if (!strcmp(r->kind, "sgemm")) fprintf(f, "\"n\": %d, ", r->n);
     if (!strcmp(r->kind, "conv")) fprintf(f, "\"layer\": \"%s\", \"pass\": \"%s\", ", r->layer, r->pass);
     if (!strcmp(r->kind, "train")) fprintf(f, "\"batch\": %.0f, ", r->work);
+    if (!strcmp(r->kind, "tokens")) fprintf(f, "\"model\": \"%s\", \"tokens\": %.0f, ", r->model, r->work);
     fprintf(f, "\"shape\": ");
     json_str(f, r->shape);
     fprintf(f, ", \"seconds\": %.9g, \"min_seconds\": %.9g, \"max_seconds\": %.9g, "
                "\"iters\": %d, \"reps\": %d, \"%s\": %.6g}%s\n",
             r->seconds, r->min_s, r->max_s, r->iters, r->reps,
-            !strcmp(r->kind, "train") ? "images_per_s" : "gflops", rate_of(r),
+            !strcmp(r->kind, "train") ? "images_per_s" : !strcmp(r->kind, "tokens") ? "tokens_per_s" : "gflops", rate_of(r),
             i + 1 < n ? "," : "");
   }
   fprintf(f, "  ]\n}\n");
@@ -511,24 +662,34 @@ int kiln_cmd_bench(int argc, char **argv) {
          "spread (reps x iters)");
 
   static const int sizes[] = {256, 512, 1024, 2048};
-  int n_sizes = o.quick ? 3 : 4;
+  int n_sizes = !(o.cases & BENCH_SGEMM) ? 0 : o.quick ? 3 : 4;
   for (int i = 0; i < n_sizes; i++) {
     if (bench_sgemm(dev, sizes[i], &tm, &res[n_res]))
       print_row(&res[n_res++]);
     else
       failed++;
   }
-  for (size_t l = 0; l < sizeof cnn_convs / sizeof cnn_convs[0]; l++)
+  for (size_t l = 0; (o.cases & BENCH_CONV) && l < sizeof cnn_convs / sizeof cnn_convs[0]; l++)
     for (int p = 0; p < 3; p++) {
       if (bench_conv(dev, &cnn_convs[l], p, 64, &tm, &res[n_res]))
         print_row(&res[n_res++]);
       else
         failed++;
     }
-  if (bench_train(dev, 64, o.quick ? 4 : 10, &tm, &res[n_res]))
-    print_row(&res[n_res++]);
-  else
-    failed++;
+  if (o.cases & BENCH_CNN) {
+    if (bench_train(dev, 64, o.quick ? 4 : 10, &tm, &res[n_res]))
+      print_row(&res[n_res++]);
+    else
+      failed++;
+  }
+  static const char *const token_models[] = {"char-lstm", "char-gpt"};
+  for (int k = 0; k < 2; k++) {
+    if (!(o.cases & (k ? BENCH_GPT : BENCH_LSTM))) continue;
+    if (bench_tokens(dev, token_models[k], &tm, &res[n_res]))
+      print_row(&res[n_res++]);
+    else
+      failed++;
+  }
 
   rc = failed ? 1 : 0;
   if (o.json && !write_json(o.json, &o, backend, info.name, threads, res, n_res)) rc = 1;
