@@ -172,7 +172,8 @@ kiln_status kcpu_isa_acquire(void) {
                          note, kcpu_isa_name(held));
     return KILN_INVALID_ARGUMENT;
   }
-  kcpu_isa_active = isa;
+  /* Written only while no device is open, hence no kernel runs. */
+  if (isa_users == 0) kcpu_isa_active = isa;
   isa_users++;
   pthread_mutex_unlock(&isa_lock);
   return KILN_OK;
