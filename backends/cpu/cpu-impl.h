@@ -3,6 +3,7 @@
  *
  *   plugin.c     entry point, device, buffers, graph compile/run, validation
  *   threads.c    the persistent thread pool (KILN_NUM_THREADS)
+ *   isa.c        which instruction set the kernels use (KILN_CPU_ISA)
  *   gemm.c       blocked single-precision GEMM used by matmul and conv
  *   elementwise.c, reduce.c, softmax.c, layout.c, matmul.c, optim.c   op families
  *   conv.c       conv2d forward and both backward passes (im2col + GEMM)
@@ -63,6 +64,39 @@ typedef struct kcpu_node {
   int pack_b;
 } kcpu_node;
 
+/* ---- instruction sets (isa.c) --------------------------------------------
+ * The kernels with per-ISA variants (the GEMM micro-kernel, tanh/sigmoid,
+ * attention) dispatch on kcpu_isa_active, which device_open sets from
+ * KILN_CPU_ISA once per device; it never changes while a device is open. */
+typedef enum kcpu_isa {
+  KCPU_ISA_SCALAR,            /* the reference: baseline ISA, plain loops in GEMM */
+  KCPU_ISA_AVX2,              /* x86-64 AVX2 + FMA */
+  KCPU_ISA_AVX512,            /* x86-64 AVX-512F (GEMM); AVX2 + FMA elsewhere */
+  KCPU_ISA_NEON,              /* aarch64 */
+  KCPU_ISA_COUNT_
+} kcpu_isa;
+
+extern kcpu_isa kcpu_isa_active;
+/* "scalar", "avx2", "avx512", "neon". */
+const char *kcpu_isa_name(kcpu_isa isa);
+/* 1 if this build, CPU (cpuid) and OS (XCR0) can run isa; else 0 with what
+ * is missing in why[size]. */
+int kcpu_isa_usable(kcpu_isa isa, char *why, size_t size);
+/* Resolves a KILN_CPU_ISA value (NULL, "" or "auto": the best usable) into
+ * *out and a note for `kiln info` ("avx2 (auto; avx512f not present)") in
+ * msg; an unknown or unusable value returns an error status with the
+ * message (naming the variable, value, what is missing, the choices) in msg. */
+kiln_status kcpu_isa_choose(const char *env, kcpu_isa *out, char *note, size_t size);
+/* device_open / device_close: choose from $KILN_CPU_ISA and hold it (an
+ * error if a device already open holds another). */
+kiln_status kcpu_isa_acquire(void);
+void kcpu_isa_release(void);
+/* The x86 kernels outside GEMM have an AVX2 + FMA variant, used by avx2 and
+ * avx512. */
+static inline int kcpu_isa_x86_simd(void) {
+  return kcpu_isa_active == KCPU_ISA_AVX2 || kcpu_isa_active == KCPU_ISA_AVX512;
+}
+
 /* ---- GEMM (gemm.c) --------------------------------------------------------
  * C[M, N] = alpha * op(A) @ op(B) + beta * C, row-major, op(X) = X or X^T.
  * A is [M, K] (lda >= K) or, transposed, [K, M] (lda >= M); B likewise.
@@ -85,6 +119,36 @@ void kcpu_sgemm_pack_b(kcpu_pool *pool, int trans_b, int64_t N, int64_t K, const
 void kcpu_sgemm_packed(kcpu_pool *pool, int trans_a, int64_t M, int64_t N, int64_t K, float alpha,
                        const float *A, int64_t lda, const float *Bp, float beta, float *C,
                        int64_t ldc);
+
+/* The micro-kernels: P[mr][nr] = Ap [kc, mr] x Bp [kc, nr] (packed slivers,
+ * Bp and acc aligned to 64 bytes), then store 0: acc = P (row stride nr);
+ * 1: C = P; 2: C += P (C's leading dimension ldc). kcpu_sgemm and the
+ * packed-B entry points use the one of kcpu_isa_active. */
+typedef void (*kcpu_micro_fn)(int64_t kc, const float *restrict Ap, const float *restrict Bp,
+                              float *restrict acc, int store, float *restrict C, int64_t ldc);
+typedef struct kcpu_gemm_kernel {
+  const char *name;           /* "avx2 6x16" */
+  kcpu_isa isa;               /* what the CPU must run (kcpu_isa_usable) */
+  int mr, nr;                 /* register tile */
+  kcpu_micro_fn micro;
+} kcpu_gemm_kernel;
+#define KCPU_MR_MAX 12
+#define KCPU_NR_MAX 32
+/* The kernel of isa in this build (scalar where isa has none). */
+const kcpu_gemm_kernel *kcpu_gemm_kernel_of(kcpu_isa isa);
+/* Every kernel of this build, for tests: the four ISAs' and "avx512 tile
+ * on avx2" (the AVX-512 tile and code, compiled for AVX2, so machines
+ * without AVX-512 test its logic). */
+const kcpu_gemm_kernel *kcpu_gemm_kernels(int *count);
+/* kcpu_sgemm and the packed-B functions with an explicit kernel; a B
+ * packed for one kernel must be used with the same one. */
+void kcpu_sgemm_with(const kcpu_gemm_kernel *gk, kcpu_pool *pool, int trans_a, int trans_b,
+                     int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
+                     const float *B, int64_t ldb, const float *Bpre, float beta, float *C,
+                     int64_t ldc);
+int64_t kcpu_sgemm_packed_b_floats_with(const kcpu_gemm_kernel *gk, int64_t N, int64_t K);
+void kcpu_sgemm_pack_b_with(const kcpu_gemm_kernel *gk, kcpu_pool *pool, int trans_b, int64_t N,
+                            int64_t K, const float *B, int64_t ldb, float *Bp);
 
 /* ---- convolution and pooling (conv.c, pool2d.c) --------------------------
  * Shapes and parameters as documented in kiln/ops.h. Validation functions

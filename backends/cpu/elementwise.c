@@ -215,7 +215,7 @@ typedef float ew_v8 __attribute__((vector_size(32), aligned(32)));
 typedef int32_t ew_v8i __attribute__((vector_size(32), aligned(32)));
 
 /* The helpers take and return vectors through pointers: a 32-byte vector
- * passed by value has an ABI that depends on the clone's ISA (-Wpsabi). */
+ * passed by value has an ABI that depends on the variant's ISA (-Wpsabi). */
 #define EW_INLINE static inline __attribute__((always_inline))
 /* m ? a : b per lane, m from a vector comparison (all ones or zeros). */
 #define V8_SELECT(m, a, b) ((ew_v8)(((ew_v8i)(a) & (m)) | ((ew_v8i)(b) & ~(m))))
@@ -270,8 +270,7 @@ EW_INLINE void v8_tanh(ew_v8 *px) {
 }
 
 /* y[i] = tanh(x[i]) (op TANH) or sigmoid(x[i]) (SIGMOID) for i < n. */
-__attribute__((target_clones("arch=x86-64-v3", "default")))
-static void tanh_sigmoid(uint32_t op, const float *x, float *y, int64_t n) {
+EW_INLINE void tanh_sigmoid_body(uint32_t op, const float *x, float *y, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {   /* fixed-size copies: registers, no calls */
     ew_v8 v;
@@ -287,6 +286,28 @@ static void tanh_sigmoid(uint32_t op, const float *x, float *y, int64_t n) {
     else v8_sigmoid(&v);
     memcpy(y + i, &v, (size_t)(n - i) * sizeof *y);
   }
+}
+
+/* The body per ISA (kcpu_isa_active): AVX2 + FMA for avx2 and avx512, the
+ * baseline (SSE2 on x86-64, NEON on aarch64) otherwise. */
+#if defined(__x86_64__)
+__attribute__((target("avx2,fma"))) static void tanh_sigmoid_avx2(uint32_t op, const float *x,
+                                                                  float *y, int64_t n) {
+  tanh_sigmoid_body(op, x, y, n);
+}
+#endif
+static void tanh_sigmoid_base(uint32_t op, const float *x, float *y, int64_t n) {
+  tanh_sigmoid_body(op, x, y, n);
+}
+
+static void tanh_sigmoid(uint32_t op, const float *x, float *y, int64_t n) {
+#if defined(__x86_64__)
+  if (kcpu_isa_x86_simd()) {
+    tanh_sigmoid_avx2(op, x, y, n);
+    return;
+  }
+#endif
+  tanh_sigmoid_base(op, x, y, n);
 }
 
 /* ---- unary ops ----------------------------------------------------------- */

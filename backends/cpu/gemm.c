@@ -17,11 +17,18 @@
  *
  * Packing turns every transpose case into the same unit-stride micro-kernel
  * and pads the edges with zeros, so odd sizes take the same path. The
- * micro-kernel keeps a 6 x 16 accumulator in registers (12 AVX2 registers)
- * and is compiled for x86-64-v3 (AVX2 + FMA) and for the baseline ISA; the
- * loader picks one per machine (target_clones), so results on one machine
- * never change. ("avx2,fma" would make two separate clones, neither with
- * both.)
+ * micro-kernel keeps an MR x NR accumulator in registers; it is chosen per
+ * instruction set (isa.c, KILN_CPU_ISA), and MR and NR, hence the packing,
+ * follow it:
+ *
+ *   scalar   4 x 8,   plain loops: the reference
+ *   avx2     6 x 16,  12 ymm accumulators (AVX2 + FMA)
+ *   avx512   12 x 32, 24 zmm accumulators (AVX-512F)
+ *   neon     8 x 12,  24 q accumulators (aarch64)
+ *
+ * The SIMD ones are one source, gemm-kernel.h, instantiated per ISA with
+ * its own vector width and tile. "avx512 tile on avx2" is the AVX-512 one
+ * compiled for AVX2, for tests on machines without AVX-512.
  *
  * A B that several GEMMs multiply (an RNN's weight, once per time step) can
  * be packed once, whole, by kcpu_sgemm_pack_b and passed to
@@ -31,84 +38,111 @@
  *
  * Determinism: every C element is sum over K blocks in order of
  * (sum over k in order of a*b), computed by one thread. Tiling across
- * threads only decides which thread computes it, so results do not depend
- * on the pool or its size.
+ * threads only decides which thread computes it, so for one kernel results
+ * do not depend on the pool or its size. Kernels differ in rounding (FMA
+ * or not), not in order.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "cpu-impl.h"
 
-#define MR 6        /* micro-tile rows */
-#define NR 16       /* micro-tile columns */
 #define KC 384      /* most depth of one packed block */
-#define MC 96       /* rows of one compute tile (a multiple of MR) */
+#define MC 96       /* rows of one compute tile (a multiple of every MR) */
 #define MB 1536     /* rows of A packed at once (a multiple of MC) */
-#define NC 3072     /* columns of one packed B panel (a multiple of NR) */
+#define NC 3072     /* columns of one packed B panel (a multiple of every NR) */
 
-/* Eight floats, in one AVX register or two SSE registers (GCC vector
- * extension: portable across the clones, and the accumulators provably stay
- * in registers, which plain loops here did not). */
-typedef float kcpu_v8 __attribute__((vector_size(32), aligned(32)));
-
-/* The product P[MR][NR] = Ap [kc, MR] (sliver) x Bp [kc, NR] (sliver),
- * then, with store = 0: acc = P; store = 1: C[MR, NR] = P; store = 2:
- * C[MR, NR] += P (the full-tile cases with alpha 1 and beta 0 or 1: exact
- * copies and single adds, so they round as store_tile would). C has leading
- * dimension ldc. Bp and acc are 32-byte aligned; C need not be. Storing
- * from the registers saves a round trip through acc and a scalar loop,
- * which weigh most when kc is short (conv1's K = 9). */
+/* GCC fuses a * b + c into an FMA only when told (-std=c11 turns
+ * contraction off); clang contracts with -ffp-contract=on by default. */
 #if defined(__clang__)
-#define KCPU_FP_CONTRACT /* clang contracts with -ffp-contract=on by default */
+#define KCPU_FP_CONTRACT
 #else
 #define KCPU_FP_CONTRACT , optimize("fp-contract=fast")
 #endif
-__attribute__((target_clones("arch=x86-64-v3", "default") KCPU_FP_CONTRACT))
-static void micro_kernel(int64_t kc, const float *restrict Ap, const float *restrict Bp,
+
+/* The reference: plain loops, no vector types, baseline ISA. */
+#define SC_MR 4
+#define SC_NR 8
+_Static_assert(MC % SC_MR == 0 && NC % SC_NR == 0, "compute tiles and B panels are whole tiles");
+static void micro_scalar(int64_t kc, const float *restrict Ap, const float *restrict Bp,
                          float *restrict acc, int store, float *restrict C, int64_t ldc) {
-  kcpu_v8 c[MR][2];
-  for (int i = 0; i < MR; i++) c[i][0] = c[i][1] = (kcpu_v8){0};
-  for (int64_t k = 0; k < kc; k++) {
-    const float *restrict a = Ap + k * MR;
-    kcpu_v8 b0 = *(const kcpu_v8 *)(Bp + k * NR);
-    kcpu_v8 b1 = *(const kcpu_v8 *)(Bp + k * NR + 8);
-    for (int i = 0; i < MR; i++) {
-      /* A broadcast straight from memory ({0} + a[i] costs an add first:
-       * 0 + x is not x for x = -0). */
-      float s = a[i];
-      kcpu_v8 ai = {s, s, s, s, s, s, s, s};
-      c[i][0] += ai * b0;
-      c[i][1] += ai * b1;
+  float c[SC_MR][SC_NR];
+  for (int i = 0; i < SC_MR; i++)
+    for (int j = 0; j < SC_NR; j++) c[i][j] = 0.0f;
+  for (int64_t k = 0; k < kc; k++)
+    for (int i = 0; i < SC_MR; i++)
+      for (int j = 0; j < SC_NR; j++) c[i][j] += Ap[k * SC_MR + i] * Bp[k * SC_NR + j];
+  for (int i = 0; i < SC_MR; i++)
+    for (int j = 0; j < SC_NR; j++) {
+      if (store == 0) acc[i * SC_NR + j] = c[i][j];
+      else if (store == 1) C[i * ldc + j] = c[i][j];
+      else C[i * ldc + j] += c[i][j];
     }
-  }
-  if (store == 0) {
-    for (int i = 0; i < MR; i++) {
-      *(kcpu_v8 *)(acc + i * NR) = c[i][0];
-      *(kcpu_v8 *)(acc + i * NR + 8) = c[i][1];
-    }
-    return;
-  }
-  for (int i = 0; i < MR; i++) {
-    kcpu_v8 lo = c[i][0], hi = c[i][1];
-    if (store == 2) {
-      kcpu_v8 c0, c1;
-      memcpy(&c0, C + i * ldc, sizeof c0);
-      memcpy(&c1, C + i * ldc + 8, sizeof c1);
-      lo += c0;
-      hi += c1;
-    }
-    memcpy(C + i * ldc, &lo, sizeof lo);
-    memcpy(C + i * ldc + 8, &hi, sizeof hi);
-  }
 }
 
-/* C[m, n] (leading dimension ldc) = alpha * acc + beta * C; beta == 0 does
- * not read C. */
-static void store_tile(float *C, int64_t ldc, int m, int n, const float *acc, float alpha,
+#if defined(__x86_64__)
+#define GK_NAME micro_avx2
+#define GK_ATTR __attribute__((target("avx2,fma") KCPU_FP_CONTRACT))
+#define GK_VBYTES 32
+#define GK_MR 6
+#define GK_NR 16
+#include "gemm-kernel.h"
+
+#define GK_NAME micro_avx512
+#define GK_ATTR __attribute__((target("avx512f,avx2,fma") KCPU_FP_CONTRACT))
+#define GK_VBYTES 64
+#define GK_MR 12
+#define GK_NR 32
+#include "gemm-kernel.h"
+
+#define GK_NAME micro_avx512_on_avx2
+#define GK_ATTR __attribute__((target("avx2,fma") KCPU_FP_CONTRACT))
+#define GK_VBYTES 64
+#define GK_MR 12
+#define GK_NR 32
+#include "gemm-kernel.h"
+#endif
+
+#if defined(__aarch64__)
+#define GK_NAME micro_neon
+#define GK_ATTR __attribute__((unused KCPU_FP_CONTRACT))
+#define GK_VBYTES 16
+#define GK_MR 8
+#define GK_NR 12
+#include "gemm-kernel.h"
+#endif
+
+static const kcpu_gemm_kernel kernels[] = {
+    {"scalar 4x8", KCPU_ISA_SCALAR, SC_MR, SC_NR, micro_scalar},
+#if defined(__x86_64__)
+    {"avx2 6x16", KCPU_ISA_AVX2, 6, 16, micro_avx2},
+    {"avx512 12x32", KCPU_ISA_AVX512, 12, 32, micro_avx512},
+    {"avx512 tile on avx2 12x32", KCPU_ISA_AVX2, 12, 32, micro_avx512_on_avx2},
+#endif
+#if defined(__aarch64__)
+    {"neon 8x12", KCPU_ISA_NEON, 8, 12, micro_neon},
+#endif
+};
+#define N_KERNELS (int)(sizeof kernels / sizeof kernels[0])
+
+const kcpu_gemm_kernel *kcpu_gemm_kernels(int *count) {
+  *count = N_KERNELS;
+  return kernels;
+}
+
+const kcpu_gemm_kernel *kcpu_gemm_kernel_of(kcpu_isa isa) {
+  for (int i = 0; i < N_KERNELS; i++)   /* the first of an ISA is its own */
+    if (kernels[i].isa == isa) return &kernels[i];
+  return &kernels[0];
+}
+
+/* C[m, n] (leading dimension ldc) = alpha * acc + beta * C, acc's rows nr
+ * apart; beta == 0 does not read C. */
+static void store_tile(float *C, int64_t ldc, int m, int n, const float *acc, int nr, float alpha,
                        float beta) {
   for (int i = 0; i < m; i++) {
     float *c = C + i * ldc;
-    const float *a = acc + i * NR;
+    const float *a = acc + i * nr;
     if (beta == 0.0f)
       for (int j = 0; j < n; j++) c[j] = alpha * a[j];
     else
@@ -117,6 +151,8 @@ static void store_tile(float *C, int64_t ldc, int m, int n, const float *acc, fl
 }
 
 typedef struct gemm_job {
+  const kcpu_gemm_kernel *gk;
+  int mr, nr;                 /* gk's tile */
   int trans_a, trans_b;
   int64_t M, N, K;
   float alpha, beta_eff;      /* beta for the first K block, 1 after */
@@ -132,51 +168,53 @@ typedef struct gemm_job {
   int64_t tiles_n, nw;        /* compute tiles: columns per tile */
 } gemm_job;
 
-/* Packs rows [ib + s*MR, +MR) of op(A)[:, pc:pc+kc] for slivers [s0, s1). */
+/* Packs rows [ib + s*mr, +mr) of op(A)[:, pc:pc+kc] for slivers [s0, s1). */
 static void pack_a(void *arg, int64_t s0, int64_t s1) {
   const gemm_job *j = arg;
+  const int mr = j->mr;
   for (int64_t s = s0; s < s1; s++) {
-    float *dst = j->Ap + s * MR * j->kc;
-    int64_t i0 = j->ib + s * MR;
-    int rows = (int)(j->ib + j->mb - i0 < MR ? j->ib + j->mb - i0 : MR);
+    float *dst = j->Ap + s * mr * j->kc;
+    int64_t i0 = j->ib + s * mr;
+    int rows = (int)(j->ib + j->mb - i0 < mr ? j->ib + j->mb - i0 : mr);
     if (!j->trans_a) {
       for (int r = 0; r < rows; r++) {
         const float *src = j->A + (i0 + r) * j->lda + j->pc;
-        for (int64_t k = 0; k < j->kc; k++) dst[k * MR + r] = src[k];
+        for (int64_t k = 0; k < j->kc; k++) dst[k * mr + r] = src[k];
       }
     } else {
       for (int64_t k = 0; k < j->kc; k++) {
         const float *src = j->A + (j->pc + k) * j->lda + i0;
-        for (int r = 0; r < rows; r++) dst[k * MR + r] = src[r];
+        for (int r = 0; r < rows; r++) dst[k * mr + r] = src[r];
       }
     }
-    for (int r = rows; r < MR; r++)
-      for (int64_t k = 0; k < j->kc; k++) dst[k * MR + r] = 0.0f;
+    for (int r = rows; r < mr; r++)
+      for (int64_t k = 0; k < j->kc; k++) dst[k * mr + r] = 0.0f;
   }
 }
 
-/* Packs columns [jc + s*NR, +NR) of op(B)[pc:pc+kc, :] for slivers [s0, s1). */
+/* Packs columns [jc + s*nr, +nr) of op(B)[pc:pc+kc, :] for slivers [s0, s1). */
 static void pack_b(void *arg, int64_t s0, int64_t s1) {
   const gemm_job *j = arg;
+  const int nr = j->nr;
   for (int64_t s = s0; s < s1; s++) {
-    float *dst = j->Bp + s * NR * j->kc;
-    int64_t j0 = j->jc + s * NR;
-    int cols = (int)(j->jc + j->nc - j0 < NR ? j->jc + j->nc - j0 : NR);
+    float *dst = j->Bp + s * nr * j->kc;
+    int64_t j0 = j->jc + s * nr;
+    int cols = (int)(j->jc + j->nc - j0 < nr ? j->jc + j->nc - j0 : nr);
     if (!j->trans_b) {
       for (int64_t k = 0; k < j->kc; k++) {
         const float *src = j->B + (j->pc + k) * j->ldb + j0;
-        float *d = dst + k * NR;
+        float *d = dst + k * nr;
         int c = 0;
         for (; c < cols; c++) d[c] = src[c];
-        for (; c < NR; c++) d[c] = 0.0f;
+        for (; c < nr; c++) d[c] = 0.0f;
       }
     } else {
       for (int c = 0; c < cols; c++) {
         const float *src = j->B + (j0 + c) * j->ldb + j->pc;
-        for (int64_t k = 0; k < j->kc; k++) dst[k * NR + c] = src[k];
+        for (int64_t k = 0; k < j->kc; k++) dst[k * nr + c] = src[k];
       }
-      for (int c = cols; c < NR; c++)
-        for (int64_t k = 0; k < j->kc; k++) dst[k * NR + c] = 0.0f;
+      for (int c = cols; c < nr; c++)
+        for (int64_t k = 0; k < j->kc; k++) dst[k * nr + c] = 0.0f;
     }
   }
 }
@@ -185,23 +223,25 @@ static void pack_b(void *arg, int64_t s0, int64_t s1) {
  * columns (t % tiles_n) * nw of the current packed block. */
 static void compute_tiles(void *arg, int64_t t0, int64_t t1) {
   const gemm_job *j = arg;
-  float acc[MR * NR] __attribute__((aligned(64)));
+  const int mr = j->mr, nr = j->nr;
+  const kcpu_micro_fn micro = j->gk->micro;
+  float acc[KCPU_MR_MAX * KCPU_NR_MAX] __attribute__((aligned(64)));
   for (int64_t t = t0; t < t1; t++) {
     int64_t r0 = (t / j->tiles_n) * MC, c0 = (t % j->tiles_n) * j->nw;
     int64_t r1 = r0 + MC < j->mb ? r0 + MC : j->mb;
     int64_t c1 = c0 + j->nw < j->nc ? c0 + j->nw : j->nc;
-    for (int64_t jr = c0; jr < c1; jr += NR) {
-      const float *bp = j->Bp + (jr / NR) * NR * j->kc;
-      int n = (int)(c1 - jr < NR ? c1 - jr : NR);
-      for (int64_t ir = r0; ir < r1; ir += MR) {
-        const float *ap = j->Ap + (ir / MR) * MR * j->kc;
-        int m = (int)(r1 - ir < MR ? r1 - ir : MR);
+    for (int64_t jr = c0; jr < c1; jr += nr) {
+      const float *bp = j->Bp + (jr / nr) * nr * j->kc;
+      int n = (int)(c1 - jr < nr ? c1 - jr : nr);
+      for (int64_t ir = r0; ir < r1; ir += mr) {
+        const float *ap = j->Ap + (ir / mr) * mr * j->kc;
+        int m = (int)(r1 - ir < mr ? r1 - ir : mr);
         float *c = j->C + (j->ib + ir) * j->ldc + j->jc + jr;
-        if (m == MR && n == NR && j->alpha == 1.0f && (j->beta_eff == 0.0f || j->beta_eff == 1.0f)) {
-          micro_kernel(j->kc, ap, bp, acc, j->beta_eff == 0.0f ? 1 : 2, c, j->ldc);
+        if (m == mr && n == nr && j->alpha == 1.0f && (j->beta_eff == 0.0f || j->beta_eff == 1.0f)) {
+          micro(j->kc, ap, bp, acc, j->beta_eff == 0.0f ? 1 : 2, c, j->ldc);
         } else {
-          micro_kernel(j->kc, ap, bp, acc, 0, NULL, 0);
-          store_tile(c, j->ldc, m, n, acc, j->alpha, j->beta_eff);
+          micro(j->kc, ap, bp, acc, 0, NULL, 0);
+          store_tile(c, j->ldc, m, n, acc, nr, j->alpha, j->beta_eff);
         }
       }
     }
@@ -222,74 +262,79 @@ static void scale_c(int64_t M, int64_t N, float beta, float *C, int64_t ldc) {
   }
 }
 
-int64_t kcpu_sgemm_packed_b_floats(int64_t N, int64_t K) { return (N + NR - 1) / NR * NR * K; }
+int64_t kcpu_sgemm_packed_b_floats_with(const kcpu_gemm_kernel *gk, int64_t N, int64_t K) {
+  return (N + gk->nr - 1) / gk->nr * gk->nr * K;
+}
 
-void kcpu_sgemm_pack_b(kcpu_pool *pool, int trans_b, int64_t N, int64_t K, const float *B,
-                       int64_t ldb, float *Bp) {
+void kcpu_sgemm_pack_b_with(const kcpu_gemm_kernel *gk, kcpu_pool *pool, int trans_b, int64_t N,
+                            int64_t K, const float *B, int64_t ldb, float *Bp) {
   if (N <= 0 || K <= 0) return;
+  const int nr = gk->nr;
   int64_t k_blocks = (K + KC - 1) / KC;
   int64_t kc_max = (K + k_blocks - 1) / k_blocks;
-  int64_t nc_blk = N < NC ? (N + NR - 1) / NR * NR : NC;
-  gemm_job j = {.trans_b = trans_b, .N = N, .K = K, .B = B, .ldb = ldb};
+  int64_t nc_blk = N < NC ? (N + nr - 1) / nr * nr : NC;
+  gemm_job j = {.gk = gk, .mr = gk->mr, .nr = nr, .trans_b = trans_b, .N = N, .K = K, .B = B,
+                .ldb = ldb};
   for (j.jc = 0; j.jc < N; j.jc += nc_blk) {
     j.nc = N - j.jc < nc_blk ? N - j.jc : nc_blk;
-    int64_t slivers_b = (j.nc + NR - 1) / NR;
+    int64_t slivers_b = (j.nc + nr - 1) / nr;
     for (j.pc = 0; j.pc < K; j.pc += kc_max) {
       j.kc = K - j.pc < kc_max ? K - j.pc : kc_max;
-      j.Bp = Bp + j.jc * K + j.pc * slivers_b * NR;
+      j.Bp = Bp + j.jc * K + j.pc * slivers_b * nr;
       kcpu_parallel_for(pool, slivers_b, 16, pack_b, &j);
     }
   }
 }
 
-/* kcpu_sgemm, with B packed beforehand when Bpre is not NULL. */
-static void sgemm(kcpu_pool *pool, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
-                  float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
-                  const float *Bpre, float beta, float *C, int64_t ldc) {
+void kcpu_sgemm_with(const kcpu_gemm_kernel *gk, kcpu_pool *pool, int trans_a, int trans_b,
+                     int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
+                     const float *B, int64_t ldb, const float *Bpre, float beta, float *C,
+                     int64_t ldc) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     scale_c(M, N, beta, C, ldc);
     return;
   }
+  const int mr = gk->mr, nr = gk->nr;
   int64_t k_blocks = (K + KC - 1) / KC;
   int64_t kc_max = (K + k_blocks - 1) / k_blocks;
-  int64_t mb_blk = M < MB ? (M + MR - 1) / MR * MR : MB;
-  int64_t nc_blk = N < NC ? (N + NR - 1) / NR * NR : NC;
+  int64_t mb_blk = M < MB ? (M + mr - 1) / mr * mr : MB;
+  int64_t nc_blk = N < NC ? (N + nr - 1) / nr * nr : NC;
   /* Packing buffers for this call, so pool == NULL callers may run several
    * GEMMs at once. Without memory for them, fall back to one micro-tile
    * per block in stack buffers: slow, but kernels cannot fail, and the
    * micro-kernel and K blocking (hence every result) stay the same. */
   float *Ap = alloc64((size_t)(mb_blk * kc_max) * sizeof(float));
   float *Bp = Bpre ? NULL : alloc64((size_t)(nc_blk * kc_max) * sizeof(float));
-  float a_small[MR * KC] __attribute__((aligned(64)));
-  float b_small[NR * KC] __attribute__((aligned(64)));
+  float a_small[KCPU_MR_MAX * KC] __attribute__((aligned(64)));
+  float b_small[KCPU_NR_MAX * KC] __attribute__((aligned(64)));
   if (!Ap || (!Bp && !Bpre)) {
     free(Ap);
     free(Bp);
     Ap = Bp = NULL;
-    mb_blk = MR;
-    if (!Bpre) nc_blk = NR;   /* a prepacked B keeps its own blocks */
+    mb_blk = mr;
+    if (!Bpre) nc_blk = nr;   /* a prepacked B keeps its own blocks */
   }
-  gemm_job j = {.trans_a = trans_a, .trans_b = trans_b, .M = M, .N = N, .K = K,
-                .alpha = alpha, .A = A, .lda = lda, .B = B, .ldb = ldb, .C = C, .ldc = ldc,
-                .Ap = Ap ? Ap : a_small, .Bp = Bp ? Bp : b_small};
+  gemm_job j = {.gk = gk, .mr = mr, .nr = nr, .trans_a = trans_a, .trans_b = trans_b, .M = M,
+                .N = N, .K = K, .alpha = alpha, .A = A, .lda = lda, .B = B, .ldb = ldb, .C = C,
+                .ldc = ldc, .Ap = Ap ? Ap : a_small, .Bp = Bp ? Bp : b_small};
   int threads = kcpu_pool_size(pool);
   for (j.jc = 0; j.jc < N; j.jc += nc_blk) {
     j.nc = N - j.jc < nc_blk ? N - j.jc : nc_blk;
-    int64_t slivers_b = (j.nc + NR - 1) / NR;
+    int64_t slivers_b = (j.nc + nr - 1) / nr;
     for (j.pc = 0; j.pc < K; j.pc += kc_max) {
       j.kc = K - j.pc < kc_max ? K - j.pc : kc_max;
       j.beta_eff = j.pc == 0 ? beta : 1.0f;
-      if (Bpre) j.Bp = (float *)Bpre + j.jc * K + j.pc * slivers_b * NR;   /* read only */
+      if (Bpre) j.Bp = (float *)Bpre + j.jc * K + j.pc * slivers_b * nr;   /* read only */
       else kcpu_parallel_for(pool, slivers_b, 16, pack_b, &j);
       for (j.ib = 0; j.ib < M; j.ib += mb_blk) {
         j.mb = M - j.ib < mb_blk ? M - j.ib : mb_blk;
-        kcpu_parallel_for(pool, (j.mb + MR - 1) / MR, 16, pack_a, &j);
+        kcpu_parallel_for(pool, (j.mb + mr - 1) / mr, 16, pack_a, &j);
         int64_t tiles_m = (j.mb + MC - 1) / MC;
         int64_t want = (int64_t)threads * 4;
         int64_t tiles_n = tiles_m >= want ? 1 : (want + tiles_m - 1) / tiles_m;
         if (tiles_n > slivers_b) tiles_n = slivers_b;
-        j.nw = ((slivers_b + tiles_n - 1) / tiles_n) * NR;
+        j.nw = ((slivers_b + tiles_n - 1) / tiles_n) * nr;
         j.tiles_n = (j.nc + j.nw - 1) / j.nw;
         /* A tile is worth a thread from about 2^17 multiply-adds. */
         int64_t flops_per_tile = MC * j.nw * j.kc;
@@ -302,14 +347,27 @@ static void sgemm(kcpu_pool *pool, int trans_a, int trans_b, int64_t M, int64_t 
   free(Bp);
 }
 
+/* ---- the kernel of kcpu_isa_active --------------------------------------- */
+
+int64_t kcpu_sgemm_packed_b_floats(int64_t N, int64_t K) {
+  return kcpu_sgemm_packed_b_floats_with(kcpu_gemm_kernel_of(kcpu_isa_active), N, K);
+}
+
+void kcpu_sgemm_pack_b(kcpu_pool *pool, int trans_b, int64_t N, int64_t K, const float *B,
+                       int64_t ldb, float *Bp) {
+  kcpu_sgemm_pack_b_with(kcpu_gemm_kernel_of(kcpu_isa_active), pool, trans_b, N, K, B, ldb, Bp);
+}
+
 void kcpu_sgemm(kcpu_pool *pool, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
                 float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
                 float beta, float *C, int64_t ldc) {
-  sgemm(pool, trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, NULL, beta, C, ldc);
+  kcpu_sgemm_with(kcpu_gemm_kernel_of(kcpu_isa_active), pool, trans_a, trans_b, M, N, K, alpha, A,
+                  lda, B, ldb, NULL, beta, C, ldc);
 }
 
 void kcpu_sgemm_packed(kcpu_pool *pool, int trans_a, int64_t M, int64_t N, int64_t K, float alpha,
                        const float *A, int64_t lda, const float *Bp, float beta, float *C,
                        int64_t ldc) {
-  sgemm(pool, trans_a, 0, M, N, K, alpha, A, lda, NULL, 0, Bp, beta, C, ldc);
+  kcpu_sgemm_with(kcpu_gemm_kernel_of(kcpu_isa_active), pool, trans_a, 0, M, N, K, alpha, A, lda,
+                  NULL, 0, Bp, beta, C, ldc);
 }

@@ -218,7 +218,7 @@ static int kcpu_threads;            /* from KILN_NUM_THREADS or online cores */
 static const char *kcpu_threads_from;
 static char kcpu_model[256];
 static char kcpu_vendor[64];
-static char kcpu_isa[256];
+static char kcpu_features[256];
 
 /* Copies the value of the first "key\t: value" line of /proc/cpuinfo. */
 static void cpuinfo_field(const char *key, char *dst, size_t size) {
@@ -262,7 +262,7 @@ static void detect_cpu(void) {
   cpuinfo_field("model name", kcpu_model, sizeof kcpu_model);
   cpuinfo_field("vendor_id", kcpu_vendor, sizeof kcpu_vendor);
 
-  kcpu_isa[0] = '\0';
+  kcpu_features[0] = '\0';
 #if defined(__x86_64__) || defined(__i386__)
   static const char *const feats[] = {"sse4.2", "avx", "avx2", "fma", "avx512f"};
   __builtin_cpu_init();
@@ -276,12 +276,12 @@ static void detect_cpu(void) {
       case 3: has = __builtin_cpu_supports("fma"); break;
       case 4: has = __builtin_cpu_supports("avx512f"); break;
     }
-    if (has && len < sizeof kcpu_isa)
-      len += (size_t)snprintf(kcpu_isa + len, sizeof kcpu_isa - len, "%s%s", len ? " " : "",
-                              feats[i]);
+    if (has && len < sizeof kcpu_features)
+      len += (size_t)snprintf(kcpu_features + len, sizeof kcpu_features - len, "%s%s",
+                              len ? " " : "", feats[i]);
   }
 #endif
-  if (!kcpu_isa[0]) snprintf(kcpu_isa, sizeof kcpu_isa, "baseline");
+  if (!kcpu_features[0]) snprintf(kcpu_features, sizeof kcpu_features, "baseline");
 }
 
 /* ---- plugin table members ------------------------------------------------ */
@@ -312,8 +312,15 @@ static kiln_status cpu_device_info(uint32_t index, kiln_device_info *info) {
   d.features = KILN_FEATURE_UNIFIED;
   d.compute_units = (uint32_t)kcpu_threads;
   d.subgroup_size = 0;
-  snprintf(d.details, sizeof d.details, "threads: %d (%s)\nisa: %s\n", kcpu_threads,
-           kcpu_threads_from, kcpu_isa);
+  /* The kernels device_open would choose now, or why it would refuse. */
+  char kernels[256];
+  kcpu_isa isa;
+  if (kcpu_isa_choose(getenv("KILN_CPU_ISA"), &isa, kernels + 6, sizeof kernels - 6) == KILN_OK)
+    memmove(kernels, kernels + 6, strlen(kernels + 6) + 1);
+  else
+    memcpy(kernels, "none: ", 6);   /* device_open would fail with this */
+  snprintf(d.details, sizeof d.details, "threads: %d (%s)\nisa: %s\nkernels: %s\n",
+           kcpu_threads, kcpu_threads_from, kcpu_features, kernels);
   size_t n = info->struct_size < sizeof d ? info->struct_size : sizeof d;
   memcpy(info, &d, n);
   return KILN_OK;
@@ -329,6 +336,8 @@ static kiln_status cpu_device_open(uint32_t index, kiln_plugin_device **out) {
                          index);
     return KILN_NOT_FOUND;
   }
+  kiln_status st = kcpu_isa_acquire();
+  if (st != KILN_OK) return st;
   kiln_plugin_device *dev = kcpu_calloc(1, sizeof *dev);
   if (!dev) goto fail;
   dev->pool = kcpu_pool_create(kcpu_threads);
@@ -339,6 +348,7 @@ static kiln_status cpu_device_open(uint32_t index, kiln_plugin_device **out) {
 fail_dev:
   free(dev);
 fail:
+  kcpu_isa_release();
   kcpu_host->set_error("cpu: device_open: out of memory creating a pool of %d threads",
                        kcpu_threads);
   return KILN_OUT_OF_MEMORY;
@@ -348,6 +358,7 @@ static void cpu_device_close(kiln_plugin_device *dev) {
   if (!dev) return;
   kcpu_pool_destroy(dev->pool);
   free(dev);
+  kcpu_isa_release();
 }
 
 static kiln_status cpu_buffer_alloc(kiln_plugin_device *dev, uint64_t size,

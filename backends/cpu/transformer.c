@@ -47,17 +47,27 @@
 #define ATT_DC 64       /* head dimensions packed at once */
 #define LN_CHUNK 256    /* rows per partial sum of layernorm_backward_params */
 
-/* The attention kernels are compiled for x86-64-v3 (AVX2 + FMA) and the
- * baseline, as gemm.c's micro-kernel; the loader picks one per machine. */
+/* The attention kernels are bodies (TF_INLINE) compiled twice: for AVX2 +
+ * FMA (TF_AVX2), used when kcpu_isa_active is avx2 or avx512, and for the
+ * baseline ISA (scalar, and NEON on aarch64); TF_DISPATCH writes both and
+ * the function that picks one. */
 #if defined(__x86_64__)
-#define TF_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define TF_AVX2 __attribute__((target("avx2,fma")))
+#define TF_DISPATCH(name, params, args)                         \
+  TF_AVX2 static void name##_avx2 params { name##_body args; }  \
+  static void name##_base params { name##_body args; }          \
+  static void name params {                                     \
+    if (kcpu_isa_x86_simd()) name##_avx2 args;                  \
+    else name##_base args;                                      \
+  }
 #else
-#define TF_CLONES
+#define TF_DISPATCH(name, params, args) \
+  static void name params { name##_body args; }
 #endif
 _Static_assert(ATT_BK % 8 == 0, "tile_dots holds a score row in whole 8-float vectors");
 
-/* Helpers of the attention kernels are inlined into each of their clones,
- * so they run with the clone's instruction set. */
+/* Helpers of the attention kernels are inlined into each variant, so they
+ * run with its instruction set. */
 #define TF_INLINE static inline __attribute__((always_inline))
 
 /* Eight floats (GCC vector extension: one AVX or two SSE registers). */
@@ -467,7 +477,7 @@ TF_INLINE void scores(const att_args *a, float (*s)[ATT_BK], const float *q, int
 /* Forward, or pass A of the backward (lse != 0: each row's logsumexp is
  * parked in the first dq column of its head instead of computing y).
  * Items: (b, h, query tile). */
-TF_CLONES static void att_forward_items(const att_args *a, int64_t begin, int64_t end, int lse) {
+TF_INLINE void att_forward_items_body(const att_args *a, int64_t begin, int64_t end, int lse) {
   float s[ATT_BQ][ATT_BK], kt[ATT_DC * ATT_BK], m[ATT_BQ], l[ATT_BQ];
   int64_t D = a->D, C3 = 3 * a->C;
   for (int64_t it = begin; it < end; it++) {
@@ -515,6 +525,9 @@ TF_CLONES static void att_forward_items(const att_args *a, int64_t begin, int64_
   }
 }
 
+TF_DISPATCH(att_forward_items, (const att_args *a, int64_t begin, int64_t end, int lse),
+            (a, begin, end, lse))
+
 static void att_forward_run(void *arg, int64_t begin, int64_t end) {
   att_forward_items(arg, begin, end, 0);
 }
@@ -524,7 +537,7 @@ static void att_lse_run(void *arg, int64_t begin, int64_t end) {
 
 /* Pass B: dk and dv of the keys of (b, h, key tile), over blocks of
  * ATT_BQ queries: P and dS of a block, then dv_j += P^T dy, dk_j += dS^T q. */
-TF_CLONES static void att_dkdv_items(const att_args *a, int64_t begin, int64_t end) {
+TF_INLINE void att_dkdv_items_body(const att_args *a, int64_t begin, int64_t end) {
   float p[ATT_BQ][ATT_BK], ds[ATT_BQ][ATT_BK], kt[ATT_DC * ATT_BK], vt[ATT_DC * ATT_BK];
   int64_t D = a->D, C3 = 3 * a->C;
   for (int64_t it = begin; it < end; it++) {
@@ -558,10 +571,12 @@ TF_CLONES static void att_dkdv_items(const att_args *a, int64_t begin, int64_t e
   }
 }
 
+TF_DISPATCH(att_dkdv_items, (const att_args *a, int64_t begin, int64_t end), (a, begin, end))
+
 static void att_dkdv_run(void *arg, int64_t begin, int64_t end) { att_dkdv_items(arg, begin, end); }
 
 /* Pass C: dq of the rows of (b, h, query tile). */
-TF_CLONES static void att_dq_items(const att_args *a, int64_t begin, int64_t end) {
+TF_INLINE void att_dq_items_body(const att_args *a, int64_t begin, int64_t end) {
   float s[ATT_BQ][ATT_BK], dp[ATT_BQ][ATT_BK], kt[ATT_DC * ATT_BK], vt[ATT_DC * ATT_BK];
   float L[ATT_BQ], Dr[ATT_BQ];
   int64_t D = a->D, C3 = 3 * a->C;
@@ -590,6 +605,8 @@ TF_CLONES static void att_dq_items(const att_args *a, int64_t begin, int64_t end
     }
   }
 }
+
+TF_DISPATCH(att_dq_items, (const att_args *a, int64_t begin, int64_t end), (a, begin, end))
 
 static void att_dq_run(void *arg, int64_t begin, int64_t end) { att_dq_items(arg, begin, end); }
 
