@@ -249,10 +249,12 @@ static kiln_status open_isa(const char *isa) {
 
 typedef struct e2e_out {
   float mm[MM_M * MM_N], th[EW_N], sg[EW_N];
+  float gelu[2][EW_N], gelu_bw[2][EW_N];   /* [0] exact, [1] tanh form */
   float y[AT_B * AT_T * AT_C], dqkv[AT_B * AT_T * 3 * AT_C];
 } e2e_out;
 
-/* matmul, tanh, sigmoid, causal attention and its backward, one graph. */
+/* matmul, tanh, sigmoid, GELU (both forms, forward and backward), causal
+ * attention and its backward, one graph. */
 static void e2e_run(const char *isa, e2e_out *o) {
   cr_assert_eq(open_isa(isa), KILN_OK, "KILN_CPU_ISA=%s: %s", isa ? isa : "(unset)", ph_error());
   ph_graph g;
@@ -263,6 +265,11 @@ static void e2e_run(const char *isa, e2e_out *o) {
   int x = ph_tensor(&g, KILN_F32, 1, (int64_t[]){EW_N});
   int th = ph_tensor(&g, KILN_F32, 1, (int64_t[]){EW_N});
   int sg = ph_tensor(&g, KILN_F32, 1, (int64_t[]){EW_N});
+  int gdy = ph_tensor(&g, KILN_F32, 1, (int64_t[]){EW_N}), ge[2], gb[2];
+  for (int k = 0; k < 2; k++) {
+    ge[k] = ph_tensor(&g, KILN_F32, 1, (int64_t[]){EW_N});
+    gb[k] = ph_tensor(&g, KILN_F32, 1, (int64_t[]){EW_N});
+  }
   int qkv = ph_tensor(&g, KILN_F32, 3, (int64_t[]){AT_B, AT_T, 3 * AT_C});
   int y = ph_tensor(&g, KILN_F32, 3, (int64_t[]){AT_B, AT_T, AT_C});
   int dy = ph_tensor(&g, KILN_F32, 3, (int64_t[]){AT_B, AT_T, AT_C});
@@ -271,6 +278,11 @@ static void e2e_run(const char *isa, e2e_out *o) {
   ph_node(&g, KILN_OP_MATMUL, 2, (int[]){a, b}, mm, NULL, NULL);
   ph_node(&g, KILN_OP_TANH, 1, (int[]){x}, th, NULL, NULL);
   ph_node(&g, KILN_OP_SIGMOID, 1, (int[]){x}, sg, NULL, NULL);
+  for (int k = 0; k < 2; k++) {
+    int64_t gp[KILN_OP_MAX_IPARAMS] = {k};
+    ph_node(&g, KILN_OP_GELU, 1, (int[]){x}, ge[k], gp, NULL);
+    ph_node(&g, KILN_OP_GELU_BACKWARD, 2, (int[]){gdy, x}, gb[k], gp, NULL);
+  }
   ph_node(&g, KILN_OP_ATTENTION, 1, (int[]){qkv}, y, ip, NULL);
   ph_node(&g, KILN_OP_ATTENTION_BACKWARD, 3, (int[]){dy, qkv, y}, dqkv, ip, NULL);
   cr_assert_eq(ph_compile(&g), KILN_OK, "%s", ph_error());
@@ -283,9 +295,12 @@ static void e2e_run(const char *isa, e2e_out *o) {
   tu_fill_uniform(qf, AT_B * AT_T * 3 * AT_C, 4, -1, 1);
   tu_fill_uniform(dyf, AT_B * AT_T * AT_C, 5, -1, 1);
   ph_write(&g, a, af), ph_write(&g, b, bf), ph_write(&g, x, xf);
+  tu_fill_uniform(xf, EW_N, 6, -1, 1);
+  ph_write(&g, gdy, xf);
   ph_write(&g, qkv, qf), ph_write(&g, dy, dyf);
   cr_assert_eq(ph_run(&g), KILN_OK, "%s", ph_error());
   ph_read(&g, mm, o->mm), ph_read(&g, th, o->th), ph_read(&g, sg, o->sg);
+  for (int k = 0; k < 2; k++) ph_read(&g, ge[k], o->gelu[k]), ph_read(&g, gb[k], o->gelu_bw[k]);
   ph_read(&g, y, o->y), ph_read(&g, dqkv, o->dqkv);
   free(af), free(bf), free(xf), free(qf), free(dyf);
   ph_graph_free(&g);
@@ -302,7 +317,11 @@ static void close_to(const char *what, const float *a, const float *b, int64_t n
 }
 
 /* Bounds: matmul 1e-5 * K (|a|, |b| <= 1, so S <= K); tanh/sigmoid 2e-6
- * relative (a few ulp; FMA or not in the polynomials); attention y and
+ * relative (a few ulp; FMA or not in the polynomials); GELU 2e-5 relative
+ * (its tail is exp(-x^2/2 + ...) at x up to 12: one ulp of the argument,
+ * fused or not, is 8e-6 of the result), its backward with a floor of
+ * 1e-2 (for x < 0 it is a difference of terms of order |dy|, 0.5 (1 + t)
+ * and x phi(x), where |dy| <= 1); attention y and
  * dqkv 1e-4 relative to |value| + 1e-2 (sums over up to 70 keys and
  * 24-wide dots of values in [-1, 1], the floor for values near 0). */
 Test(isa, scalar_end_to_end_matches_the_default) {
@@ -315,6 +334,10 @@ Test(isa, scalar_end_to_end_matches_the_default) {
               (long long)i, (double)s->mm[i], (double)d->mm[i]);
   close_to("tanh", s->th, d->th, EW_N, 2e-6, 1e-7);
   close_to("sigmoid", s->sg, d->sg, EW_N, 2e-6, 1e-30);
+  close_to("gelu", s->gelu[0], d->gelu[0], EW_N, 2e-5, 1e-30);
+  close_to("gelu tanh", s->gelu[1], d->gelu[1], EW_N, 2e-5, 1e-30);
+  close_to("gelu_backward", s->gelu_bw[0], d->gelu_bw[0], EW_N, 2e-5, 1e-2);
+  close_to("gelu_backward tanh", s->gelu_bw[1], d->gelu_bw[1], EW_N, 2e-5, 1e-2);
   close_to("attention y", s->y, d->y, AT_B * AT_T * AT_C, 1e-4, 1e-2);
   close_to("attention dqkv", s->dqkv, d->dqkv, AT_B * AT_T * 3 * AT_C, 1e-4, 1e-2);
   free(s), free(d);

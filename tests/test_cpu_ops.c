@@ -291,6 +291,53 @@ static void t_tanh_sigmoid_range(void) {
   free(x), free(y), free(ref);
 }
 
+/* GELU over a sweep of [-14, 14] in steps of 1e-3 (the CPU plugin computes
+ * it with its own erfc, exp and tanh, not libm), against double precision.
+ * Forward: 3e-5 relative (the erfc fit is 1.2e-7; in the tail the f32
+ * exponent -x^2/2 - ... itself rounds by up to an ulp of ~100, 8e-6, which
+ * exp turns into that much relative error; seen: 1.3e-5 at x = -11.9, where
+ * gelu is -5e-32) plus 3e-37 (exp flushes to 0 below e^-87 = 1.7e-38,
+ * times |x| <= 14). Backward:
+ * 1e-5 of |dy| (|x| phi(x) + Phi(x) + 1) for both forms, whose terms cancel
+ * for x < 0. NaN in gives NaN out. */
+static double ref_gelu(double v, int tanh_form, int grad) {
+  if (tanh_form) {   /* 1 + tanh(u) = 2 / (1 + exp(-2u)): no cancellation even in double */
+    double k = 0.7978845608028654, a = 0.044715, u = k * (v + a * v * v * v);
+    double h = 1.0 / (1.0 + exp(-2.0 * u)), e = exp(-2.0 * fabs(u));
+    double one_m_t2 = 4.0 * e / ((1.0 + e) * (1.0 + e));
+    return grad ? h + 0.5 * v * one_m_t2 * k * (1 + 3 * a * v * v) : v * h;
+  }
+  double cdf = 0.5 * erfc(-v / sqrt(2.0)), pdf = exp(-0.5 * v * v) / sqrt(2 * M_PI);
+  return grad ? cdf + v * pdf : v * cdf;
+}
+
+static void t_gelu_range(void) {
+  int64_t n = 28001 + 1;
+  float *x = malloc((size_t)n * sizeof *x), *y = malloc((size_t)n * sizeof *y);
+  float *dy = malloc((size_t)n * sizeof *dy);
+  double *ref = malloc((size_t)n * sizeof *ref), *mag = malloc((size_t)n * sizeof *mag);
+  for (int64_t i = 0; i < n - 1; i++) x[i] = (float)((double)(i - 14000) * 1e-3);
+  x[n - 1] = NAN;
+  for (int64_t i = 0; i < n; i++) dy[i] = (float)(0.5 + 0.25 * sin((double)i));
+  shp s = SHP(n);
+  for (int form = 0; form < 2; form++) {
+    int64_t ip[KILN_OP_MAX_IPARAMS] = {form};
+    run_ok(KILN_OP_GELU, 1, (tin[]){F32IN(s, x)}, s, y, ip, NULL);
+    for (int64_t i = 0; i < n; i++) ref[i] = ref_gelu(x[i], form, 0);
+    check_close(form ? "gelu tanh range" : "gelu range", y, ref, NULL, n - 1, 3e-5, 3e-37);
+    cr_assert(isnan(y[n - 1]), "gelu(NaN) = %g, want NaN", (double)y[n - 1]);
+    run_ok(KILN_OP_GELU_BACKWARD, 2, (tin[]){F32IN(s, dy), F32IN(s, x)}, s, y, ip, NULL);
+    for (int64_t i = 0; i < n; i++) {
+      double v = x[i];
+      ref[i] = dy[i] * ref_gelu(v, form, 1);
+      mag[i] = fabs(dy[i]) * (fabs(v) * exp(-0.5 * v * v) + 0.5 * erfc(-v / sqrt(2.0)) + 1.0);
+    }
+    check_close(form ? "gelu_backward tanh range" : "gelu_backward range", y, ref, mag, n - 1,
+                1e-5, 3e-37);
+  }
+  free(x), free(y), free(dy), free(ref), free(mag);
+}
+
 static void t_fill(void) {
   shp shapes[] = {SCALAR, SHP(1), SHP(7, 3), SHP(40000)};
   for (size_t j = 0; j < 4; j++) {
@@ -1225,6 +1272,7 @@ Test(profile, silent_without_the_variable) {
   OP_TEST(suite, unary_and_helpers, t_unary, opener)                \
   OP_TEST(suite, fill, t_fill, opener)                              \
   OP_TEST(suite, tanh_sigmoid_range, t_tanh_sigmoid_range, opener)  \
+  OP_TEST(suite, gelu_range, t_gelu_range, opener)                  \
   OP_TEST(suite, matmul, t_matmul, opener)                          \
   OP_TEST(suite, sum_mean, t_reduce, opener)                        \
   OP_TEST(suite, expand, t_expand, opener)                          \

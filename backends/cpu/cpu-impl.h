@@ -27,6 +27,15 @@
 /* The host table given to init(); used for set_error/log. */
 extern const kiln_host_api *kcpu_host;
 
+/* Appended to a SIMD variant's target attribute: GCC fuses a * b + c into
+ * an FMA only when told (-std=c11 turns contraction off); clang contracts
+ * with -ffp-contract=on by default. Scalar variants never fuse. */
+#if defined(__clang__)
+#define KCPU_FP_CONTRACT
+#else
+#define KCPU_FP_CONTRACT , optimize("fp-contract=fast")
+#endif
+
 /* ---- thread pool (threads.c) --------------------------------------------- */
 
 typedef struct kcpu_pool kcpu_pool;

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "cpu-impl.h"
+#include "vmath.h"
 
 /* Elements per parallel chunk for cheap ops. */
 #define EW_GRAIN 16384
@@ -211,63 +212,11 @@ static void binary(kcpu_pool *pool, const kcpu_node *n) {
  * included, goes through the same vector code, so a result does not depend
  * on where a thread's chunk starts. NaN in gives NaN out. */
 
-typedef float ew_v8 __attribute__((vector_size(32), aligned(32)));
-typedef int32_t ew_v8i __attribute__((vector_size(32), aligned(32)));
-
-/* The helpers take and return vectors through pointers: a 32-byte vector
- * passed by value has an ABI that depends on the variant's ISA (-Wpsabi). */
+/* The vector code is in vmath.h, shared with the transformer ops. */
 #define EW_INLINE static inline __attribute__((always_inline))
-/* m ? a : b per lane, m from a vector comparison (all ones or zeros). */
-#define V8_SELECT(m, a, b) ((ew_v8)(((ew_v8i)(a) & (m)) | ((ew_v8i)(b) & ~(m))))
-#define V8_SPLAT(v) ((ew_v8){(v), (v), (v), (v), (v), (v), (v), (v)})
-
-/* *x = exp(*x); x is clamped to [-87, 88] (results from 1.6e-38 to 1.7e38),
- * which is all that sigmoid and tanh need. */
-EW_INLINE void v8_exp(ew_v8 *px) {
-  ew_v8 x = *px;
-  ew_v8i nan = x != x;
-  x = V8_SELECT(nan, V8_SPLAT(0.0f), x);
-  x = V8_SELECT(x > 88.0f, V8_SPLAT(88.0f), x);
-  x = V8_SELECT(x < -87.0f, V8_SPLAT(-87.0f), x);
-  /* n = round(x / ln 2) by the 1.5 * 2^23 trick; r = x - n ln 2 in two parts */
-  ew_v8 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  ew_v8 r = x - n * 0.693359375f - n * -2.12194440e-4f;
-  ew_v8 z = r * r;
-  ew_v8 p = 1.9875691500e-4f * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * z + r + 1.0f;
-  ew_v8i e = (__builtin_convertvector(n, ew_v8i) + 127) << 23;   /* 2^n, n in [-126, 127] */
-  *px = p * (ew_v8)e;
-}
-
-EW_INLINE void v8_sigmoid(ew_v8 *px) {
-  ew_v8 x = *px, e = -x;
-  v8_exp(&e);
-  ew_v8 y = 1.0f / (1.0f + e);
-  *px = V8_SELECT(x != x, x, y);
-}
-
-/* Cephes tanhf: an odd polynomial below |x| = 0.625, 1 - 2 / (exp(2|x|) + 1)
- * with x's sign above. */
-EW_INLINE void v8_tanh(ew_v8 *px) {
-  ew_v8 x = *px;
-  ew_v8i sign = (ew_v8i)x & (int32_t)0x80000000;
-  ew_v8 ax = (ew_v8)((ew_v8i)x & 0x7fffffff);
-  ew_v8 e = ax + ax;
-  v8_exp(&e);
-  ew_v8 big = 1.0f - 2.0f / (e + 1.0f);
-  big = (ew_v8)((ew_v8i)big | sign);
-  ew_v8 z = x * x;
-  ew_v8 p = -5.70498872745e-3f * z + 2.06390887954e-2f;
-  p = p * z - 5.37397155531e-2f;
-  p = p * z + 1.33314422036e-1f;
-  p = p * z - 3.33332819422e-1f;
-  ew_v8 small = p * z * x + x;
-  *px = V8_SELECT(ax > 0.625f, big, small);
-}
+typedef kv8 ew_v8;
+#define v8_tanh kv8_tanh
+#define v8_sigmoid kv8_sigmoid
 
 /* y[i] = tanh(x[i]) (op TANH) or sigmoid(x[i]) (SIGMOID) for i < n. */
 EW_INLINE void tanh_sigmoid_body(uint32_t op, const float *x, float *y, int64_t n) {
@@ -291,7 +240,7 @@ EW_INLINE void tanh_sigmoid_body(uint32_t op, const float *x, float *y, int64_t 
 /* The body per ISA (kcpu_isa_active): AVX2 + FMA for avx2 and avx512, the
  * baseline (SSE2 on x86-64, NEON on aarch64) otherwise. */
 #if defined(__x86_64__)
-__attribute__((target("avx2,fma"))) static void tanh_sigmoid_avx2(uint32_t op, const float *x,
+__attribute__((target("avx2,fma") KCPU_FP_CONTRACT)) static void tanh_sigmoid_avx2(uint32_t op, const float *x,
                                                                   float *y, int64_t n) {
   tanh_sigmoid_body(op, x, y, n);
 }

@@ -52,13 +52,6 @@
 #define MB 1536     /* rows of A packed at once (a multiple of MC) */
 #define NC 3072     /* columns of one packed B panel (a multiple of every NR) */
 
-/* GCC fuses a * b + c into an FMA only when told (-std=c11 turns
- * contraction off); clang contracts with -ffp-contract=on by default. */
-#if defined(__clang__)
-#define KCPU_FP_CONTRACT
-#else
-#define KCPU_FP_CONTRACT , optimize("fp-contract=fast")
-#endif
 
 /* The reference: plain loops, no vector types, baseline ISA. */
 #define SC_MR 4

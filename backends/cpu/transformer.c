@@ -40,6 +40,7 @@
 #include <string.h>
 
 #include "cpu-impl.h"
+#include "vmath.h"
 
 #define TF_GRAIN 16384  /* elements per chunk of the elementwise ops */
 #define ATT_BQ 32       /* queries per attention work item */
@@ -52,7 +53,7 @@
  * baseline ISA (scalar, and NEON on aarch64); TF_DISPATCH writes both and
  * the function that picks one. */
 #if defined(__x86_64__)
-#define TF_AVX2 __attribute__((target("avx2,fma")))
+#define TF_AVX2 __attribute__((target("avx2,fma") KCPU_FP_CONTRACT))
 #define TF_DISPATCH(name, params, args)                         \
   TF_AVX2 static void name##_avx2 params { name##_body args; }  \
   static void name##_base params { name##_body args; }          \
@@ -64,7 +65,6 @@
 #define TF_DISPATCH(name, params, args) \
   static void name params { name##_body args; }
 #endif
-_Static_assert(ATT_BK % 8 == 0, "tile_dots holds a score row in whole 8-float vectors");
 
 /* Helpers of the attention kernels are inlined into each variant, so they
  * run with its instruction set. */
@@ -342,24 +342,55 @@ static void layernorm_params(kcpu_pool *pool, ln_args *s) {
 #define GELU_K 0.7978845608028654f     /* sqrt(2 / pi) */
 #define GELU_A 0.044715f
 
-static void gelu_range(void *arg, int64_t begin, int64_t end) {
-  const kcpu_node *n = arg;
+/* Eight elements at a time through vmath.h (glibc's erff, expf and tanhf
+ * made GELU a fifth of a GPT training step); the last partial group goes
+ * through the same code, so an element's value does not depend on where a
+ * thread's chunk starts. The exact form's CDF comes from erfc, as in
+ * shaders/gelu.comp. */
+TF_INLINE void gelu_items_body(const kcpu_node *n, int64_t begin, int64_t end) {
   const float *x = n->in[n->op == KILN_OP_GELU ? 0 : 1].data, *dy = n->in[0].data;
   float *y = n->out.data;
   int tanh_form = n->ip[0] == 1, fwd = n->op == KILN_OP_GELU;
-  for (int64_t i = begin; i < end; i++) {
-    float v = x[i];
+  for (int64_t i = begin; i < end; i += 8) {
+    int64_t m = min64(8, end - i);
+    kv8 v, out;
+    kv8_load_n(&v, x + i, m);
     if (tanh_form) {
-      float u = GELU_K * (v + GELU_A * v * v * v), t = tanhf(u);
-      y[i] = fwd ? 0.5f * v * (1.0f + t)
-                 : dy[i] * (0.5f * (1.0f + t) +
-                            0.5f * v * (1.0f - t * t) * GELU_K * (1.0f + 3.0f * GELU_A * v * v));
+      /* As shaders/gelu.comp: with e = exp(-2|u|) and r = 1 / (1 + e),
+       * 1 + tanh(u) = 2r (u >= 0) or 2er (u < 0) and 1 - tanh(u)^2 =
+       * 4 e r^2, without the cancellation of 1 + t for u << 0. */
+      kv8 u = GELU_K * (v + GELU_A * v * v * v);
+      kv8 e = -2.0f * (kv8)((kv8i)u & 0x7fffffff);
+      kv8_exp(&e);
+      kv8 r = 1.0f / (1.0f + e);
+      kv8 half_1pt = KV8_SELECT(u < 0.0f, e * r, r);   /* 0.5 (1 + t) */
+      if (fwd) {
+        out = v * half_1pt;
+      } else {
+        kv8 g;
+        kv8_load_n(&g, dy + i, m);
+        out = g * (half_1pt + 2.0f * v * e * r * r * GELU_K * (1.0f + 3.0f * GELU_A * v * v));
+      }
+      out = KV8_SELECT(v != v, v, out);
     } else {
-      float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
-      y[i] = fwd ? v * cdf : dy[i] * (cdf + v * 0.3989422804014327f * expf(-0.5f * v * v));
+      kv8 cdf = v;
+      kv8_normal_cdf(&cdf);
+      if (fwd) {
+        out = v * cdf;
+      } else {
+        kv8 g, e = -0.5f * v * v;
+        kv8_load_n(&g, dy + i, m);
+        kv8_exp(&e);
+        out = g * (cdf + v * 0.3989422804014327f * e);
+      }
     }
+    kv8_store_n(y + i, &out, m);
   }
 }
+
+TF_DISPATCH(gelu_items, (const kcpu_node *n, int64_t begin, int64_t end), (n, begin, end))
+
+static void gelu_range(void *arg, int64_t begin, int64_t end) { gelu_items(arg, begin, end); }
 
 /* ---- attention ----------------------------------------------------------- */
 
@@ -380,6 +411,18 @@ typedef struct att_args {
 /* The first dq column of row i, head h in dqkv [B, T, 3C]. */
 #define ATT_DQ(a, b, i, h) ((a)->out + ((b) * (a)->T + (i)) * 3 * (a)->C + (h) * (a)->D)
 
+/* x[j] = exp(mul * x[j] - sub) for j < n, eight at a time (vmath.h). */
+TF_INLINE void exp_row(float *x, int64_t n, float mul, float sub) {
+  for (int64_t j = 0; j < n; j += 8) {
+    int64_t m = min64(8, n - j);
+    kv8 v;
+    kv8_load_n(&v, x + j, m);
+    v = v * mul - sub;
+    kv8_exp(&v);
+    kv8_store_n(x + j, &v, m);
+  }
+}
+
 /* Keys of tile [k0, k0 + nk) that query i sees. */
 TF_INLINE int64_t visible(const att_args *a, int64_t i, int64_t k0, int64_t nk) {
   return a->causal ? min64(nk, i - k0 + 1) : nk;
@@ -397,46 +440,50 @@ TF_INLINE void pack_t(float *restrict t, const float *restrict src, int64_t ld, 
 
 /* s[r][j] (+)= sum over d < dc of a[r][d0 + d] * t[d][j] for rows r < nr of
  * a (leading dimension lda), all ATT_BK columns: a row of s stays in eight
- * vector registers while d streams. */
+ * vector registers while d streams. The accumulators are named variables,
+ * not an array: GCC kept an array on the stack, a load and a store around
+ * every FMA. */
+_Static_assert(ATT_BK == 64, "tile_dots holds a score row in eight 8-float vectors");
+#define TF_LD(p) ({ tf_v8 v_; memcpy(&v_, (p), sizeof v_); v_; })
 TF_INLINE void tile_dots(float (*restrict s)[ATT_BK], int64_t nr, const float *restrict a,
-                             int64_t lda, int64_t d0, int64_t dc, const float *restrict t, int add) {
-  enum { NV = ATT_BK / 8 };
+                         int64_t lda, int64_t d0, int64_t dc, const float *restrict t, int add) {
   for (int64_t r = 0; r < nr; r++) {
-    tf_v8 acc[NV];
-    if (add) memcpy(acc, s[r], sizeof acc);
-    else memset(acc, 0, sizeof acc);
+    tf_v8 c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, c4 = {0}, c5 = {0}, c6 = {0}, c7 = {0};
+    if (add) {
+      c0 = TF_LD(s[r]), c1 = TF_LD(s[r] + 8), c2 = TF_LD(s[r] + 16), c3 = TF_LD(s[r] + 24);
+      c4 = TF_LD(s[r] + 32), c5 = TF_LD(s[r] + 40), c6 = TF_LD(s[r] + 48), c7 = TF_LD(s[r] + 56);
+    }
     const float *ar = a + r * lda + d0;
     for (int64_t d = 0; d < dc; d++) {
       float x = ar[d];
       tf_v8 bx = {x, x, x, x, x, x, x, x};
-      for (int v = 0; v < NV; v++) {
-        tf_v8 tv;
-        memcpy(&tv, t + d * ATT_BK + 8 * v, sizeof tv);
-        acc[v] += bx * tv;
-      }
+      const float *td = t + d * ATT_BK;
+      c0 += bx * TF_LD(td), c1 += bx * TF_LD(td + 8), c2 += bx * TF_LD(td + 16);
+      c3 += bx * TF_LD(td + 24), c4 += bx * TF_LD(td + 32), c5 += bx * TF_LD(td + 40);
+      c6 += bx * TF_LD(td + 48), c7 += bx * TF_LD(td + 56);
     }
-    memcpy(s[r], acc, sizeof acc);
+    memcpy(s[r], &c0, 32), memcpy(s[r] + 8, &c1, 32), memcpy(s[r] + 16, &c2, 32);
+    memcpy(s[r] + 24, &c3, 32), memcpy(s[r] + 32, &c4, 32), memcpy(s[r] + 40, &c5, 32);
+    memcpy(s[r] + 48, &c6, 32), memcpy(s[r] + 56, &c7, 32);
   }
 }
 
 /* o[d] += sum over j < n of p[j * ps] * v[j * ldv + d], d < D: blocks of
- * o stay in registers while j streams. */
+ * o stay in registers (named variables, as in tile_dots) while j streams. */
 TF_INLINE void pv_accum(float *restrict o, const float *restrict p, int64_t ps,
                             const float *restrict v, int64_t ldv, int64_t n, int64_t D) {
   int64_t d = 0;
   for (; d + 32 <= D; d += 32) {
-    tf_v8 acc[4];
-    memcpy(acc, o + d, sizeof acc);
+    tf_v8 a0 = TF_LD(o + d), a1 = TF_LD(o + d + 8), a2 = TF_LD(o + d + 16), a3 = TF_LD(o + d + 24);
     for (int64_t j = 0; j < n; j++) {
       float x = p[j * ps];
       tf_v8 bx = {x, x, x, x, x, x, x, x};
-      for (int u = 0; u < 4; u++) {
-        tf_v8 vv;
-        memcpy(&vv, v + j * ldv + d + 8 * u, sizeof vv);
-        acc[u] += bx * vv;
-      }
+      const float *vj = v + j * ldv + d;
+      a0 += bx * TF_LD(vj), a1 += bx * TF_LD(vj + 8), a2 += bx * TF_LD(vj + 16);
+      a3 += bx * TF_LD(vj + 24);
     }
-    memcpy(o + d, acc, sizeof acc);
+    memcpy(o + d, &a0, 32), memcpy(o + d + 8, &a1, 32), memcpy(o + d + 16, &a2, 32);
+    memcpy(o + d + 24, &a3, 32);
   }
   for (; d + 8 <= D; d += 8) {
     tf_v8 acc;
@@ -501,10 +548,8 @@ TF_INLINE void att_forward_items_body(const att_args *a, int64_t begin, int64_t 
           mx = row[j] > mx ? row[j] : mx;
         }
         float corr = expf(m[r] - mx);
-        for (int64_t j = 0; j < nv; j++) {
-          row[j] = expf(row[j] - mx);
-          sum += row[j];
-        }
+        exp_row(row, nv, 1.0f, mx);
+        for (int64_t j = 0; j < nv; j++) sum += row[j];
         l[r] = l[r] * corr + sum;
         m[r] = mx;
         if (lse) continue;
@@ -556,11 +601,8 @@ TF_INLINE void att_dkdv_items_body(const att_args *a, int64_t begin, int64_t end
         int64_t i = ib + r, nv = visible(a, i, j0, nk);
         float L = *ATT_DQ(a, b, i, h);
         float Di = dot(ATT_ROW(a, a->dy, b, i, h), ATT_ROW(a, a->y, b, i, h), D);
-        for (int64_t j = 0; j < nv; j++) {
-          float pj = expf(a->scale * p[r][j] - L);
-          p[r][j] = pj;
-          ds[r][j] = a->scale * pj * (ds[r][j] - Di);
-        }
+        exp_row(p[r], nv, a->scale, L);
+        for (int64_t j = 0; j < nv; j++) ds[r][j] = a->scale * p[r][j] * (ds[r][j] - Di);
         for (int64_t j = nv > 0 ? nv : 0; j < nk; j++) p[r][j] = ds[r][j] = 0.0f;
       }
       for (int64_t j = 0; j < nk; j++) {
@@ -596,10 +638,8 @@ TF_INLINE void att_dq_items_body(const att_args *a, int64_t begin, int64_t end) 
              ATT_V(a, b, k0, h), nq, nk, kt, vt);
       for (int64_t r = 0; r < nq; r++) {
         int64_t nv = visible(a, i0 + r, k0, nk);
-        for (int64_t j = 0; j < nv; j++) {
-          float pj = expf(a->scale * s[r][j] - L[r]);
-          s[r][j] = a->scale * pj * (dp[r][j] - Dr[r]);
-        }
+        exp_row(s[r], nv, a->scale, L[r]);
+        for (int64_t j = 0; j < nv; j++) s[r][j] = a->scale * s[r][j] * (dp[r][j] - Dr[r]);
         if (nv > 0) pv_accum(ATT_DQ(a, b, i0 + r, h), s[r], 1, ATT_K(a, b, k0, h), C3, nv, D);
       }
     }
