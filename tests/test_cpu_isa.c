@@ -23,6 +23,7 @@
  */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -340,6 +341,87 @@ Test(isa, scalar_end_to_end_matches_the_default) {
   close_to("gelu_backward tanh", s->gelu_bw[1], d->gelu_bw[1], EW_N, 2e-5, 1e-2);
   close_to("attention y", s->y, d->y, AT_B * AT_T * AT_C, 1e-4, 1e-2);
   close_to("attention dqkv", s->dqkv, d->dqkv, AT_B * AT_T * 3 * AT_C, 1e-4, 1e-2);
+  free(s), free(d);
+}
+
+/* The plain-loop kernels (elementwise, reductions, pooling, optimizers)
+ * have an AVX2 and a baseline variant built from one body
+ * (KCPU_RANGE_VARIANTS) without reordering or fused multiply-adds, so
+ * KILN_CPU_ISA=scalar and the default must agree bit for bit. */
+#define BW_N 4   /* images */
+#define BW_C 3
+#define BW_H 13  /* odd: 2x2 pooling leaves a row and a column */
+#define BW_W 11
+#define BW_X (BW_N * BW_C * BW_H * BW_W)
+#define BW_Y (BW_N * BW_C * (BW_H / 2) * (BW_W / 2))
+
+typedef struct bw_out {
+  float relu[BW_X], relu_bw[BW_X], add[BW_X], mul[BW_X], sum[BW_C], pool[BW_Y], pool_bw[BW_X];
+  float adam_p[BW_X], adam_m[BW_X], adam_v[BW_X];
+} bw_out;
+
+static void bitwise_run(const char *isa, bw_out *o) {
+  cr_assert_eq(open_isa(isa), KILN_OK, "KILN_CPU_ISA=%s: %s", isa ? isa : "(unset)", ph_error());
+  ph_graph g;
+  ph_graph_init(&g, &P);
+  int64_t xs[4] = {BW_N, BW_C, BW_H, BW_W}, ys[4] = {BW_N, BW_C, BW_H / 2, BW_W / 2};
+  int64_t bs[4] = {1, BW_C, 1, 1}, ss[1] = {BW_C}, one[1] = {1};
+  int x = ph_tensor(&g, KILN_F32, 4, xs), dy = ph_tensor(&g, KILN_F32, 4, xs);
+  int b = ph_tensor(&g, KILN_F32, 4, bs), py = ph_tensor(&g, KILN_F32, 4, ys);
+  int relu = ph_tensor(&g, KILN_F32, 4, xs), relu_bw = ph_tensor(&g, KILN_F32, 4, xs);
+  int add = ph_tensor(&g, KILN_F32, 4, xs), mul = ph_tensor(&g, KILN_F32, 4, xs);
+  int sum = ph_tensor(&g, KILN_F32, 1, ss), pool = ph_tensor(&g, KILN_F32, 4, ys);
+  int pool_bw = ph_tensor(&g, KILN_F32, 4, xs);
+  int p = ph_tensor(&g, KILN_F32, 4, xs), m = ph_tensor(&g, KILN_F32, 4, xs);
+  int v = ph_tensor(&g, KILN_F32, 4, xs), t = ph_tensor(&g, KILN_F32, 0, one);
+  int64_t pip[KILN_OP_MAX_IPARAMS] = {2, 2, 2, 2, 0, 0}, sip[KILN_OP_MAX_IPARAMS] = {1 | 4 | 8, 0};
+  ph_node(&g, KILN_OP_RELU, 1, (int[]){x}, relu, NULL, NULL);
+  ph_node(&g, KILN_OP_RELU_BACKWARD, 2, (int[]){dy, x}, relu_bw, NULL, NULL);
+  ph_node(&g, KILN_OP_ADD, 2, (int[]){x, b}, add, NULL, NULL);
+  ph_node(&g, KILN_OP_MUL, 2, (int[]){x, dy}, mul, NULL, NULL);
+  ph_node(&g, KILN_OP_SUM, 1, (int[]){x}, sum, sip, NULL);
+  ph_node(&g, KILN_OP_MAXPOOL2D, 1, (int[]){x}, pool, pip, NULL);
+  ph_node(&g, KILN_OP_MAXPOOL2D_BACKWARD, 2, (int[]){py, x}, pool_bw, pip, NULL);
+  float afp[KILN_OP_MAX_FPARAMS] = {1e-2f, 0.9f, 0.999f, 1e-7f, 0.01f};
+  ph_node(&g, KILN_OP_ADAM, 5, (int[]){p, dy, m, v, t}, p, NULL, afp);
+  cr_assert_eq(ph_compile(&g), KILN_OK, "%s", ph_error());
+  static float buf[BW_X];
+  tu_fill_uniform(buf, BW_X, 11, -2, 2), ph_write(&g, x, buf);
+  tu_fill_uniform(buf, BW_X, 12, -1, 1), ph_write(&g, dy, buf);
+  tu_fill_uniform(buf, BW_C, 13, -1, 1), ph_write(&g, b, buf);
+  tu_fill_uniform(buf, BW_Y, 14, -1, 1), ph_write(&g, py, buf);
+  tu_fill_uniform(buf, BW_X, 15, -1, 1), ph_write(&g, p, buf);
+  tu_fill_uniform(buf, BW_X, 16, -1, 1), ph_write(&g, m, buf);
+  tu_fill_uniform(buf, BW_X, 17, 0, 1), ph_write(&g, v, buf);
+  ph_write(&g, t, (float[]){3.0f});
+  cr_assert_eq(ph_run(&g), KILN_OK, "%s", ph_error());
+  ph_read(&g, relu, o->relu), ph_read(&g, relu_bw, o->relu_bw), ph_read(&g, add, o->add);
+  ph_read(&g, mul, o->mul), ph_read(&g, sum, o->sum), ph_read(&g, pool, o->pool);
+  ph_read(&g, pool_bw, o->pool_bw), ph_read(&g, p, o->adam_p), ph_read(&g, m, o->adam_m);
+  ph_read(&g, v, o->adam_v);
+  ph_graph_free(&g);
+  ph_close(&P);
+}
+
+Test(isa, plain_loop_kernels_give_the_same_bits_on_every_isa) {
+  bw_out *s = malloc(sizeof *s), *d = malloc(sizeof *d);
+  cr_assert(s && d);
+  bitwise_run("scalar", s);
+  bitwise_run(NULL, d);
+  static const struct { const char *name; size_t off, n; } f[] = {
+      {"relu", offsetof(bw_out, relu), BW_X}, {"relu_backward", offsetof(bw_out, relu_bw), BW_X},
+      {"add", offsetof(bw_out, add), BW_X}, {"mul", offsetof(bw_out, mul), BW_X},
+      {"sum", offsetof(bw_out, sum), BW_C}, {"maxpool2d", offsetof(bw_out, pool), BW_Y},
+      {"maxpool2d_backward", offsetof(bw_out, pool_bw), BW_X},
+      {"adam param", offsetof(bw_out, adam_p), BW_X}, {"adam m", offsetof(bw_out, adam_m), BW_X},
+      {"adam v", offsetof(bw_out, adam_v), BW_X}};
+  for (size_t k = 0; k < sizeof f / sizeof f[0]; k++) {
+    const float *a = (const float *)((const char *)s + f[k].off);
+    const float *b = (const float *)((const char *)d + f[k].off);
+    for (size_t i = 0; i < f[k].n; i++)
+      cr_assert(memcmp(&a[i], &b[i], sizeof a[i]) == 0, "%s[%zu]: scalar %.9g, default %.9g",
+                f[k].name, i, (double)a[i], (double)b[i]);
+  }
   free(s), free(d);
 }
 

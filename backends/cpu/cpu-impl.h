@@ -36,6 +36,29 @@ extern const kiln_host_api *kcpu_host;
 #define KCPU_FP_CONTRACT , optimize("fp-contract=fast")
 #endif
 
+/* KCPU_RANGE_VARIANTS(name): the kcpu_range_fn `name`, compiled from the
+ * always-inline body name##_body twice on x86-64: for AVX2 (chosen when
+ * kcpu_isa_x86_simd(), see isa.c) and for the baseline ISA. For the plain
+ * loops of elementwise ops, reductions, pooling and optimizers: GCC
+ * vectorizes each variant for its ISA, and without -ffast-math or FMA
+ * contraction it neither reorders nor fuses, so both variants give the same
+ * bits. Helpers the body calls should be always-inline too. */
+#define KCPU_BODY static inline __attribute__((always_inline))
+#if defined(__x86_64__)
+#define KCPU_RANGE_VARIANTS(name)                                                      \
+  __attribute__((target("avx2"))) static void name##_avx2(void *a, int64_t b, int64_t e) { \
+    name##_body(a, b, e);                                                              \
+  }                                                                                    \
+  static void name##_base(void *a, int64_t b, int64_t e) { name##_body(a, b, e); }     \
+  static void name(void *a, int64_t b, int64_t e) {                                    \
+    if (kcpu_isa_x86_simd()) name##_avx2(a, b, e);                                     \
+    else name##_base(a, b, e);                                                         \
+  }
+#else
+#define KCPU_RANGE_VARIANTS(name) \
+  static void name(void *a, int64_t b, int64_t e) { name##_body(a, b, e); }
+#endif
+
 /* ---- thread pool (threads.c) --------------------------------------------- */
 
 typedef struct kcpu_pool kcpu_pool;

@@ -82,7 +82,7 @@ typedef struct bin_plan {
 } bin_plan;
 
 /* y[i] = a[i*sa] op b[i*sb] for i < len, sa and sb in {0, 1}. */
-static void bin_row(uint32_t op, int64_t len, const float *restrict a, int64_t sa,
+KCPU_BODY void bin_row(uint32_t op, int64_t len, const float *restrict a, int64_t sa,
                     const float *restrict b, int64_t sb, float *restrict y) {
 #define BIN_LOOPS(EXPR)                                                   \
   if (sa && sb) {                                                         \
@@ -107,7 +107,7 @@ static void bin_row(uint32_t op, int64_t len, const float *restrict a, int64_t s
 }
 
 /* Offsets of a and b at the start of output row `row`. */
-static void row_offsets(const bin_plan *p, int64_t row, int64_t *idx, int64_t *oa, int64_t *ob) {
+KCPU_BODY void row_offsets(const bin_plan *p, int64_t row, int64_t *idx, int64_t *oa, int64_t *ob) {
   *oa = *ob = 0;
   for (int d = p->nd - 2; d >= 0; d--) {
     idx[d] = row % p->shape[d];
@@ -120,7 +120,7 @@ static void row_offsets(const bin_plan *p, int64_t row, int64_t *idx, int64_t *o
 /* Work items [t0, t1). With nseg == 1 an item is a row of the merged output
  * (length shape[nd-1]); otherwise long rows are cut into nseg segments of
  * `seg` elements and item t is segment t % nseg of row t / nseg. */
-static void bin_items(void *arg, int64_t t0, int64_t t1) {
+KCPU_BODY void bin_items_body(void *arg, int64_t t0, int64_t t1) {
   const bin_plan *p = arg;
   int nd = p->nd;
   int64_t len = p->shape[nd - 1], la = p->sa[nd - 1], lb = p->sb[nd - 1];
@@ -149,6 +149,7 @@ static void bin_items(void *arg, int64_t t0, int64_t t1) {
     }
   }
 }
+KCPU_RANGE_VARIANTS(bin_items)
 
 /* Strides of input t (right-aligned) against an output of rank nd and
  * shape `shape`; 0 where t broadcasts. */
@@ -265,7 +266,7 @@ typedef struct un_plan {
   const kcpu_node *n;
 } un_plan;
 
-static void unary_range(void *arg, int64_t i0, int64_t i1) {
+KCPU_BODY void unary_range_body(void *arg, int64_t i0, int64_t i1) {
   const kcpu_node *n = ((const un_plan *)arg)->n;
   const float *restrict x = n->n_inputs > 0 ? n->in[0].data : NULL;
   const float *restrict x2 = n->n_inputs > 1 ? n->in[1].data : NULL;
@@ -310,6 +311,7 @@ static void unary_range(void *arg, int64_t i0, int64_t i1) {
     }
   }
 }
+KCPU_RANGE_VARIANTS(unary_range)
 
 void kcpu_elementwise(kcpu_pool *pool, const kcpu_node *n) {
   switch (n->op) {

@@ -79,7 +79,7 @@ typedef struct opt_plan {
   float lr, bc1, bc2;   /* adam: learning rate and bias corrections */
 } opt_plan;
 
-static void sgd_range(void *arg, int64_t i0, int64_t i1) {
+KCPU_BODY void sgd_range_body(void *arg, int64_t i0, int64_t i1) {
   const kcpu_node *n = ((const opt_plan *)arg)->n;
   float *restrict p = n->in[0].data;
   const float *restrict grad = n->in[1].data;
@@ -101,8 +101,9 @@ static void sgd_range(void *arg, int64_t i0, int64_t i1) {
     p[i] -= lr * g;
   }
 }
+KCPU_RANGE_VARIANTS(sgd_range)
 
-static void adam_range(void *arg, int64_t i0, int64_t i1) {
+KCPU_BODY void adam_range_body(void *arg, int64_t i0, int64_t i1) {
   const opt_plan *o = arg;
   const kcpu_node *n = o->n;
   float *restrict p = n->in[0].data;
@@ -125,6 +126,7 @@ static void adam_range(void *arg, int64_t i0, int64_t i1) {
     p[i] -= lr * (mi / bc1) / (sqrtf(vi / bc2) + eps);
   }
 }
+KCPU_RANGE_VARIANTS(adam_range)
 
 static void increment_range(void *arg, int64_t i0, int64_t i1) {
   const kcpu_node *n = ((const opt_plan *)arg)->n;

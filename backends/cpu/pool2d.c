@@ -110,7 +110,7 @@ maxpool_pass_value(float *restrict m, const float *restrict xp, int64_t base, in
 
 /* m[i], i < c1 - c0: the maximum of window (oh, c0 + i) of the plane
  * xp [H, W] (NaN if the window holds one). */
-static void maxpool_row_value(const pool_geom *g, const float *xp, int64_t oh, int64_t c0,
+KCPU_BODY void maxpool_row_value(const pool_geom *g, const float *xp, int64_t oh, int64_t c0,
                               int64_t c1, float *m) {
   int64_t h0, h1;
   pool_rows(g, oh, &h0, &h1);
@@ -132,7 +132,7 @@ static void maxpool_row_value(const pool_geom *g, const float *xp, int64_t oh, i
 /* m[i] and arg[i], i < c1 - c0: the maximum of window (oh, c0 + i) of the
  * plane xp [H, W] and its index in the plane, the first maximum in
  * row-major window order (a NaN counts as the maximum). */
-static void maxpool_row(const pool_geom *g, const float *xp, int64_t oh, int64_t c0, int64_t c1,
+KCPU_BODY void maxpool_row(const pool_geom *g, const float *xp, int64_t oh, int64_t c0, int64_t c1,
                         float *m, int32_t *arg) {
   int64_t h0, h1;
   pool_rows(g, oh, &h0, &h1);
@@ -155,7 +155,7 @@ static void maxpool_row(const pool_geom *g, const float *xp, int64_t oh, int64_t
 /* s[i], i < c1 - c0: the sum of window (oh, c0 + i) of xp in row-major
  * window order, divided by its divisor (KH*KW with count_include_pad, else
  * the number of in-bounds elements). */
-static void avgpool_row(const pool_geom *g, const float *xp, int64_t oh, int64_t c0, int64_t c1,
+KCPU_BODY void avgpool_row(const pool_geom *g, const float *xp, int64_t oh, int64_t c0, int64_t c1,
                         float *s) {
   int64_t h0, h1;
   pool_rows(g, oh, &h0, &h1);
@@ -207,7 +207,7 @@ static inline float pick(int sel, float dy) {
   return dy;
 }
 
-static void maxpool_2x2_range(void *arg, int64_t begin, int64_t end) {
+KCPU_BODY void maxpool_2x2_range_body(void *arg, int64_t begin, int64_t end) {
   const pool_job *j = arg;
   const pool_geom *g = &j->g;
   const int64_t W = g->W, OW = g->OW;
@@ -227,8 +227,9 @@ static void maxpool_2x2_range(void *arg, int64_t begin, int64_t end) {
     }
   }
 }
+KCPU_RANGE_VARIANTS(maxpool_2x2_range)
 
-static void maxpool_2x2_backward_range(void *arg, int64_t begin, int64_t end) {
+KCPU_BODY void maxpool_2x2_backward_range_body(void *arg, int64_t begin, int64_t end) {
   const pool_job *j = arg;
   const pool_geom *g = &j->g;
   const int64_t H = g->H, W = g->W, OW = g->OW;
@@ -252,11 +253,12 @@ static void maxpool_2x2_backward_range(void *arg, int64_t begin, int64_t end) {
     if (H > 2 * g->OH) memset(dxp + 2 * g->OH * W, 0, (size_t)((H - 2 * g->OH) * W) * sizeof *dxp);
   }
 }
+KCPU_RANGE_VARIANTS(maxpool_2x2_backward_range)
 
 /* ---- general windows ------------------------------------------------------ */
 
 /* y[p, oh, ow] = max of x[p] over window (oh, ow), for planes p in [begin, end). */
-static void maxpool_range(void *arg, int64_t begin, int64_t end) {
+KCPU_BODY void maxpool_range_body(void *arg, int64_t begin, int64_t end) {
   const pool_job *j = arg;
   const pool_geom *g = &j->g;
   for (int64_t p = begin; p < end; p++) {
@@ -270,10 +272,11 @@ static void maxpool_range(void *arg, int64_t begin, int64_t end) {
     }
   }
 }
+KCPU_RANGE_VARIANTS(maxpool_range)
 
 /* dx[p] = 0, then dx[p, argmax of window (oh, ow)] += dy[p, oh, ow] in
  * (oh, ow) order. */
-static void maxpool_backward_range(void *arg, int64_t begin, int64_t end) {
+KCPU_BODY void maxpool_backward_range_body(void *arg, int64_t begin, int64_t end) {
   const pool_job *j = arg;
   const pool_geom *g = &j->g;
   float m[POOL_COLS];
@@ -292,9 +295,10 @@ static void maxpool_backward_range(void *arg, int64_t begin, int64_t end) {
     }
   }
 }
+KCPU_RANGE_VARIANTS(maxpool_backward_range)
 
 /* y[p, oh, ow] = sum of x[p] over window (oh, ow) / divisor. */
-static void avgpool_range(void *arg, int64_t begin, int64_t end) {
+KCPU_BODY void avgpool_range_body(void *arg, int64_t begin, int64_t end) {
   const pool_job *j = arg;
   const pool_geom *g = &j->g;
   for (int64_t p = begin; p < end; p++) {
@@ -308,10 +312,11 @@ static void avgpool_range(void *arg, int64_t begin, int64_t end) {
     }
   }
 }
+KCPU_RANGE_VARIANTS(avgpool_range)
 
 /* dx[p] = 0, then every input element of window (oh, ow) += dy[p, oh, ow] /
  * divisor, window row by window row. */
-static void avgpool_backward_range(void *arg, int64_t begin, int64_t end) {
+KCPU_BODY void avgpool_backward_range_body(void *arg, int64_t begin, int64_t end) {
   const pool_job *j = arg;
   const pool_geom *g = &j->g;
   float d[POOL_COLS];
@@ -339,6 +344,7 @@ static void avgpool_backward_range(void *arg, int64_t begin, int64_t end) {
     }
   }
 }
+KCPU_RANGE_VARIANTS(avgpool_backward_range)
 
 /* Planes in parallel; a plane is small, so ask for enough of them per chunk
  * to be worth a hand-off. */

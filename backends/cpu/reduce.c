@@ -116,7 +116,7 @@ static int odo_next(int nr_outer, const int64_t *shape, const int64_t *stride, i
 
 /* Sums of reduced rows [r0, r1) (of the single reduced axis) for columns
  * [c0, c0 + nc) of output row `row`, into acc (last axis kept, nr == 1). */
-static void block_rows(const red_plan *p, int64_t row, int64_t c0, int64_t nc, int64_t r0,
+KCPU_BODY void block_rows(const red_plan *p, int64_t row, int64_t c0, int64_t nc, int64_t r0,
                        int64_t r1, double *acc) {
   const float *base = p->x + kept_offset(p, p->nk - 1, row) + c0;
   for (int64_t j = 0; j < nc; j++) acc[j] = 0.0;
@@ -145,7 +145,7 @@ static double block_run(const red_plan *p, int64_t o, int64_t e0, int64_t e1) {
 }
 
 /* Last axis kept. Item t: output row t / ncol, columns chunk t % ncol. */
-static void red_rows(void *arg, int64_t t0, int64_t t1) {
+KCPU_BODY void red_rows_body(void *arg, int64_t t0, int64_t t1) {
   const red_plan *p = arg;
   double acc[RED_COLS];
   for (int64_t t = t0; t < t1; t++) {
@@ -162,6 +162,7 @@ static void red_rows(void *arg, int64_t t0, int64_t t1) {
     for (int64_t j = 0; j < nc; j++) dst[j] = (float)(acc[j] * p->scale);
   }
 }
+KCPU_RANGE_VARIANTS(red_rows)
 
 /* Last axis reduced: output elements [o0, o1). */
 static void red_scalars(void *arg, int64_t o0, int64_t o1) {
@@ -186,7 +187,7 @@ static void red_scalars(void *arg, int64_t o0, int64_t o1) {
 
 /* Last axis kept. Item t: block t % nblk of columns chunk (t / nblk) %
  * ncol of output row t / nblk / ncol. */
-static void blk_rows(void *arg, int64_t t0, int64_t t1) {
+KCPU_BODY void blk_rows_body(void *arg, int64_t t0, int64_t t1) {
   const red_plan *p = arg;
   double acc[RED_COLS];
   for (int64_t t = t0; t < t1; t++) {
@@ -199,6 +200,7 @@ static void blk_rows(void *arg, int64_t t0, int64_t t1) {
     for (int64_t j = 0; j < nc; j++) dst[j] = acc[j];
   }
 }
+KCPU_RANGE_VARIANTS(blk_rows)
 
 /* Last axis kept: y[o] = sum over blocks, in order, of the partials. */
 static void blk_rows_combine(void *arg, int64_t o0, int64_t o1) {
@@ -212,7 +214,7 @@ static void blk_rows_combine(void *arg, int64_t o0, int64_t o1) {
 }
 
 /* Last axis reduced. Item t: block t % nblk of output t / nblk. */
-static void blk_run(void *arg, int64_t t0, int64_t t1) {
+KCPU_BODY void blk_run_body(void *arg, int64_t t0, int64_t t1) {
   const red_plan *p = arg;
   for (int64_t t = t0; t < t1; t++) {
     int64_t o = t / p->nblk, b = t % p->nblk;
@@ -220,6 +222,7 @@ static void blk_run(void *arg, int64_t t0, int64_t t1) {
     p->part[t] = block_run(p, o, e0, e1 < p->rshape[0] ? e1 : p->rshape[0]);
   }
 }
+KCPU_RANGE_VARIANTS(blk_run)
 
 static void blk_run_combine(void *arg, int64_t o0, int64_t o1) {
   const red_plan *p = arg;
@@ -351,7 +354,7 @@ typedef struct exp_plan {
 } exp_plan;
 
 /* Output rows [r0, r1) of length shape[nd-1]. */
-static void exp_rows(void *arg, int64_t r0, int64_t r1) {
+KCPU_BODY void exp_rows_body(void *arg, int64_t r0, int64_t r1) {
   const exp_plan *p = arg;
   int nd = p->nd;
   int64_t len = p->shape[nd - 1], ls = p->sx[nd - 1];
@@ -371,6 +374,7 @@ static void exp_rows(void *arg, int64_t r0, int64_t r1) {
     odo_next(nd - 1, p->shape, p->sx, idx, &off);
   }
 }
+KCPU_RANGE_VARIANTS(exp_rows)
 
 static void expand(kcpu_pool *pool, const kcpu_node *n) {
   const kcpu_tensor *X = &n->in[0], *Y = &n->out;
