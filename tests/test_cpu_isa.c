@@ -161,12 +161,14 @@ Test(gemm_kernels, every_kernel_matches_scalar_and_double_reference) {
 }
 
 /* The same bits with 3 threads as with none, and with B packed beforehand. */
-Test(gemm_kernels, threads_and_prepacked_b_give_the_same_bits) {
+Test(gemm_kernels, threads_and_prepacked_a_or_b_give_the_same_bits) {
   int nk;
   const kcpu_gemm_kernel *ks = kcpu_gemm_kernels(&nk);
   kcpu_pool *pool = kcpu_pool_create(3);
   cr_assert(pool);
-  static const gemm_case big[] = {{257, 300, 129}, {130, 97, 769}, {7, 3100, 20}, {5, 7, 3}};
+  /* 1601 rows: more than one packed block of A (MB = 1536). */
+  static const gemm_case big[] = {{257, 300, 129}, {130, 97, 769}, {7, 3100, 20}, {5, 7, 3},
+                                  {1601, 19, 401}};
   for (size_t ci = 0; ci < sizeof big / sizeof big[0]; ci++) {
     gemm_case c = big[ci];
     for (int t = 0; t < 4; t++) {
@@ -195,7 +197,16 @@ Test(gemm_kernels, threads_and_prepacked_b_give_the_same_bits) {
         cr_assert(memcmp(C1, C3, (size_t)(c.M * ldc) * sizeof *C1) == 0,
                   "%s: prepacked B differs (M %lld N %lld K %lld trans %d%d)", ks[k].name,
                   (long long)c.M, (long long)c.N, (long long)c.K, ta, tb);
-        free(Bp), free(C1), free(C3);
+        float *Ap = kcpu_aligned_alloc(
+            64, (size_t)kcpu_sgemm_packed_a_floats_with(&ks[k], c.M, c.K) * sizeof *Ap);
+        cr_assert(Ap);
+        kcpu_sgemm_pack_a_with(&ks[k], pool, ta, c.M, c.K, A, lda, Ap);
+        memcpy(C3, C0, (size_t)(c.M * ldc) * sizeof *C3);
+        kcpu_sgemm_apacked_with(&ks[k], pool, c.M, c.N, c.K, 1.0f, Ap, tb, B, ldb, 0.5f, C3, ldc);
+        cr_assert(memcmp(C1, C3, (size_t)(c.M * ldc) * sizeof *C1) == 0,
+                  "%s: prepacked A differs (M %lld N %lld K %lld trans %d%d)", ks[k].name,
+                  (long long)c.M, (long long)c.N, (long long)c.K, ta, tb);
+        free(Ap), free(Bp), free(C1), free(C3);
       }
       free(A), free(B), free(C0);
     }

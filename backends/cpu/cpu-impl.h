@@ -179,8 +179,26 @@ void kcpu_sgemm_with(const kcpu_gemm_kernel *gk, kcpu_pool *pool, int trans_a, i
                      const float *B, int64_t ldb, const float *Bpre, float beta, float *C,
                      int64_t ldc);
 int64_t kcpu_sgemm_packed_b_floats_with(const kcpu_gemm_kernel *gk, int64_t N, int64_t K);
+int64_t kcpu_sgemm_packed_a_floats_with(const kcpu_gemm_kernel *gk, int64_t M, int64_t K);
+void kcpu_sgemm_pack_a_with(const kcpu_gemm_kernel *gk, kcpu_pool *pool, int trans_a, int64_t M,
+                            int64_t K, const float *A, int64_t lda, float *Ap);
+void kcpu_sgemm_apacked_with(const kcpu_gemm_kernel *gk, kcpu_pool *pool, int64_t M, int64_t N,
+                             int64_t K, float alpha, const float *Ap, int trans_b, const float *B,
+                             int64_t ldb, float beta, float *C, int64_t ldc);
 void kcpu_sgemm_pack_b_with(const kcpu_gemm_kernel *gk, kcpu_pool *pool, int trans_b, int64_t N,
                             int64_t K, const float *B, int64_t ldb, float *Bp);
+
+/* A packed whole, the mirror of the packed B: kcpu_sgemm_packed_a_floats(M,
+ * K) floats, filled by kcpu_sgemm_pack_a from op(A) [M, K] (A as for
+ * kcpu_sgemm); kcpu_sgemm_apacked then computes what kcpu_sgemm would, bit
+ * for bit, without packing A again (a convolution's weights, once per call
+ * instead of once per image). */
+int64_t kcpu_sgemm_packed_a_floats(int64_t M, int64_t K);
+void kcpu_sgemm_pack_a(kcpu_pool *pool, int trans_a, int64_t M, int64_t K, const float *A,
+                       int64_t lda, float *Ap);
+void kcpu_sgemm_apacked(kcpu_pool *pool, int64_t M, int64_t N, int64_t K, float alpha,
+                        const float *Ap, int trans_b, const float *B, int64_t ldb, float beta,
+                        float *C, int64_t ldc);
 
 /* ---- convolution and pooling (conv.c, pool2d.c) --------------------------
  * Shapes and parameters as documented in kiln/ops.h. Validation functions

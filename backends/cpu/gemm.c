@@ -279,10 +279,42 @@ void kcpu_sgemm_pack_b_with(const kcpu_gemm_kernel *gk, kcpu_pool *pool, int tra
   }
 }
 
-void kcpu_sgemm_with(const kcpu_gemm_kernel *gk, kcpu_pool *pool, int trans_a, int trans_b,
-                     int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
-                     const float *B, int64_t ldb, const float *Bpre, float beta, float *C,
-                     int64_t ldc) {
+/* A packed whole: the blocks (ib, pc) that sgemm_core packs one at a
+ * time, block (ib, pc) at Ap + ib * K + pc * (its rows padded to mr). The
+ * row blocks and K blocks depend only on M, K and the kernel. */
+int64_t kcpu_sgemm_packed_a_floats_with(const kcpu_gemm_kernel *gk, int64_t M, int64_t K) {
+  return (M + gk->mr - 1) / gk->mr * gk->mr * K;
+}
+
+static int64_t a_block_rows(const kcpu_gemm_kernel *gk, int64_t M) {
+  return M < MB ? (M + gk->mr - 1) / gk->mr * gk->mr : MB;
+}
+
+void kcpu_sgemm_pack_a_with(const kcpu_gemm_kernel *gk, kcpu_pool *pool, int trans_a, int64_t M,
+                            int64_t K, const float *A, int64_t lda, float *Ap) {
+  if (M <= 0 || K <= 0) return;
+  const int mr = gk->mr;
+  int64_t k_blocks = (K + KC - 1) / KC;
+  int64_t kc_max = (K + k_blocks - 1) / k_blocks;
+  int64_t mb_blk = a_block_rows(gk, M);
+  gemm_job j = {.gk = gk, .mr = mr, .nr = gk->nr, .trans_a = trans_a, .M = M, .K = K, .A = A,
+                .lda = lda};
+  for (j.ib = 0; j.ib < M; j.ib += mb_blk) {
+    j.mb = M - j.ib < mb_blk ? M - j.ib : mb_blk;
+    int64_t slivers = (j.mb + mr - 1) / mr;
+    for (j.pc = 0; j.pc < K; j.pc += kc_max) {
+      j.kc = K - j.pc < kc_max ? K - j.pc : kc_max;
+      j.Ap = Ap + j.ib * K + j.pc * slivers * mr;
+      kcpu_parallel_for(pool, slivers, 16, pack_a, &j);
+    }
+  }
+}
+
+/* kcpu_sgemm_with, with A packed beforehand when Apre is not NULL. */
+static void sgemm_core(const kcpu_gemm_kernel *gk, kcpu_pool *pool, int trans_a, int trans_b,
+                       int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
+                       const float *Apre, const float *B, int64_t ldb, const float *Bpre,
+                       float beta, float *C, int64_t ldc) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     scale_c(M, N, beta, C, ldc);
@@ -291,22 +323,22 @@ void kcpu_sgemm_with(const kcpu_gemm_kernel *gk, kcpu_pool *pool, int trans_a, i
   const int mr = gk->mr, nr = gk->nr;
   int64_t k_blocks = (K + KC - 1) / KC;
   int64_t kc_max = (K + k_blocks - 1) / k_blocks;
-  int64_t mb_blk = M < MB ? (M + mr - 1) / mr * mr : MB;
+  int64_t mb_blk = a_block_rows(gk, M);
   int64_t nc_blk = N < NC ? (N + nr - 1) / nr * nr : NC;
   /* Packing buffers for this call, so pool == NULL callers may run several
    * GEMMs at once. Without memory for them, fall back to one micro-tile
    * per block in stack buffers: slow, but kernels cannot fail, and the
    * micro-kernel and K blocking (hence every result) stay the same. */
-  float *Ap = alloc64((size_t)(mb_blk * kc_max) * sizeof(float));
+  float *Ap = Apre ? NULL : alloc64((size_t)(mb_blk * kc_max) * sizeof(float));
   float *Bp = Bpre ? NULL : alloc64((size_t)(nc_blk * kc_max) * sizeof(float));
   float a_small[KCPU_MR_MAX * KC] __attribute__((aligned(64)));
   float b_small[KCPU_NR_MAX * KC] __attribute__((aligned(64)));
-  if (!Ap || (!Bp && !Bpre)) {
+  if ((!Ap && !Apre) || (!Bp && !Bpre)) {
     free(Ap);
     free(Bp);
     Ap = Bp = NULL;
-    mb_blk = mr;
-    if (!Bpre) nc_blk = nr;   /* a prepacked B keeps its own blocks */
+    if (!Apre) mb_blk = mr;   /* a prepacked operand keeps its own blocks */
+    if (!Bpre) nc_blk = nr;
   }
   gemm_job j = {.gk = gk, .mr = mr, .nr = nr, .trans_a = trans_a, .trans_b = trans_b, .M = M,
                 .N = N, .K = K, .alpha = alpha, .A = A, .lda = lda, .B = B, .ldb = ldb, .C = C,
@@ -322,7 +354,8 @@ void kcpu_sgemm_with(const kcpu_gemm_kernel *gk, kcpu_pool *pool, int trans_a, i
       else kcpu_parallel_for(pool, slivers_b, 16, pack_b, &j);
       for (j.ib = 0; j.ib < M; j.ib += mb_blk) {
         j.mb = M - j.ib < mb_blk ? M - j.ib : mb_blk;
-        kcpu_parallel_for(pool, (j.mb + mr - 1) / mr, 16, pack_a, &j);
+        if (Apre) j.Ap = (float *)Apre + j.ib * K + j.pc * ((j.mb + mr - 1) / mr * mr);
+        else kcpu_parallel_for(pool, (j.mb + mr - 1) / mr, 16, pack_a, &j);
         int64_t tiles_m = (j.mb + MC - 1) / MC;
         int64_t want = (int64_t)threads * 4;
         int64_t tiles_n = tiles_m >= want ? 1 : (want + tiles_m - 1) / tiles_m;
@@ -340,7 +373,36 @@ void kcpu_sgemm_with(const kcpu_gemm_kernel *gk, kcpu_pool *pool, int trans_a, i
   free(Bp);
 }
 
+void kcpu_sgemm_with(const kcpu_gemm_kernel *gk, kcpu_pool *pool, int trans_a, int trans_b,
+                     int64_t M, int64_t N, int64_t K, float alpha, const float *A, int64_t lda,
+                     const float *B, int64_t ldb, const float *Bpre, float beta, float *C,
+                     int64_t ldc) {
+  sgemm_core(gk, pool, trans_a, trans_b, M, N, K, alpha, A, lda, NULL, B, ldb, Bpre, beta, C, ldc);
+}
+
+void kcpu_sgemm_apacked_with(const kcpu_gemm_kernel *gk, kcpu_pool *pool, int64_t M, int64_t N,
+                             int64_t K, float alpha, const float *Ap, int trans_b, const float *B,
+                             int64_t ldb, float beta, float *C, int64_t ldc) {
+  sgemm_core(gk, pool, 0, trans_b, M, N, K, alpha, NULL, 0, Ap, B, ldb, NULL, beta, C, ldc);
+}
+
 /* ---- the kernel of kcpu_isa_active --------------------------------------- */
+
+int64_t kcpu_sgemm_packed_a_floats(int64_t M, int64_t K) {
+  return kcpu_sgemm_packed_a_floats_with(kcpu_gemm_kernel_of(kcpu_isa_active), M, K);
+}
+
+void kcpu_sgemm_pack_a(kcpu_pool *pool, int trans_a, int64_t M, int64_t K, const float *A,
+                       int64_t lda, float *Ap) {
+  kcpu_sgemm_pack_a_with(kcpu_gemm_kernel_of(kcpu_isa_active), pool, trans_a, M, K, A, lda, Ap);
+}
+
+void kcpu_sgemm_apacked(kcpu_pool *pool, int64_t M, int64_t N, int64_t K, float alpha,
+                        const float *Ap, int trans_b, const float *B, int64_t ldb, float beta,
+                        float *C, int64_t ldc) {
+  kcpu_sgemm_apacked_with(kcpu_gemm_kernel_of(kcpu_isa_active), pool, M, N, K, alpha, Ap, trans_b,
+                          B, ldb, beta, C, ldc);
+}
 
 int64_t kcpu_sgemm_packed_b_floats(int64_t N, int64_t K) {
   return kcpu_sgemm_packed_b_floats_with(kcpu_gemm_kernel_of(kcpu_isa_active), N, K);
