@@ -27,8 +27,11 @@
  *                  on a device that runs the work elsewhere (a GPU, or
  *                  lavapipe's own threads) this is the cost of launching a
  *                  step: gathering the batch, uploads, submit, read-back. On
- *                  the CPU plugin the work itself runs on the calling thread
- *                  (and its pool), so there it includes the work. The MLPs
+ *                  the CPU plugin the calling thread is one of the workers,
+ *                  so there it includes its share of the work (the other
+ *                  threads' is not counted). On lavapipe vkQueueSubmit runs
+ *                  the command buffer before it returns, so there it also
+ *                  includes the driver's own dispatching. The MLPs
  *                  (64 wide, 2 and 20 dense layers, 64 inputs) show how the
  *                  launch cost grows with the number of ops in the graph.
  *
@@ -126,12 +129,12 @@ static void bench_usage(FILE *f) {
           "char-gpt models of `kiln train` on random characters (tokens/s), through\n"
           "the public graph API, and the host's share of a training step (host): the\n"
           "CPU time the calling thread spends per step of the CNN and of a 2- and a\n"
-          "20-layer MLP (batch 64, Adam). On a GPU (or lavapipe) that is the cost of\n"
-          "launching the step, outside the device's work; on the cpu backend the\n"
-          "work runs on the calling thread, so there it includes the work.\n"
-          "Each case is warmed up and timed in repetitions; the\n"
-          "median is reported, with the fastest and slowest repetition as a measure\n"
-          "of noise.\n"
+          "20-layer MLP (batch 64, Adam). On a GPU that is the cost of launching the\n"
+          "step, outside the device's work (on lavapipe, whose submit runs the work\n"
+          "before it returns, also the driver's dispatching); on the cpu backend the\n"
+          "calling thread is one of the workers, so there it includes its share of\n"
+          "the work. Each case is warmed up and timed in repetitions; the median is\n"
+          "reported, with the fastest and slowest repetition as a measure of noise.\n"
           "\n"
           "options:\n"
           "  --backend NAME   cpu, vulkan or auto (default auto: the best device)\n"
