@@ -429,8 +429,9 @@ static int conflicts(const touched *t, uint32_t nt, const kvk_dispatch *d) {
 
 void kvk_graph_free(kiln_plugin_device *dev, kiln_plugin_exec *exec) {
   if (!dev || !exec) return;
-  if (exec->pending && vkWaitForFences(dev->dev, 1, &exec->fence, VK_TRUE, UINT64_MAX) == VK_SUCCESS)
-    kvk_profile_collect(dev, exec->prof);
+  if (exec->pending &&
+      vkWaitForFences(dev->dev, 1, &exec->fence, VK_TRUE, UINT64_MAX) == VK_SUCCESS)
+    kvk_profile_collect(dev, exec->prof);   /* the last run's timestamps */
   kvk_profile_report(dev, exec->prof, exec->nodes, exec->n_nodes);
   kvk_profile_destroy(dev, exec->prof);
   if (exec->cmd) vkFreeCommandBuffers(dev->dev, dev->cmd_pool, 1, &exec->cmd);

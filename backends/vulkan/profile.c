@@ -103,7 +103,8 @@ kiln_status kvk_profile_collect(kiln_plugin_device *dev, kvk_profile *p) {
   }
   uint32_t n = p->n_dispatches + 1;
   VkResult r = vkGetQueryPoolResults(dev->dev, p->pool, 0, n, n * sizeof *p->raw, p->raw,
-                                     sizeof *p->raw, VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT);
+                                     sizeof *p->raw,
+                                     VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT);
   if (r != VK_SUCCESS) return kvk_vk_error("graph_run", "vkGetQueryPoolResults ($KILN_PROFILE)", r);
   for (uint32_t i = 0; i < p->n_dispatches; i++)
     p->ticks[i] += (p->raw[i + 1] - p->raw[i]) & p->mask;
