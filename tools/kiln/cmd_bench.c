@@ -474,19 +474,12 @@ done:
  * the calling thread's CPU clock and with the wall clock. layers == 0 is
  * the reference CNN on 28x28 images; otherwise an MLP of `layers` dense
  * layers (64 wide, ReLU, the last one 10 classes) on 64 features. */
-static int bench_host(kiln_device *dev, int layers, int batch, int steps, const bench_timing *tm,
-                      bench_result *r) {
+static int bench_host(kiln_device *dev, const char *model, int layers, int batch, int steps,
+                      const bench_timing *tm, bench_result *r) {
   enum { MLP_IN = 64, MLP_WIDTH = 64 };
   memset(r, 0, sizeof *r);
-  static char mlp_names[2][16];
-  if (layers == 0) {
-    r->model = "mnist-cnn";
-  } else {
-    char *nm = mlp_names[layers > 2];
-    snprintf(nm, sizeof mlp_names[0], "mlp-%d", layers);
-    r->model = nm;
-  }
-  snprintf(r->name, sizeof r->name, "host %s", layers ? r->model : "cnn");
+  r->model = model;
+  snprintf(r->name, sizeof r->name, "host %s", layers ? model : "cnn");
   if (layers)
     snprintf(r->shape, sizeof r->shape, "mlp %d x %d, batch %d, adam", layers, MLP_WIDTH, batch);
   else
@@ -831,11 +824,14 @@ int kiln_cmd_bench(int argc, char **argv) {
     else
       failed++;
   }
-  /* The host's share of a step: the CNN, then MLPs with 10x the layers. */
-  static const int host_layers[] = {0, 2, 20};
+  /* The host's share of a step: the CNN, then an MLP and one with 10x the
+   * layers (21 and 201 graph nodes). */
+  static const struct { const char *model; int layers; } host_models[] = {
+      {"mnist-cnn", 0}, {"mlp-2", 2}, {"mlp-20", 20}};
   for (int k = 0; (o.cases & BENCH_HOST) && k < 3; k++) {
-    int steps = host_layers[k] ? (o.quick ? 16 : 50) : (o.quick ? 4 : 10);
-    if (bench_host(dev, host_layers[k], 64, steps, &tm, &res[n_res]))
+    int layers = host_models[k].layers;
+    int steps = layers ? (o.quick ? 16 : 50) : (o.quick ? 4 : 10);
+    if (bench_host(dev, host_models[k].model, layers, 64, steps, &tm, &res[n_res]))
       print_row(&res[n_res++]);
     else
       failed++;
