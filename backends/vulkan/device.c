@@ -131,6 +131,7 @@ static void describe(VkPhysicalDevice pd, kvk_physical *p) {
     }
   for (uint32_t i = 0; i < nq && p->queue_family == UINT32_MAX; i++)
     if (q[i].queueFlags & VK_QUEUE_COMPUTE_BIT) p->queue_family = i;
+  if (p->queue_family != UINT32_MAX) p->timestamp_bits = q[p->queue_family].timestampValidBits;
   free(q);
 }
 

@@ -19,6 +19,8 @@
  *      nodes run without one.
  * graph_run waits if the previous run of this executable is still in flight,
  * then resubmits the same command buffer with a fence and returns.
+ * With $KILN_PROFILE the buffer also writes timestamps around each dispatch
+ * (profile.c), read after each run's fence and printed by graph_free.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -37,6 +39,7 @@ struct kiln_plugin_exec {
   uint32_t n_nodes;
   uint32_t n_scratch;
   kvk_tensor **scratch;         /* buffers for partial results */
+  kvk_profile *prof;            /* $KILN_PROFILE only */
 };
 
 /* ---- the op table --------------------------------------------------------- */
@@ -179,6 +182,7 @@ kvk_dispatch *kvk_plan_add(kvk_plan *p, int index, const kvk_node *n) {
   }
   kvk_dispatch *d = &p->d[p->n++];
   memset(d, 0, sizeof *d);
+  d->node = index;
   return d;
 }
 
@@ -425,7 +429,11 @@ static int conflicts(const touched *t, uint32_t nt, const kvk_dispatch *d) {
 
 void kvk_graph_free(kiln_plugin_device *dev, kiln_plugin_exec *exec) {
   if (!dev || !exec) return;
-  if (exec->pending) vkWaitForFences(dev->dev, 1, &exec->fence, VK_TRUE, UINT64_MAX);
+  if (exec->pending &&
+      vkWaitForFences(dev->dev, 1, &exec->fence, VK_TRUE, UINT64_MAX) == VK_SUCCESS)
+    kvk_profile_collect(dev, exec->prof);   /* the last run's timestamps */
+  kvk_profile_report(dev, exec->prof, exec->nodes, exec->n_nodes);
+  kvk_profile_destroy(dev, exec->prof);
   if (exec->cmd) vkFreeCommandBuffers(dev->dev, dev->cmd_pool, 1, &exec->cmd);
   if (exec->fence) vkDestroyFence(dev->dev, exec->fence, NULL);
   if (exec->pool) vkDestroyDescriptorPool(dev->dev, exec->pool, NULL);
@@ -472,6 +480,10 @@ kiln_status kvk_graph_compile(kiln_plugin_device *dev, const kiln_plugin_graph *
     if (st != KILN_OK) goto fail;
   }
   exec->n_dispatches = plan.n;
+  if (kvk_profile_enabled()) {
+    st = kvk_profile_create(dev, &plan, &exec->prof);
+    if (st != KILN_OK) goto fail;
+  }
 
   /* 2. pipelines and descriptor sets */
   const VkPhysicalDeviceLimits *lim = &dev->phys->props.limits;
@@ -576,6 +588,7 @@ kiln_status kvk_graph_compile(kiln_plugin_device *dev, const kiln_plugin_graph *
     goto fail;
   }
   kvk_cmd_barrier_all(exec->cmd);
+  kvk_profile_cmd_begin(exec->cmd, exec->prof);
   uint32_t nt = 0;
   for (uint32_t i = 0; i < plan.n; i++) {
     const kvk_dispatch *d = &plan.d[i];
@@ -599,6 +612,7 @@ kiln_status kvk_graph_compile(kiln_plugin_device *dev, const kiln_plugin_graph *
     vkCmdPushConstants(exec->cmd, dev->pipes.layouts[d->n_bind], VK_SHADER_STAGE_COMPUTE_BIT, 0,
                        KVK_PUSH_WORDS * 4, d->params);
     vkCmdDispatch(exec->cmd, d->groups[0], d->groups[1], d->groups[2]);
+    kvk_profile_cmd_dispatch(exec->cmd, exec->prof, i);
   }
   r = vkEndCommandBuffer(exec->cmd);
   if (r != VK_SUCCESS) {
@@ -639,6 +653,8 @@ kiln_status kvk_graph_run(kiln_plugin_device *dev, kiln_plugin_exec *exec) {
     r = vkWaitForFences(dev->dev, 1, &exec->fence, VK_TRUE, UINT64_MAX);
     if (r != VK_SUCCESS) return kvk_vk_error("graph_run", "vkWaitForFences", r);
     exec->pending = 0;
+    kiln_status st = kvk_profile_collect(dev, exec->prof);
+    if (st != KILN_OK) return st;
   }
   r = vkResetFences(dev->dev, 1, &exec->fence);
   if (r != VK_SUCCESS) return kvk_vk_error("graph_run", "vkResetFences", r);

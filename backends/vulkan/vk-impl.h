@@ -55,6 +55,7 @@ typedef struct kvk_physical {
   uint32_t queue_family;                       /* first family with COMPUTE */
   uint32_t kind;                               /* kiln_device_kind */
   uint64_t device_local_bytes;                 /* largest DEVICE_LOCAL heap */
+  uint32_t timestamp_bits;                     /* queue_family's timestampValidBits */
 } kvk_physical;
 
 /* volk, the instance (validation when asked) and the ordered device list.
@@ -228,6 +229,7 @@ typedef struct kvk_dispatch {
   uint32_t n_params;
   uint32_t params[KVK_PUSH_WORDS];
   uint32_t groups[3];
+  int node;                      /* the node that planned it (set by kvk_plan_add) */
 } kvk_dispatch;
 
 /* The dispatches a node plans; ops append with kvk_plan_add(). */
@@ -297,5 +299,22 @@ kiln_status kvk_graph_compile(kiln_plugin_device *dev, const kiln_plugin_graph *
 kiln_status kvk_graph_run(kiln_plugin_device *dev, kiln_plugin_exec *exec);
 void kvk_graph_free(kiln_plugin_device *dev, kiln_plugin_exec *exec);
 kiln_status kvk_synchronize(kiln_plugin_device *dev);
+
+/* profile.c: $KILN_PROFILE, device timestamps around every dispatch of a
+ * compiled graph. kvk_profile_enabled reads the variable (at graph
+ * compile); create makes the query pool for plan's dispatches (or a
+ * profile that reports "not supported" when the queue has no
+ * timestamps); cmd_begin / cmd_dispatch record the reset and the writes;
+ * collect adds one finished run (call after its fence); report prints the
+ * per-op table and the slowest nodes to stderr. All take a NULL profile. */
+typedef struct kvk_profile kvk_profile;
+int kvk_profile_enabled(void);
+kiln_status kvk_profile_create(kiln_plugin_device *dev, const kvk_plan *plan, kvk_profile **out);
+void kvk_profile_destroy(kiln_plugin_device *dev, kvk_profile *p);
+void kvk_profile_cmd_begin(VkCommandBuffer cmd, const kvk_profile *p);
+void kvk_profile_cmd_dispatch(VkCommandBuffer cmd, const kvk_profile *p, uint32_t i);
+kiln_status kvk_profile_collect(kiln_plugin_device *dev, kvk_profile *p);
+void kvk_profile_report(const kiln_plugin_device *dev, const kvk_profile *p, const kvk_node *nodes,
+                        uint32_t n_nodes);
 
 #endif /* KVK_IMPL_H */

@@ -19,6 +19,21 @@
  *                  random characters; tokens/s
  *   char-gpt step  the same for `kiln train char-gpt`'s default (4 layers,
  *                  4 heads, 128 wide, block 64, batch 12, AdamW); tokens/s
+ *   host cnn, host mlp-2, host mlp-20
+ *                  the host's share of a training step (batch 64, Adam,
+ *                  through kiln_trainer_fit_epoch): CPU time of the calling
+ *                  thread (CLOCK_THREAD_CPUTIME_ID) per step, next to the
+ *                  wall time. Sleeping in a fence wait costs no CPU time, so
+ *                  on a device that runs the work elsewhere (a GPU, or
+ *                  lavapipe's own threads) this is the cost of launching a
+ *                  step: gathering the batch, uploads, submit, read-back. On
+ *                  the CPU plugin the calling thread is one of the workers,
+ *                  so there it includes its share of the work (the other
+ *                  threads' is not counted). On lavapipe vkQueueSubmit runs
+ *                  the command buffer before it returns, so there it also
+ *                  includes the driver's own dispatching. The MLPs
+ *                  (64 wide, 2 and 20 dense layers, 64 inputs) show how the
+ *                  launch cost grows with the number of ops in the graph.
  *
  * Each case is warmed up, then timed in `reps` repetitions of `iters`
  * back-to-back runs (iters chosen so that one repetition lasts at least the
@@ -28,10 +43,11 @@
  * --threads N sets KILN_NUM_THREADS for the CPU plugin before it loads.
  * --json FILE writes the figures for tools/bench-compare; its layout:
  *   {"kiln_version", "backend", "device", "threads" (0: the plugin's default), "quick",
- *    "cases": [{"name", "kind": "sgemm"|"conv"|"train"|"tokens", "n" | "layer"+"pass"
- *               | "batch" | "model", "seconds" (median per run), "min_seconds",
- *               "max_seconds", "iters", "reps", "gflops" | "images_per_s" |
- *               "tokens_per_s"}]}
+ *    "cases": [{"name", "kind": "sgemm"|"conv"|"train"|"tokens"|"host", "n" |
+ *               "layer"+"pass" | "batch" | "model" (tokens, host), "seconds" (median
+ *               per run), "min_seconds", "max_seconds", "iters", "reps", "gflops" |
+ *               "images_per_s" | "tokens_per_s" | "host_seconds"+"host_us_per_step"
+ *               (median host CPU time per step)}]}
  */
 #include <errno.h>
 #include <math.h>
@@ -57,16 +73,17 @@ typedef struct bench_opts {
   unsigned cases;       /* BENCH_* bits */
 } bench_opts;
 
-enum { BENCH_SGEMM = 1, BENCH_CONV = 2, BENCH_CNN = 4, BENCH_LSTM = 8, BENCH_GPT = 16 };
+enum { BENCH_SGEMM = 1, BENCH_CONV = 2, BENCH_CNN = 4, BENCH_LSTM = 8, BENCH_GPT = 16,
+       BENCH_HOST = 32 };
 static const struct { const char *name; unsigned bit; } bench_case_names[] = {
     {"sgemm", BENCH_SGEMM}, {"conv", BENCH_CONV}, {"cnn", BENCH_CNN},
-    {"char-lstm", BENCH_LSTM}, {"char-gpt", BENCH_GPT}};
+    {"char-lstm", BENCH_LSTM}, {"char-gpt", BENCH_GPT}, {"host", BENCH_HOST}};
 
 /* One measured case. */
 typedef struct bench_result {
   char name[48];
-  const char *kind;     /* "sgemm", "conv", "train" (images), "tokens" */
-  const char *model;    /* tokens: "char-lstm", "char-gpt" */
+  const char *kind;     /* "sgemm", "conv", "train" (images), "tokens", "host" */
+  const char *model;    /* tokens: "char-lstm", "char-gpt"; host: "mnist-cnn", "mlp-2".. */
   int n;                /* sgemm size */
   const char *layer;    /* conv: "conv1".. */
   const char *pass;     /* conv: "forward", "backward_input", "backward_weight" */
@@ -74,6 +91,7 @@ typedef struct bench_result {
   double seconds, min_s, max_s;   /* per run: median, fastest, slowest repetition */
   int iters, reps;
   double work;          /* flops (sgemm, conv), images (train) or tokens (tokens) per run */
+  double host_s;        /* host: median CPU time of the calling thread per step */
 } bench_result;
 
 typedef struct bench_timing {
@@ -85,6 +103,14 @@ typedef struct bench_timing {
 static double now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* CPU time of the calling thread: what it spends sleeping in a wait does
+ * not count. */
+static double thread_cpu_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
@@ -101,9 +127,14 @@ static void bench_usage(FILE *f) {
           "(batch 64: forward, input gradient, weight gradient), full training steps\n"
           "of that CNN (batch 64, Adam; images/s) and of the default char-lstm and\n"
           "char-gpt models of `kiln train` on random characters (tokens/s), through\n"
-          "the public graph API. Each case is warmed up and timed in repetitions; the\n"
-          "median is reported, with the fastest and slowest repetition as a measure\n"
-          "of noise.\n"
+          "the public graph API, and the host's share of a training step (host): the\n"
+          "CPU time the calling thread spends per step of the CNN and of a 2- and a\n"
+          "20-layer MLP (batch 64, Adam). On a GPU that is the cost of launching the\n"
+          "step, outside the device's work (on lavapipe, whose submit runs the work\n"
+          "before it returns, also the driver's dispatching); on the cpu backend the\n"
+          "calling thread is one of the workers, so there it includes its share of\n"
+          "the work. Each case is warmed up and timed in repetitions; the median is\n"
+          "reported, with the fastest and slowest repetition as a measure of noise.\n"
           "\n"
           "options:\n"
           "  --backend NAME   cpu, vulkan or auto (default auto: the best device)\n"
@@ -111,7 +142,7 @@ static void bench_usage(FILE *f) {
           "  --threads N      CPU threads (sets KILN_NUM_THREADS; default: online cores)\n"
           "  --quick          fewer and shorter repetitions, no sgemm 2048\n"
           "  --cases LIST     comma-separated subset of sgemm, conv, cnn, char-lstm,\n"
-          "                   char-gpt (default: all)\n"
+          "                   char-gpt, host (default: all)\n"
           "  --json FILE      also write the figures as JSON (for tools/bench-compare)\n"
           "  --help           show this help\n");
 }
@@ -121,7 +152,7 @@ static int parse_opts(int argc, char **argv, bench_opts *o) {
   memset(o, 0, sizeof *o);
   o->backend = "auto";
   o->device = -1;
-  o->cases = BENCH_SGEMM | BENCH_CONV | BENCH_CNN | BENCH_LSTM | BENCH_GPT;
+  o->cases = BENCH_SGEMM | BENCH_CONV | BENCH_CNN | BENCH_LSTM | BENCH_GPT | BENCH_HOST;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -178,7 +209,7 @@ static int parse_opts(int argc, char **argv, bench_opts *o) {
             bit = bench_case_names[k].bit;
         if (!bit) {
           fprintf(stderr, "kiln bench: unknown case '%.*s' in --cases (choose from sgemm, conv, "
-                          "cnn, char-lstm, char-gpt)\n", (int)len, c);
+                          "cnn, char-lstm, char-gpt, host)\n", (int)len, c);
           return 2;
         }
         o->cases |= bit;
@@ -438,6 +469,98 @@ done:
   return ok;
 }
 
+/* The host's share of a training step: `steps` steps (one
+ * kiln_trainer_fit_epoch over synthetic data) per repetition, timed with
+ * the calling thread's CPU clock and with the wall clock. layers == 0 is
+ * the reference CNN on 28x28 images; otherwise an MLP of `layers` dense
+ * layers (64 wide, ReLU, the last one 10 classes) on 64 features. */
+static int bench_host(kiln_device *dev, const char *model, int layers, int batch, int steps,
+                      const bench_timing *tm, bench_result *r) {
+  enum { MLP_IN = 64, MLP_WIDTH = 64 };
+  memset(r, 0, sizeof *r);
+  r->model = model;
+  snprintf(r->name, sizeof r->name, "host %s", layers ? model : "cnn");
+  if (layers)
+    snprintf(r->shape, sizeof r->shape, "mlp %d x %d, batch %d, adam", layers, MLP_WIDTH, batch);
+  else
+    snprintf(r->shape, sizeof r->shape, "mnist-cnn, batch %d, adam", batch);
+  r->kind = "host";
+  r->work = batch;
+  int ok = 0;
+  kiln_model *m = NULL;
+  kiln_trainer *t = NULL;
+  int64_t n = (int64_t)batch * steps, in_numel = layers ? MLP_IN : 28 * 28;
+  uint8_t *images = malloc((size_t)(n * in_numel));
+  uint8_t *labels = malloc((size_t)n);
+  if (!images || !labels) {
+    fprintf(stderr, "kiln bench: %s: out of memory for %lld synthetic samples\n", r->name,
+            (long long)n);
+    goto done;
+  }
+  uint32_t s = 12345;
+  for (int64_t i = 0; i < n * in_numel; i++) {
+    s = s * 1664525u + 1013904223u;
+    images[i] = (uint8_t)(s >> 24);
+  }
+  for (int64_t i = 0; i < n; i++) {
+    s = s * 1664525u + 1013904223u;
+    labels[i] = (uint8_t)((s >> 24) % 10);
+  }
+  kiln_dataset ds;
+  memset(&ds, 0, sizeof ds);
+  ds.n = n;
+  ds.x_u8 = images;
+  ds.x_scale = 1.0f / 255.0f;
+  ds.y_u8 = labels;
+  kiln_status st;
+  if (layers == 0) {
+    st = kiln_model_mnist_cnn(dev, 1, &m);
+  } else {
+    int64_t in_shape[1] = {MLP_IN};
+    st = kiln_model_create(dev, r->model, 1, in_shape, &m);
+    for (int l = 0; l < layers && st == KILN_OK; l++) {
+      char nm[16];
+      snprintf(nm, sizeof nm, "fc%d", l + 1);
+      st = l + 1 < layers ? kiln_model_dense(m, nm, MLP_WIDTH, KILN_ACT_RELU)
+                          : kiln_model_dense(m, nm, 10, KILN_ACT_SOFTMAX);
+    }
+    if (st == KILN_OK) st = kiln_model_init(m, 1);
+  }
+  kiln_optimizer_config cfg;
+  if (st != KILN_OK || kiln_optimizer_defaults(KILN_OPTIM_ADAM, &cfg) != KILN_OK ||
+      kiln_trainer_create(m, &cfg, batch, 1, &t) != KILN_OK)
+    goto fail;
+  for (int w = 0; w < tm->warmup; w++)
+    if (kiln_trainer_fit_epoch(t, &ds, NULL, NULL, NULL) != KILN_OK) goto fail;
+  double wall[64], host[64];
+  int reps = tm->reps < 64 ? tm->reps : 64;
+  for (int k = 0; k < reps; k++) {
+    double t0 = now_s(), c0 = thread_cpu_s();
+    if (kiln_trainer_fit_epoch(t, &ds, NULL, NULL, NULL) != KILN_OK) goto fail;
+    if (kiln_device_synchronize(dev) != KILN_OK) goto fail;
+    host[k] = (thread_cpu_s() - c0) / steps;
+    wall[k] = (now_s() - t0) / steps;
+  }
+  qsort(wall, (size_t)reps, sizeof wall[0], cmp_double);
+  qsort(host, (size_t)reps, sizeof host[0], cmp_double);
+  r->seconds = reps % 2 ? wall[reps / 2] : 0.5 * (wall[reps / 2 - 1] + wall[reps / 2]);
+  r->min_s = wall[0];
+  r->max_s = wall[reps - 1];
+  r->host_s = reps % 2 ? host[reps / 2] : 0.5 * (host[reps / 2 - 1] + host[reps / 2]);
+  r->iters = steps;
+  r->reps = reps;
+  ok = 1;
+  goto done;
+fail:
+  fprintf(stderr, "kiln bench: %s: %s\n", r->name, kiln_last_error());
+done:
+  kiln_trainer_destroy(t);
+  kiln_model_destroy(m);
+  free(images);
+  free(labels);
+  return ok;
+}
+
 /* Full training steps of `kiln train char-lstm` / `char-gpt`'s default
  * model on random characters (65 of them, as tinyshakespeare): each
  * repetition runs `iters` steps back to back. The step's data is uploaded
@@ -548,13 +671,17 @@ done:
 }
 
 static double rate_of(const bench_result *r) {
+  if (!strcmp(r->kind, "host")) return r->host_s * 1e6;
   if (!(r->seconds > 0)) return 0;
   return !strcmp(r->kind, "train") || !strcmp(r->kind, "tokens") ? r->work / r->seconds
                                                                   : r->work / r->seconds * 1e-9;
 }
 
 static const char *rate_unit(const bench_result *r) {
-  return !strcmp(r->kind, "train") ? "images/s" : !strcmp(r->kind, "tokens") ? "tokens/s" : "GFLOP/s";
+  return !strcmp(r->kind, "train")    ? "images/s"
+         : !strcmp(r->kind, "tokens") ? "tokens/s"
+         : !strcmp(r->kind, "host")   ? "us cpu"
+                                      : "GFLOP/s";
 }
 
 static void print_row(const bench_result *r) {
@@ -604,12 +731,19 @@ static int write_json(const char *path, const bench_opts *o, const char *backend
     if (!strcmp(r->kind, "conv")) fprintf(f, "\"layer\": \"%s\", \"pass\": \"%s\", ", r->layer, r->pass);
     if (!strcmp(r->kind, "train")) fprintf(f, "\"batch\": %.0f, ", r->work);
     if (!strcmp(r->kind, "tokens")) fprintf(f, "\"model\": \"%s\", \"tokens\": %.0f, ", r->model, r->work);
+    if (!strcmp(r->kind, "host"))
+      fprintf(f, "\"model\": \"%s\", \"batch\": %.0f, \"host_seconds\": %.9g, ", r->model, r->work,
+              r->host_s);
     fprintf(f, "\"shape\": ");
     json_str(f, r->shape);
     fprintf(f, ", \"seconds\": %.9g, \"min_seconds\": %.9g, \"max_seconds\": %.9g, "
                "\"iters\": %d, \"reps\": %d, \"%s\": %.6g}%s\n",
             r->seconds, r->min_s, r->max_s, r->iters, r->reps,
-            !strcmp(r->kind, "train") ? "images_per_s" : !strcmp(r->kind, "tokens") ? "tokens_per_s" : "gflops", rate_of(r),
+            !strcmp(r->kind, "train")    ? "images_per_s"
+            : !strcmp(r->kind, "tokens") ? "tokens_per_s"
+            : !strcmp(r->kind, "host")   ? "host_us_per_step"
+                                         : "gflops",
+            rate_of(r),
             i + 1 < n ? "," : "");
   }
   fprintf(f, "  ]\n}\n");
@@ -686,6 +820,18 @@ int kiln_cmd_bench(int argc, char **argv) {
   for (int k = 0; k < 2; k++) {
     if (!(o.cases & (k ? BENCH_GPT : BENCH_LSTM))) continue;
     if (bench_tokens(dev, token_models[k], &tm, &res[n_res]))
+      print_row(&res[n_res++]);
+    else
+      failed++;
+  }
+  /* The host's share of a step: the CNN, then an MLP and one with 10x the
+   * layers (21 and 201 graph nodes). */
+  static const struct { const char *model; int layers; } host_models[] = {
+      {"mnist-cnn", 0}, {"mlp-2", 2}, {"mlp-20", 20}};
+  for (int k = 0; (o.cases & BENCH_HOST) && k < 3; k++) {
+    int layers = host_models[k].layers;
+    int steps = layers ? (o.quick ? 16 : 50) : (o.quick ? 4 : 10);
+    if (bench_host(dev, host_models[k].model, layers, 64, steps, &tm, &res[n_res]))
       print_row(&res[n_res++]);
     else
       failed++;
