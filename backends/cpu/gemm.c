@@ -162,6 +162,17 @@ typedef struct gemm_job {
 } gemm_job;
 
 /* Packs rows [ib + s*mr, +mr) of op(A)[:, pc:pc+kc] for slivers [s0, s1). */
+/* dst[k * MR + r] = src[r * lda + k]: a whole sliver of an untransposed A,
+ * k outermost so the writes are sequential. MR is a constant at each call
+ * (the compiler unrolls r); with the run-time MR of the general loop below
+ * the writes were strided scatters, 6-9% of an LSTM or GPT step. */
+static inline __attribute__((always_inline)) void pack_a_rows(float *restrict dst,
+                                                              const float *restrict src,
+                                                              int64_t lda, int64_t kc, int MR) {
+  for (int64_t k = 0; k < kc; k++)
+    for (int r = 0; r < MR; r++) dst[k * MR + r] = src[r * lda + k];
+}
+
 static void pack_a(void *arg, int64_t s0, int64_t s1) {
   const gemm_job *j = arg;
   const int mr = j->mr;
@@ -169,6 +180,16 @@ static void pack_a(void *arg, int64_t s0, int64_t s1) {
     float *dst = j->Ap + s * mr * j->kc;
     int64_t i0 = j->ib + s * mr;
     int rows = (int)(j->ib + j->mb - i0 < mr ? j->ib + j->mb - i0 : mr);
+    if (!j->trans_a && rows == mr && (mr == 4 || mr == 6 || mr == 8 || mr == 12)) {
+      const float *src = j->A + i0 * j->lda + j->pc;
+      switch (mr) {
+        case 4: pack_a_rows(dst, src, j->lda, j->kc, 4); break;
+        case 6: pack_a_rows(dst, src, j->lda, j->kc, 6); break;
+        case 8: pack_a_rows(dst, src, j->lda, j->kc, 8); break;
+        default: pack_a_rows(dst, src, j->lda, j->kc, 12); break;
+      }
+      continue;
+    }
     if (!j->trans_a) {
       for (int r = 0; r < rows; r++) {
         const float *src = j->A + (i0 + r) * j->lda + j->pc;
