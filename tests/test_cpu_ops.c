@@ -19,7 +19,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "plugin_harness.h"
 #include "testutil.h"
@@ -1227,20 +1226,10 @@ static char *profile_run(const char *env, int runs) {
   for (int i = 0; i < 15; i++) xs[i] = (float)i - 7.0f;
   ph_write(&g, x, xs);
   for (int i = 0; i < runs; i++) cr_assert_eq(ph_run(&g), KILN_OK, "%s", ph_error());
-  FILE *f = tmpfile();
-  cr_assert_not_null(f);
-  fflush(stderr);
-  int saved = dup(2);
-  dup2(fileno(f), 2);
+  tu_capture cap;
+  tu_stderr_begin(&cap);
   ph_graph_free(&g);
-  fflush(stderr);
-  dup2(saved, 2);
-  close(saved);
-  long len = ftell(f) >= 0 ? (fseek(f, 0, SEEK_END), ftell(f)) : 0;
-  char *out = calloc((size_t)len + 1, 1);
-  rewind(f);
-  cr_assert_eq(fread(out, 1, (size_t)len, f), (size_t)len);
-  fclose(f);
+  char *out = tu_stderr_end(&cap);
   ph_close(&P);
   return out;
 }

@@ -1471,23 +1471,12 @@ static char *vk_profile_run(const char *env, int runs) {
   cr_assert_eq(ph_read(&g, y, ys), KILN_OK, "%s", ph_error());
   for (int i = 0; i < 15; i++)
     cr_assert_eq(ys[i], (xs[i] > 0 ? xs[i] : 0.0f) + xs[i], "y[%d] = %g", i, (double)ys[i]);
-  FILE *f = tmpfile();
-  cr_assert_not_null(f);
-  fflush(stderr);
-  int saved = dup(2);
-  dup2(fileno(f), 2);
+  tu_capture cap;
+  tu_stderr_begin(&cap);
   ph_graph_free(&g);
-  fflush(stderr);
-  dup2(saved, 2);
-  close(saved);
+  char *out = tu_stderr_end(&cap);
   /* graph_free returns nothing: a message it drew fails the next call */
   cr_assert_eq(vk.api->synchronize(vk.dev), KILN_OK, "%s", ph_error());
-  long len = (fseek(f, 0, SEEK_END), ftell(f));
-  char *out = calloc((size_t)(len > 0 ? len : 0) + 1, 1);
-  cr_assert_not_null(out);
-  rewind(f);
-  cr_assert_eq(fread(out, 1, (size_t)len, f), (size_t)len);
-  fclose(f);
   return out;
 }
 

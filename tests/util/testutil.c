@@ -3,6 +3,7 @@
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 void tu_open_cpu(kiln_context **ctx, kiln_device **dev) {
   kiln_status st = kiln_context_create(NULL, ctx);
@@ -26,4 +27,27 @@ const char *tu_data_path(const char *rel) {
   if (!root || !*root) root = KILN_TEST_DATA;
   snprintf(buf, sizeof buf, "%s/%s", root, rel);
   return buf;
+}
+
+void tu_stderr_begin(tu_capture *c) {
+  FILE *f = tmpfile();
+  cr_assert_not_null(f, "tmpfile() failed");
+  fflush(stderr);
+  c->saved = dup(2);
+  cr_assert(c->saved >= 0 && dup2(fileno(f), 2) == 2, "cannot redirect stderr");
+  c->file = f;
+}
+
+char *tu_stderr_end(tu_capture *c) {
+  FILE *f = c->file;
+  fflush(stderr);
+  dup2(c->saved, 2);
+  close(c->saved);
+  long len = (fseek(f, 0, SEEK_END), ftell(f));
+  char *out = calloc((size_t)(len > 0 ? len : 0) + 1, 1);
+  cr_assert_not_null(out);
+  rewind(f);
+  cr_assert_eq(fread(out, 1, (size_t)(len > 0 ? len : 0), f), (size_t)(len > 0 ? len : 0));
+  fclose(f);
+  return out;
 }

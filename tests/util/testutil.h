@@ -13,4 +13,13 @@ void tu_fill_uniform(float *x, int64_t n, uint64_t seed, float lo, float hi);
 /* Path of a file under the shared test data directory (static buffer). */
 const char *tu_data_path(const char *rel);
 
+/* Sends stderr (descriptor 2) to a temporary file until tu_stderr_end(),
+ * which restores it and returns what was written (malloc'd, NUL-ended). */
+typedef struct tu_capture {
+  void *file;   /* FILE * */
+  int saved;
+} tu_capture;
+void tu_stderr_begin(tu_capture *c);
+char *tu_stderr_end(tu_capture *c);
+
 #endif

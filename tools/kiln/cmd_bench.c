@@ -119,6 +119,22 @@ static int cmp_double(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
+/* Sorts v[n] and returns its median. */
+static double median(double *v, int n) {
+  qsort(v, (size_t)n, sizeof v[0], cmp_double);
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* r's median, fastest and slowest of `reps` repetitions of `iters` runs
+ * (times: seconds per run, reordered). */
+static void set_times(bench_result *r, double *times, int reps, int iters) {
+  r->seconds = median(times, reps);
+  r->min_s = times[0];
+  r->max_s = times[reps - 1];
+  r->iters = iters;
+  r->reps = reps;
+}
+
 static void bench_usage(FILE *f) {
   fprintf(f,
           "usage: kiln bench [options]\n"
@@ -263,12 +279,7 @@ static int time_compiled(kiln_device *dev, kiln_compiled *c, const bench_timing 
     if (kiln_device_synchronize(dev) != KILN_OK) return 0;
     times[k] = (now_s() - t0) / iters;
   }
-  qsort(times, (size_t)reps, sizeof times[0], cmp_double);
-  r->seconds = reps % 2 ? times[reps / 2] : 0.5 * (times[reps / 2 - 1] + times[reps / 2]);
-  r->min_s = times[0];
-  r->max_s = times[reps - 1];
-  r->iters = iters;
-  r->reps = reps;
+  set_times(r, times, reps, iters);
   return 1;
 }
 
@@ -401,91 +412,15 @@ static int bench_conv(kiln_device *dev, const conv_layer *L, int pass, int64_t b
   return ok;
 }
 
-/* Full training steps of the reference CNN on synthetic MNIST-shaped data:
- * each repetition is one kiln_trainer_fit_epoch over `steps` batches. */
-static int bench_train(kiln_device *dev, int batch, int steps, const bench_timing *tm,
-                       bench_result *r) {
-  memset(r, 0, sizeof *r);
-  snprintf(r->name, sizeof r->name, "train step");
-  snprintf(r->shape, sizeof r->shape, "mnist-cnn, batch %d, adam", batch);
-  r->kind = "train";
-  r->work = batch;
-  int ok = 0;
-  kiln_model *m = NULL;
-  kiln_trainer *t = NULL;
-  int64_t n = (int64_t)batch * steps;
-  uint8_t *images = malloc((size_t)n * 28 * 28);
-  uint8_t *labels = malloc((size_t)n);
-  if (!images || !labels) {
-    fprintf(stderr, "kiln bench: train step: out of memory for %lld synthetic images\n",
-            (long long)n);
-    goto done;
-  }
-  uint32_t s = 12345;
-  for (int64_t i = 0; i < n * 28 * 28; i++) {
-    s = s * 1664525u + 1013904223u;
-    images[i] = (uint8_t)(s >> 24);
-  }
-  for (int64_t i = 0; i < n; i++) {
-    s = s * 1664525u + 1013904223u;
-    labels[i] = (uint8_t)((s >> 24) % 10);
-  }
-  kiln_dataset ds;
-  memset(&ds, 0, sizeof ds);
-  ds.n = n;
-  ds.x_u8 = images;
-  ds.x_scale = 1.0f / 255.0f;
-  ds.y_u8 = labels;
-  kiln_optimizer_config cfg;
-  if (kiln_model_mnist_cnn(dev, 1, &m) != KILN_OK ||
-      kiln_optimizer_defaults(KILN_OPTIM_ADAM, &cfg) != KILN_OK ||
-      kiln_trainer_create(m, &cfg, batch, 1, &t) != KILN_OK)
-    goto fail;
-  for (int w = 0; w < tm->warmup; w++)
-    if (kiln_trainer_fit_epoch(t, &ds, NULL, NULL, NULL) != KILN_OK) goto fail;
-  double times[64];
-  int reps = tm->reps < 64 ? tm->reps : 64;
-  for (int k = 0; k < reps; k++) {
-    double t0 = now_s();
-    if (kiln_trainer_fit_epoch(t, &ds, NULL, NULL, NULL) != KILN_OK) goto fail;
-    if (kiln_device_synchronize(dev) != KILN_OK) goto fail;
-    times[k] = (now_s() - t0) / steps;
-  }
-  qsort(times, (size_t)reps, sizeof times[0], cmp_double);
-  r->seconds = reps % 2 ? times[reps / 2] : 0.5 * (times[reps / 2 - 1] + times[reps / 2]);
-  r->min_s = times[0];
-  r->max_s = times[reps - 1];
-  r->iters = steps;
-  r->reps = reps;
-  ok = 1;
-  goto done;
-fail:
-  fprintf(stderr, "kiln bench: train step: %s\n", kiln_last_error());
-done:
-  kiln_trainer_destroy(t);
-  kiln_model_destroy(m);
-  free(images);
-  free(labels);
-  return ok;
-}
-
-/* The host's share of a training step: `steps` steps (one
- * kiln_trainer_fit_epoch over synthetic data) per repetition, timed with
- * the calling thread's CPU clock and with the wall clock. layers == 0 is
- * the reference CNN on 28x28 images; otherwise an MLP of `layers` dense
- * layers (64 wide, ReLU, the last one 10 classes) on 64 features. */
-static int bench_host(kiln_device *dev, const char *model, int layers, int batch, int steps,
-                      const bench_timing *tm, bench_result *r) {
+/* Training steps on synthetic data: `steps` steps (one
+ * kiln_trainer_fit_epoch) per repetition, timed with the wall clock and
+ * the calling thread's CPU clock (host[], seconds per step; may be NULL).
+ * layers == 0 is the reference CNN on 28x28 images; otherwise an MLP of
+ * `layers` dense layers (64 wide, ReLU, the last one 10 classes) on 64
+ * features. Returns 1, or 0 after printing why. */
+static int train_steps(kiln_device *dev, const char *what, int layers, int batch, int steps,
+                       const bench_timing *tm, double *wall, double *host, int reps) {
   enum { MLP_IN = 64, MLP_WIDTH = 64 };
-  memset(r, 0, sizeof *r);
-  r->model = model;
-  snprintf(r->name, sizeof r->name, "host %s", layers ? model : "cnn");
-  if (layers)
-    snprintf(r->shape, sizeof r->shape, "mlp %d x %d, batch %d, adam", layers, MLP_WIDTH, batch);
-  else
-    snprintf(r->shape, sizeof r->shape, "mnist-cnn, batch %d, adam", batch);
-  r->kind = "host";
-  r->work = batch;
   int ok = 0;
   kiln_model *m = NULL;
   kiln_trainer *t = NULL;
@@ -493,7 +428,7 @@ static int bench_host(kiln_device *dev, const char *model, int layers, int batch
   uint8_t *images = malloc((size_t)(n * in_numel));
   uint8_t *labels = malloc((size_t)n);
   if (!images || !labels) {
-    fprintf(stderr, "kiln bench: %s: out of memory for %lld synthetic samples\n", r->name,
+    fprintf(stderr, "kiln bench: %s: out of memory for %lld synthetic samples\n", what,
             (long long)n);
     goto done;
   }
@@ -517,7 +452,7 @@ static int bench_host(kiln_device *dev, const char *model, int layers, int batch
     st = kiln_model_mnist_cnn(dev, 1, &m);
   } else {
     int64_t in_shape[1] = {MLP_IN};
-    st = kiln_model_create(dev, r->model, 1, in_shape, &m);
+    st = kiln_model_create(dev, what, 1, in_shape, &m);
     for (int l = 0; l < layers && st == KILN_OK; l++) {
       char nm[16];
       snprintf(nm, sizeof nm, "fc%d", l + 1);
@@ -532,33 +467,62 @@ static int bench_host(kiln_device *dev, const char *model, int layers, int batch
     goto fail;
   for (int w = 0; w < tm->warmup; w++)
     if (kiln_trainer_fit_epoch(t, &ds, NULL, NULL, NULL) != KILN_OK) goto fail;
-  double wall[64], host[64];
-  int reps = tm->reps < 64 ? tm->reps : 64;
   for (int k = 0; k < reps; k++) {
     double t0 = now_s(), c0 = thread_cpu_s();
     if (kiln_trainer_fit_epoch(t, &ds, NULL, NULL, NULL) != KILN_OK) goto fail;
     if (kiln_device_synchronize(dev) != KILN_OK) goto fail;
-    host[k] = (thread_cpu_s() - c0) / steps;
+    if (host) host[k] = (thread_cpu_s() - c0) / steps;
     wall[k] = (now_s() - t0) / steps;
   }
-  qsort(wall, (size_t)reps, sizeof wall[0], cmp_double);
-  qsort(host, (size_t)reps, sizeof host[0], cmp_double);
-  r->seconds = reps % 2 ? wall[reps / 2] : 0.5 * (wall[reps / 2 - 1] + wall[reps / 2]);
-  r->min_s = wall[0];
-  r->max_s = wall[reps - 1];
-  r->host_s = reps % 2 ? host[reps / 2] : 0.5 * (host[reps / 2 - 1] + host[reps / 2]);
-  r->iters = steps;
-  r->reps = reps;
   ok = 1;
   goto done;
 fail:
-  fprintf(stderr, "kiln bench: %s: %s\n", r->name, kiln_last_error());
+  fprintf(stderr, "kiln bench: %s: %s\n", what, kiln_last_error());
 done:
   kiln_trainer_destroy(t);
   kiln_model_destroy(m);
   free(images);
   free(labels);
   return ok;
+}
+
+/* Full training steps of the reference CNN (batch, Adam) on synthetic
+ * MNIST-shaped data: images/s. */
+static int bench_train(kiln_device *dev, int batch, int steps, const bench_timing *tm,
+                       bench_result *r) {
+  memset(r, 0, sizeof *r);
+  snprintf(r->name, sizeof r->name, "train step");
+  snprintf(r->shape, sizeof r->shape, "mnist-cnn, batch %d, adam", batch);
+  r->kind = "train";
+  r->work = batch;
+  double wall[64];
+  int reps = tm->reps < 64 ? tm->reps : 64;
+  if (!train_steps(dev, r->name, 0, batch, steps, tm, wall, NULL, reps)) return 0;
+  set_times(r, wall, reps, steps);
+  return 1;
+}
+
+/* The host's share of a training step of the CNN (layers 0) or of an MLP
+ * named `model`: the calling thread's CPU time per step, beside the wall
+ * time. */
+static int bench_host(kiln_device *dev, const char *model, int layers, int batch, int steps,
+                      const bench_timing *tm, bench_result *r) {
+  memset(r, 0, sizeof *r);
+  r->model = model;
+  snprintf(r->name, sizeof r->name, "host %s", layers ? model : "cnn");
+  if (layers)
+    snprintf(r->shape, sizeof r->shape, "mlp %d x 64, batch %d, adam", layers, batch);
+  else
+    snprintf(r->shape, sizeof r->shape, "mnist-cnn, batch %d, adam", batch);
+  r->kind = "host";
+  r->work = batch;
+  double wall[64], host[64];
+  int reps = tm->reps < 64 ? tm->reps : 64;
+  if (!train_steps(dev, layers ? model : r->name, layers, batch, steps, tm, wall, host, reps))
+    return 0;
+  set_times(r, wall, reps, steps);
+  r->host_s = median(host, reps);
+  return 1;
 }
 
 /* Full training steps of `kiln train char-lstm` / `char-gpt`'s default
@@ -647,12 +611,7 @@ static int bench_tokens(kiln_device *dev, const char *model, const bench_timing 
       if (!token_step(&tb)) goto fail_run;
     times[k] = (now_s() - t0) / iters;
   }
-  qsort(times, (size_t)reps, sizeof times[0], cmp_double);
-  r->seconds = reps % 2 ? times[reps / 2] : 0.5 * (times[reps / 2 - 1] + times[reps / 2]);
-  r->min_s = times[0];
-  r->max_s = times[reps - 1];
-  r->iters = iters;
-  r->reps = reps;
+  set_times(r, times, reps, iters);
   ok = 1;
   goto done;
 fail_run:
