@@ -103,19 +103,6 @@ int64_t char_model_numel(const char_model *m) {
   return n;
 }
 
-static uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-/* Uniform in (0, 1) from (seed, tensor, element). */
-static double unit(uint64_t seed, int t, int64_t i, int k) {
-  uint64_t r = splitmix64(splitmix64(splitmix64(seed) ^ (uint64_t)t) + (uint64_t)i * 2 + (uint64_t)k);
-  return ((double)(r >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-}
-
 kiln_status char_model_init(char_model *m, uint64_t seed) {
   char_err[0] = '\0';
   double bound = 1.0 / sqrt((double)m->H);
@@ -125,10 +112,10 @@ kiln_status char_model_init(char_model *m, uint64_t seed) {
     if (!v) return fail(KILN_OUT_OF_MEMORY, "char model: out of memory initialising %s", m->names[t]);
     for (int64_t i = 0; i < n; i++) {
       if (t == 0) { /* N(0, 1), Box-Muller */
-        double u1 = unit(seed, t, i, 0), u2 = unit(seed, t, i, 1);
+        double u1 = ckpt_unit(seed, t, i, 0), u2 = ckpt_unit(seed, t, i, 1);
         v[i] = (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
       } else {
-        v[i] = (float)((2.0 * unit(seed, t, i, 0) - 1.0) * bound);
+        v[i] = (float)((2.0 * ckpt_unit(seed, t, i, 0) - 1.0) * bound);
       }
     }
     kiln_status st = kiln_tensor_upload(m->params[t], v, (size_t)n * sizeof *v);
@@ -328,36 +315,16 @@ kiln_status char_graph_run(char_graph *cg, const int32_t *x, const int32_t *y, f
 
 /* ---- checkpoints ----------------------------------------------------------- */
 
-typedef struct st_list {
-  kiln_st_tensor t[4 * CHAR_MAX_PARAMS + 2 * CHAR_MAX_LAYERS + 8];
-  void *data[4 * CHAR_MAX_PARAMS + 2 * CHAR_MAX_LAYERS + 8];
-  char names[4 * CHAR_MAX_PARAMS + 2 * CHAR_MAX_LAYERS + 8][64];
-  size_t n;
-} st_list;
-
-static kiln_status put(st_list *s, const char *name, const kiln_tensor *t) {
-  size_t nb = kiln_tensor_nbytes(t);
-  void *d = malloc(nb ? nb : 1);
-  if (!d) return fail(KILN_OUT_OF_MEMORY, "checkpoint: out of memory for %s", name);
-  s->data[s->n] = d;
-  kiln_status st = kiln_tensor_download(t, d, nb);
-  if (st != KILN_OK) return lib(st);
-  kiln_st_tensor *e = &s->t[s->n];
-  snprintf(s->names[s->n], sizeof s->names[0], "%s", name);
-  e->name = s->names[s->n];
-  e->dtype = KILN_F32;
-  e->ndim = kiln_tensor_shape(t, e->shape);
-  e->data = d;
-  e->nbytes = nb;
-  s->n++;
-  return KILN_OK;
+/* Adds tensor t to the checkpoint being written. */
+static kiln_status put(ckpt_list *s, const char *name, const kiln_tensor *t) {
+  kiln_status st = ckpt_put(s, name, t, char_err, sizeof char_err);
+  return char_err[0] ? st : lib(st);
 }
 
 kiln_status char_save(const char *path, const char_model *m, const char_graph *tg, int64_t iter,
                       const char *const *keys, const char *const *values, int n_extra) {
   char_err[0] = '\0';
-  st_list *s = calloc(1, sizeof *s);
-  if (!s) return fail(KILN_OUT_OF_MEMORY, "checkpoint: out of memory");
+  ckpt_list list = {0}, *s = &list;
   kiln_status st = KILN_OK;
   char name[64];
   for (int i = 0; i < m->n_params && st == KILN_OK; i++) st = put(s, m->names[i], m->params[i]);
@@ -377,14 +344,8 @@ kiln_status char_save(const char *path, const char_model *m, const char_graph *t
       if (st == KILN_OK && tg->cs[l]) st = put(s, name, tg->cs[l]);
     }
   }
+  if (st == KILN_OK) st = ckpt_put_u8(s, "vocab", m->vocab, m->V, char_err, sizeof char_err);
   if (st == KILN_OK) {
-    kiln_st_tensor *e = &s->t[s->n++];
-    e->name = "vocab";
-    e->dtype = KILN_U8;
-    e->ndim = 1;
-    e->shape[0] = m->V;
-    e->data = m->vocab;
-    e->nbytes = (size_t)m->V;
     char vl[16], vh[16], vv[16], vi[32];
     snprintf(vl, sizeof vl, "%d", m->L);
     snprintf(vh, sizeof vh, "%d", m->H);
@@ -399,8 +360,7 @@ kiln_status char_save(const char *path, const char_model *m, const char_graph *t
     }
     st = lib(kiln_safetensors_save(path, s->t, s->n, mk, mv, (size_t)nm));
   }
-  for (size_t i = 0; i < s->n; i++) free(s->data[i]);
-  free(s);
+  ckpt_list_free(s);
   return st;
 }
 

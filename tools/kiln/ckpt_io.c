@@ -1,5 +1,5 @@
 /*
- * ckpt_io.c - checkpoint reading shared by the character models.
+ * ckpt_io.c - checkpoint reading and writing shared by the character models.
  */
 #include "ckpt_io.h"
 
@@ -39,4 +39,79 @@ int ckpt_meta_int(const kiln_safetensors *f, const char *key, long lo, long hi, 
   char *end;
   *v = strtol(s, &end, 10);
   return *s && !*end && *v >= lo && *v <= hi;
+}
+
+/* Room for one more entry. */
+static int grow(ckpt_list *s) {
+  if (s->n < s->cap) return 1;
+  size_t cap = s->cap ? 2 * s->cap : 64;
+  kiln_st_tensor *t = realloc(s->t, cap * sizeof *t);
+  if (t) s->t = t;
+  void **d = realloc(s->data, cap * sizeof *d);
+  if (d) s->data = d;
+  char **nm = realloc(s->names, cap * sizeof *nm);
+  if (nm) s->names = nm;
+  if (!t || !d || !nm) return 0;
+  s->cap = cap;
+  return 1;
+}
+
+kiln_status ckpt_put(ckpt_list *s, const char *name, const kiln_tensor *t, char *err, size_t errsz) {
+  size_t nb = kiln_tensor_nbytes(t);
+  char *nm = grow(s) ? strdup(name) : NULL;
+  void *d = nm ? malloc(nb ? nb : 1) : NULL;
+  if (!d) {
+    free(nm);
+    snprintf(err, errsz, "checkpoint: out of memory for %s", name);
+    return KILN_OUT_OF_MEMORY;
+  }
+  kiln_status st = kiln_tensor_download(t, d, nb);
+  if (st != KILN_OK) {
+    free(nm);
+    free(d);
+    return st;
+  }
+  kiln_st_tensor *e = &s->t[s->n];
+  memset(e, 0, sizeof *e);
+  e->name = nm;
+  e->dtype = KILN_F32;
+  e->ndim = kiln_tensor_shape(t, e->shape);
+  e->data = d;
+  e->nbytes = nb;
+  s->data[s->n] = d;
+  s->names[s->n] = nm;
+  s->n++;
+  return KILN_OK;
+}
+
+kiln_status ckpt_put_u8(ckpt_list *s, const char *name, const uint8_t *data, int64_t n, char *err,
+                        size_t errsz) {
+  char *nm = grow(s) ? strdup(name) : NULL;
+  if (!nm) {
+    snprintf(err, errsz, "checkpoint: out of memory for %s", name);
+    return KILN_OUT_OF_MEMORY;
+  }
+  kiln_st_tensor *e = &s->t[s->n];
+  memset(e, 0, sizeof *e);
+  e->name = nm;
+  e->dtype = KILN_U8;
+  e->ndim = 1;
+  e->shape[0] = n;
+  e->data = data;
+  e->nbytes = (size_t)n;
+  s->data[s->n] = NULL;
+  s->names[s->n] = nm;
+  s->n++;
+  return KILN_OK;
+}
+
+void ckpt_list_free(ckpt_list *s) {
+  for (size_t i = 0; i < s->n; i++) {
+    free(s->data[i]);
+    free(s->names[i]);
+  }
+  free(s->t);
+  free(s->data);
+  free(s->names);
+  memset(s, 0, sizeof *s);
 }

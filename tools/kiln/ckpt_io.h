@@ -1,12 +1,14 @@
 /*
- * ckpt_io.h - reading checkpoints of the CLI's character models
- * (char_model.c, gpt_model.c): one tensor checked against the model's
- * shape, and integer metadata in a range.
+ * ckpt_io.h - what the CLI's character models (char_model.c, gpt_model.c)
+ * share: reading a checkpoint (one tensor checked against the model's
+ * shape, integer metadata in a range), collecting the tensors of one to
+ * write, and the seeded random numbers they initialise from.
  */
 #ifndef KILN_CLI_CKPT_IO_H
 #define KILN_CLI_CKPT_IO_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "kiln/data.h"
 #include "kiln/kiln.h"
@@ -19,5 +21,39 @@ kiln_status ckpt_take(const kiln_safetensors *f, const char *path, const char *n
 
 /* 1 and *v if metadata `key` is a whole decimal number in [lo, hi], else 0. */
 int ckpt_meta_int(const kiln_safetensors *f, const char *key, long lo, long hi, long *v);
+
+/* The tensors of a checkpoint being written, each downloaded when added;
+ * the list owns the copies. Zero-initialise, fill, pass t and n to
+ * kiln_safetensors_save, then ckpt_list_free. */
+typedef struct ckpt_list {
+  kiln_st_tensor *t;
+  void **data;              /* owned copies (NULL: the caller's bytes) */
+  char **names;             /* owned */
+  size_t n, cap;
+} ckpt_list;
+
+/* Appends tensor t (f32) as `name`, downloaded now. On failure: out of
+ * memory writes its message into err[errsz]; a failed download returns
+ * libkiln's status (its message is kiln_last_error()). */
+kiln_status ckpt_put(ckpt_list *s, const char *name, const kiln_tensor *t, char *err, size_t errsz);
+/* Appends u8 [n] bytes the caller keeps alive until the save. */
+kiln_status ckpt_put_u8(ckpt_list *s, const char *name, const uint8_t *data, int64_t n, char *err,
+                        size_t errsz);
+void ckpt_list_free(ckpt_list *s);
+
+/* Uniform in (0, 1), a function of (seed, tensor t, element i, draw k)
+ * only (splitmix64 chained), so an initialisation never depends on order
+ * or threads. */
+static inline uint64_t ckpt_splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+static inline double ckpt_unit(uint64_t seed, int t, int64_t i, int k) {
+  uint64_t r = ckpt_splitmix64(ckpt_splitmix64(ckpt_splitmix64(seed) ^ (uint64_t)t) +
+                               (uint64_t)i * 2 + (uint64_t)k);
+  return ((double)(r >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
 
 #endif

@@ -124,19 +124,6 @@ int64_t gpt_model_numel(const gpt_model *m) {
   return n;
 }
 
-static uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-/* Uniform in (0, 1) from (seed, tensor, element). */
-static double unit(uint64_t seed, int t, int64_t i, int k) {
-  uint64_t r = splitmix64(splitmix64(splitmix64(seed) ^ (uint64_t)t) + (uint64_t)i * 2 + (uint64_t)k);
-  return ((double)(r >> 11) + 0.5) * (1.0 / 9007199254740992.0);
-}
-
 kiln_status gpt_model_init(gpt_model *m, uint64_t seed) {
   gpt_err[0] = '\0';
   double proj_std = 0.02 / sqrt(2.0 * m->L);
@@ -153,7 +140,7 @@ kiln_status gpt_model_init(gpt_model *m, uint64_t seed) {
     else std = strstr(nm, "c_proj.weight") ? proj_std : 0.02;
     for (int64_t i = 0; i < n; i++) {
       if (std > 0.0) { /* N(0, std), Box-Muller */
-        double u1 = unit(seed, t, i, 0), u2 = unit(seed, t, i, 1);
+        double u1 = ckpt_unit(seed, t, i, 0), u2 = ckpt_unit(seed, t, i, 1);
         v[i] = (float)(std * sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
       } else {
         v[i] = (float)fill;
@@ -305,40 +292,16 @@ kiln_status gpt_graph_run(gpt_graph *gg, const int32_t *x, const int32_t *y, flo
 
 /* ---- checkpoints ----------------------------------------------------------- */
 
-typedef struct st_list {
-  kiln_st_tensor t[3 * GPT_MAX_PARAMS + 4];
-  void *data[3 * GPT_MAX_PARAMS + 4];
-  char names[3 * GPT_MAX_PARAMS + 4][96];
-  size_t n;
-} st_list;
-
-static kiln_status put(st_list *s, const char *name, const kiln_tensor *t) {
-  size_t nb = kiln_tensor_nbytes(t);
-  void *d = malloc(nb ? nb : 1);
-  if (!d) return fail(KILN_OUT_OF_MEMORY, "checkpoint: out of memory for %s", name);
-  s->data[s->n] = d;
-  kiln_status st = kiln_tensor_download(t, d, nb);
-  if (st != KILN_OK) {
-    free(d);
-    s->data[s->n] = NULL;
-    return lib(st);
-  }
-  kiln_st_tensor *e = &s->t[s->n];
-  snprintf(s->names[s->n], sizeof s->names[0], "%s", name);
-  e->name = s->names[s->n];
-  e->dtype = KILN_F32;
-  e->ndim = kiln_tensor_shape(t, e->shape);
-  e->data = d;
-  e->nbytes = nb;
-  s->n++;
-  return KILN_OK;
+/* Adds tensor t to the checkpoint being written. */
+static kiln_status put(ckpt_list *s, const char *name, const kiln_tensor *t) {
+  kiln_status st = ckpt_put(s, name, t, gpt_err, sizeof gpt_err);
+  return gpt_err[0] ? st : lib(st);
 }
 
 kiln_status gpt_save(const char *path, const gpt_model *m, const gpt_graph *tg, int64_t iter,
                      const char *const *keys, const char *const *values, int n_extra) {
   gpt_err[0] = '\0';
-  st_list *s = calloc(1, sizeof *s);
-  if (!s) return fail(KILN_OUT_OF_MEMORY, "checkpoint: out of memory");
+  ckpt_list list = {0}, *s = &list;
   kiln_status st = KILN_OK;
   char name[96];
   for (int i = 0; i < m->n_params && st == KILN_OK; i++) st = put(s, m->names[i], m->params[i]);
@@ -352,14 +315,8 @@ kiln_status gpt_save(const char *path, const gpt_model *m, const gpt_graph *tg, 
     if (st == KILN_OK) st = put(s, "optimizer.step", tg->step);
     if (st == KILN_OK && tg->counter) st = put(s, "dropout.counter", tg->counter);
   }
+  if (st == KILN_OK) st = ckpt_put_u8(s, "vocab", m->vocab, m->V, gpt_err, sizeof gpt_err);
   if (st == KILN_OK) {
-    kiln_st_tensor *e = &s->t[s->n];
-    e->name = "vocab";
-    e->dtype = KILN_U8;
-    e->ndim = 1;
-    e->shape[0] = m->V;
-    e->data = m->vocab;
-    e->nbytes = (size_t)m->V;
     char vl[16], vh[16], vc[16], vb[16], vv[16], vi[32];
     snprintf(vl, sizeof vl, "%d", m->L);
     snprintf(vh, sizeof vh, "%d", m->NH);
@@ -374,10 +331,9 @@ kiln_status gpt_save(const char *path, const gpt_model *m, const gpt_graph *tg, 
       mk[nm] = keys[i];
       mv[nm] = values[i];
     }
-    st = lib(kiln_safetensors_save(path, s->t, s->n + 1, mk, mv, (size_t)nm));
+    st = lib(kiln_safetensors_save(path, s->t, s->n, mk, mv, (size_t)nm));
   }
-  for (size_t i = 0; i < s->n; i++) free(s->data[i]);
-  free(s);
+  ckpt_list_free(s);
   return st;
 }
 
