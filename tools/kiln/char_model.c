@@ -321,6 +321,14 @@ static kiln_status put(ckpt_list *s, const char *name, const kiln_tensor *t) {
   return char_err[0] ? st : lib(st);
 }
 
+/* Adam's state of a training graph, for ckpt_put_adam/ckpt_take_adam. */
+static ckpt_adam adam_of(const char_graph *tg) {
+  ckpt_adam a = {.names = tg->m->names[0], .name_size = sizeof tg->m->names[0], .n = tg->m->n_params,
+                 .exp_avg = tg->exp_avg, .exp_avg_sq = tg->exp_avg_sq, .step = tg->step,
+                 .counter = tg->counter};
+  return a;
+}
+
 kiln_status char_save(const char *path, const char_model *m, const char_graph *tg, int64_t iter,
                       const char *const *keys, const char *const *values, int n_extra) {
   char_err[0] = '\0';
@@ -328,15 +336,10 @@ kiln_status char_save(const char *path, const char_model *m, const char_graph *t
   kiln_status st = KILN_OK;
   char name[64];
   for (int i = 0; i < m->n_params && st == KILN_OK; i++) st = put(s, m->names[i], m->params[i]);
-  if (tg && tg->train) {
-    for (int i = 0; i < m->n_params && st == KILN_OK; i++) {
-      snprintf(name, sizeof name, "optimizer.%s.exp_avg", m->names[i]);
-      st = put(s, name, tg->exp_avg[i]);
-      snprintf(name, sizeof name, "optimizer.%s.exp_avg_sq", m->names[i]);
-      if (st == KILN_OK) st = put(s, name, tg->exp_avg_sq[i]);
-    }
-    if (st == KILN_OK) st = put(s, "optimizer.step", tg->step);
-    if (st == KILN_OK && tg->counter) st = put(s, "dropout.counter", tg->counter);
+  if (st == KILN_OK && tg && tg->train) {
+    ckpt_adam a = adam_of(tg);
+    st = ckpt_put_adam(s, &a, char_err, sizeof char_err);
+    if (!char_err[0]) st = lib(st);
     for (int l = 0; l < m->L && st == KILN_OK; l++) {
       snprintf(name, sizeof name, "state.h_l%d", l);
       st = put(s, name, tg->h[l]);
@@ -377,7 +380,6 @@ kiln_status char_load_model(const char *path, kiln_device *dev, char_model **out
   if (st != KILN_OK) return st;
   const char *kind = kiln_safetensors_meta(f, "kiln.model");
   long L, H;
-  kiln_st_tensor v;
   int cell = kind && !strcmp(kind, "char-lstm") ? CHAR_LSTM : kind && !strcmp(kind, "char-gru") ? CHAR_GRU : -1;
   if (cell < 0) {
     st = fail(KILN_CORRUPT_DATA, "checkpoint %s: not a char-lstm or char-gru checkpoint (kiln.model is %s)",
@@ -389,19 +391,13 @@ kiln_status char_load_model(const char *path, kiln_device *dev, char_model **out
               path, CHAR_MAX_LAYERS);
     goto done;
   }
-  if (kiln_safetensors_find(f, "vocab", &v) != KILN_OK || v.dtype != KILN_U8 || v.ndim != 1 ||
-      v.shape[0] < 1 || v.shape[0] > 256) {
-    st = fail(KILN_CORRUPT_DATA, "checkpoint %s: no valid 'vocab' tensor (u8 [V], V in 1..256)", path);
+  const uint8_t *vb;
+  int V;
+  if (!ckpt_vocab(f, path, &vb, &V, char_err, sizeof char_err)) {
+    st = KILN_CORRUPT_DATA;
     goto done;
   }
-  const uint8_t *vb = v.data;
-  for (int64_t i = 1; i < v.shape[0]; i++)
-    if (vb[i] <= vb[i - 1]) {
-      st = fail(KILN_CORRUPT_DATA, "checkpoint %s: 'vocab' is not strictly ascending at entry %lld", path,
-                (long long)i);
-      goto done;
-    }
-  if ((st = char_model_create(dev, cell, (int)v.shape[0], vb, (int)H, (int)L, &m)) != KILN_OK) goto done;
+  if ((st = char_model_create(dev, cell, V, vb, (int)H, (int)L, &m)) != KILN_OK) goto done;
   for (int i = 0; i < m->n_params && st == KILN_OK; i++) st = take(f, path, m->names[i], m->params[i]);
   if (st != KILN_OK) {
     char_model_destroy(m);
@@ -425,17 +421,8 @@ kiln_status char_load_train_state(const char *path, char_graph *tg, int64_t *ite
     st = fail(KILN_CORRUPT_DATA, "checkpoint %s: metadata 'iter' missing or invalid", path);
     goto done;
   }
-  for (int i = 0; i < m->n_params && st == KILN_OK; i++) {
-    snprintf(name, sizeof name, "optimizer.%s.exp_avg", m->names[i]);
-    st = take(f, path, name, tg->exp_avg[i]);
-    snprintf(name, sizeof name, "optimizer.%s.exp_avg_sq", m->names[i]);
-    if (st == KILN_OK) st = take(f, path, name, tg->exp_avg_sq[i]);
-  }
-  if (st == KILN_OK) st = take(f, path, "optimizer.step", tg->step);
-  if (st == KILN_OK && tg->counter) {
-    kiln_st_tensor e;
-    if (kiln_safetensors_find(f, "dropout.counter", &e) == KILN_OK) st = take(f, path, "dropout.counter", tg->counter);
-  }
+  ckpt_adam a = adam_of(tg);
+  st = ckpt_take_adam(f, path, &a, char_err, sizeof char_err);
   for (int l = 0; l < m->L && st == KILN_OK; l++) {
     kiln_st_tensor e;
     snprintf(name, sizeof name, "state.h_l%d", l);

@@ -115,3 +115,54 @@ void ckpt_list_free(ckpt_list *s) {
   free(s->names);
   memset(s, 0, sizeof *s);
 }
+
+int ckpt_vocab(const kiln_safetensors *f, const char *path, const uint8_t **v, int *V, char *err,
+               size_t errsz) {
+  kiln_st_tensor e;
+  if (kiln_safetensors_find(f, "vocab", &e) != KILN_OK || e.dtype != KILN_U8 || e.ndim != 1 ||
+      e.shape[0] < 1 || e.shape[0] > 256) {
+    snprintf(err, errsz, "checkpoint %s: no valid 'vocab' tensor (u8 [V], V in 1..256)", path);
+    return 0;
+  }
+  const uint8_t *b = e.data;
+  for (int64_t i = 1; i < e.shape[0]; i++)
+    if (b[i] <= b[i - 1]) {
+      snprintf(err, errsz, "checkpoint %s: 'vocab' is not strictly ascending at entry %lld", path,
+               (long long)i);
+      return 0;
+    }
+  *v = b;
+  *V = (int)e.shape[0];
+  return 1;
+}
+
+kiln_status ckpt_take_adam(const kiln_safetensors *f, const char *path, const ckpt_adam *a,
+                           char *err, size_t errsz) {
+  char name[160];
+  kiln_status st = KILN_OK;
+  for (int i = 0; i < a->n && st == KILN_OK; i++) {
+    snprintf(name, sizeof name, "optimizer.%s.exp_avg", a->names + (size_t)i * a->name_size);
+    st = ckpt_take(f, path, name, a->exp_avg[i], err, errsz);
+    snprintf(name, sizeof name, "optimizer.%s.exp_avg_sq", a->names + (size_t)i * a->name_size);
+    if (st == KILN_OK) st = ckpt_take(f, path, name, a->exp_avg_sq[i], err, errsz);
+  }
+  if (st == KILN_OK) st = ckpt_take(f, path, "optimizer.step", a->step, err, errsz);
+  kiln_st_tensor e;
+  if (st == KILN_OK && a->counter && kiln_safetensors_find(f, "dropout.counter", &e) == KILN_OK)
+    st = ckpt_take(f, path, "dropout.counter", a->counter, err, errsz);
+  return st;
+}
+
+kiln_status ckpt_put_adam(ckpt_list *s, const ckpt_adam *a, char *err, size_t errsz) {
+  char name[160];
+  kiln_status st = KILN_OK;
+  for (int i = 0; i < a->n && st == KILN_OK; i++) {
+    snprintf(name, sizeof name, "optimizer.%s.exp_avg", a->names + (size_t)i * a->name_size);
+    st = ckpt_put(s, name, a->exp_avg[i], err, errsz);
+    snprintf(name, sizeof name, "optimizer.%s.exp_avg_sq", a->names + (size_t)i * a->name_size);
+    if (st == KILN_OK) st = ckpt_put(s, name, a->exp_avg_sq[i], err, errsz);
+  }
+  if (st == KILN_OK) st = ckpt_put(s, "optimizer.step", a->step, err, errsz);
+  if (st == KILN_OK && a->counter) st = ckpt_put(s, "dropout.counter", a->counter, err, errsz);
+  return st;
+}

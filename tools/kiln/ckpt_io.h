@@ -22,6 +22,26 @@ kiln_status ckpt_take(const kiln_safetensors *f, const char *path, const char *n
 /* 1 and *v if metadata `key` is a whole decimal number in [lo, hi], else 0. */
 int ckpt_meta_int(const kiln_safetensors *f, const char *key, long lo, long hi, long *v);
 
+/* The vocabulary of f: a u8 [V] tensor "vocab", V in 1..256, strictly
+ * ascending. 1 with *v pointing into f, else 0 with the message in err. */
+int ckpt_vocab(const kiln_safetensors *f, const char *path, const uint8_t **v, int *V, char *err,
+               size_t errsz);
+
+/* Adam(W)'s state under the names PyTorch's optimizer would give: for each
+ * parameter name NAME, "optimizer.NAME.exp_avg" and ".exp_avg_sq", then
+ * "optimizer.step" and, if counter is not NULL, "dropout.counter" (which an
+ * older checkpoint may lack: it is then left alone). */
+typedef struct ckpt_adam {
+  const char *names;          /* n names, name_size bytes apart (char [n][name_size]) */
+  size_t name_size;
+  int n;
+  kiln_tensor *const *exp_avg, *const *exp_avg_sq;
+  kiln_tensor *step, *counter;
+} ckpt_adam;
+/* Reads it from f; messages as ckpt_take. */
+kiln_status ckpt_take_adam(const kiln_safetensors *f, const char *path, const ckpt_adam *a,
+                           char *err, size_t errsz);
+
 /* The tensors of a checkpoint being written, each downloaded when added;
  * the list owns the copies. Zero-initialise, fill, pass t and n to
  * kiln_safetensors_save, then ckpt_list_free. */
@@ -40,6 +60,8 @@ kiln_status ckpt_put(ckpt_list *s, const char *name, const kiln_tensor *t, char 
 kiln_status ckpt_put_u8(ckpt_list *s, const char *name, const uint8_t *data, int64_t n, char *err,
                         size_t errsz);
 void ckpt_list_free(ckpt_list *s);
+/* Appends Adam(W)'s state (ckpt_adam) to s. */
+kiln_status ckpt_put_adam(ckpt_list *s, const ckpt_adam *a, char *err, size_t errsz);
 
 /* Uniform in (0, 1), a function of (seed, tensor t, element i, draw k)
  * only (splitmix64 chained), so an initialisation never depends on order

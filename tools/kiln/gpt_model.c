@@ -298,22 +298,24 @@ static kiln_status put(ckpt_list *s, const char *name, const kiln_tensor *t) {
   return gpt_err[0] ? st : lib(st);
 }
 
+/* AdamW's state of a training graph, for ckpt_put_adam/ckpt_take_adam. */
+static ckpt_adam adam_of(const gpt_graph *tg) {
+  ckpt_adam a = {.names = tg->m->names[0], .name_size = sizeof tg->m->names[0], .n = tg->m->n_params,
+                 .exp_avg = tg->exp_avg, .exp_avg_sq = tg->exp_avg_sq, .step = tg->step,
+                 .counter = tg->counter};
+  return a;
+}
+
 kiln_status gpt_save(const char *path, const gpt_model *m, const gpt_graph *tg, int64_t iter,
                      const char *const *keys, const char *const *values, int n_extra) {
   gpt_err[0] = '\0';
   ckpt_list list = {0}, *s = &list;
   kiln_status st = KILN_OK;
-  char name[96];
   for (int i = 0; i < m->n_params && st == KILN_OK; i++) st = put(s, m->names[i], m->params[i]);
-  if (tg && tg->train) {
-    for (int i = 0; i < m->n_params && st == KILN_OK; i++) {
-      snprintf(name, sizeof name, "optimizer.%s.exp_avg", m->names[i]);
-      st = put(s, name, tg->exp_avg[i]);
-      snprintf(name, sizeof name, "optimizer.%s.exp_avg_sq", m->names[i]);
-      if (st == KILN_OK) st = put(s, name, tg->exp_avg_sq[i]);
-    }
-    if (st == KILN_OK) st = put(s, "optimizer.step", tg->step);
-    if (st == KILN_OK && tg->counter) st = put(s, "dropout.counter", tg->counter);
+  if (st == KILN_OK && tg && tg->train) {
+    ckpt_adam a = adam_of(tg);
+    st = ckpt_put_adam(s, &a, gpt_err, sizeof gpt_err);
+    if (!gpt_err[0]) st = lib(st);
   }
   if (st == KILN_OK) st = ckpt_put_u8(s, "vocab", m->vocab, m->V, gpt_err, sizeof gpt_err);
   if (st == KILN_OK) {
@@ -350,7 +352,6 @@ kiln_status gpt_load_model(const char *path, kiln_device *dev, gpt_model **out) 
   if (st != KILN_OK) return st;
   const char *kind = kiln_safetensors_meta(f, "kiln.model");
   long L, NH, C, block, bias;
-  kiln_st_tensor v;
   if (!kind || strcmp(kind, "char-gpt")) {
     st = fail(KILN_CORRUPT_DATA, "checkpoint %s: not a char-gpt checkpoint (kiln.model is %s)", path,
               kind ? kind : "missing");
@@ -366,19 +367,13 @@ kiln_status gpt_load_model(const char *path, kiln_device *dev, gpt_model **out) 
     st = fail(KILN_UNSUPPORTED, "checkpoint %s: bias=0 models are not supported (kiln's char-gpt has biases)", path);
     goto done;
   }
-  if (kiln_safetensors_find(f, "vocab", &v) != KILN_OK || v.dtype != KILN_U8 || v.ndim != 1 ||
-      v.shape[0] < 1 || v.shape[0] > 256) {
-    st = fail(KILN_CORRUPT_DATA, "checkpoint %s: no valid 'vocab' tensor (u8 [V], V in 1..256)", path);
+  const uint8_t *vb;
+  int V;
+  if (!ckpt_vocab(f, path, &vb, &V, gpt_err, sizeof gpt_err)) {
+    st = KILN_CORRUPT_DATA;
     goto done;
   }
-  const uint8_t *vb = v.data;
-  for (int64_t i = 1; i < v.shape[0]; i++)
-    if (vb[i] <= vb[i - 1]) {
-      st = fail(KILN_CORRUPT_DATA, "checkpoint %s: 'vocab' is not strictly ascending at entry %lld", path,
-                (long long)i);
-      goto done;
-    }
-  if ((st = gpt_model_create(dev, (int)v.shape[0], vb, (int)L, (int)NH, (int)C, (int)block, &m)) != KILN_OK) {
+  if ((st = gpt_model_create(dev, V, vb, (int)L, (int)NH, (int)C, (int)block, &m)) != KILN_OK) {
     char msg[1024];
     snprintf(msg, sizeof msg, "%s", gpt_err);
     st = fail(KILN_CORRUPT_DATA, "checkpoint %s: %s", path, msg);
@@ -400,24 +395,13 @@ kiln_status gpt_load_train_state(const char *path, gpt_graph *tg, int64_t *iter)
   kiln_safetensors *f = NULL;
   kiln_status st = lib(kiln_safetensors_open(path, &f));
   if (st != KILN_OK) return st;
-  gpt_model *m = tg->m;
-  char name[96];
   long it = 0;
   if (!ckpt_meta_int(f, "iter", 0, 0x7fffffffL, &it)) {
     st = fail(KILN_CORRUPT_DATA, "checkpoint %s: metadata 'iter' missing or invalid", path);
     goto done;
   }
-  for (int i = 0; i < m->n_params && st == KILN_OK; i++) {
-    snprintf(name, sizeof name, "optimizer.%s.exp_avg", m->names[i]);
-    st = take(f, path, name, tg->exp_avg[i]);
-    snprintf(name, sizeof name, "optimizer.%s.exp_avg_sq", m->names[i]);
-    if (st == KILN_OK) st = take(f, path, name, tg->exp_avg_sq[i]);
-  }
-  if (st == KILN_OK) st = take(f, path, "optimizer.step", tg->step);
-  if (st == KILN_OK && tg->counter) {
-    kiln_st_tensor e;
-    if (kiln_safetensors_find(f, "dropout.counter", &e) == KILN_OK) st = take(f, path, "dropout.counter", tg->counter);
-  }
+  ckpt_adam a = adam_of(tg);
+  st = ckpt_take_adam(f, path, &a, gpt_err, sizeof gpt_err);
   *iter = it;
 done:
   kiln_safetensors_close(f);
