@@ -28,6 +28,8 @@
  */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -1442,6 +1444,139 @@ Test(vulkan, mlp_in_one_buffer) {
   mlp_case(&c);
   c.shared_buffer = 1;
   run_case_n(&c, 3);
+}
+
+/* ---- exec_write / exec_read (ABI 1.1): a step's io folded into its submit --- */
+
+/* y = relu(x) * 2 + b with x, b inputs (INPUT only, so staged) and y an
+ * output (OUTPUT only, so mirrored); r an intermediate. */
+typedef struct io_graph {
+  ph_graph g;
+  int x, b, r, y;
+} io_graph;
+
+enum { IO_M = 37, IO_N = 29 };
+
+static void io_graph_make(io_graph *ig) {
+  ph_graph_init(&ig->g, &vk);
+  ig->x = ph_tensor(&ig->g, KILN_F32, 2, (int64_t[]){IO_M, IO_N});
+  ig->b = ph_tensor(&ig->g, KILN_F32, 1, (int64_t[]){IO_N});
+  ig->r = ph_tensor(&ig->g, KILN_F32, 2, (int64_t[]){IO_M, IO_N});
+  ig->y = ph_tensor(&ig->g, KILN_F32, 2, (int64_t[]){IO_M, IO_N});
+  ig->g.tensors[ig->x].flags = KILN_PTENSOR_INPUT;
+  ig->g.tensors[ig->b].flags = KILN_PTENSOR_INPUT;
+  ig->g.tensors[ig->r].flags = 0;
+  ig->g.tensors[ig->y].flags = KILN_PTENSOR_OUTPUT;
+  ph_node(&ig->g, KILN_OP_RELU, 1, (int[]){ig->x}, ig->r, NULL, NULL);
+  ph_node(&ig->g, KILN_OP_SCALE, 1, (int[]){ig->r}, ig->r, NULL, FP(2.0f, 0.0f));
+  ph_node(&ig->g, KILN_OP_ADD, 2, (int[]){ig->r, ig->b}, ig->y, NULL, NULL);
+  cr_assert_eq(ph_compile(&ig->g), KILN_OK, "%s", ph_error());
+}
+
+static void io_expect(const float *x, const float *b, const float *y, const char *what) {
+  for (int i = 0; i < IO_M * IO_N; i++) {
+    float want = (x[i] > 0 ? x[i] : 0.0f) * 2.0f + b[i % IO_N];
+    cr_assert_eq(y[i], want, "%s: y[%d] = %g, want %g", what, i, (double)y[i], (double)want);
+  }
+}
+
+static kiln_status io_write(io_graph *ig, int t, const float *data) {
+  return vk.api->exec_write(vk.dev, ig->g.exec, (uint32_t)t, data, ig->g.tensors[t].nbytes);
+}
+
+static kiln_status io_read(io_graph *ig, int back, float *data) {
+  return vk.api->exec_read(vk.dev, ig->g.exec, (uint32_t)ig->y, (uint32_t)back, data,
+                           ig->g.tensors[ig->y].nbytes);
+}
+
+Test(vulkan, exec_io_each_run_sees_its_inputs) {
+  cr_assert(vk.api->struct_size >= offsetof(kiln_plugin_api, exec_history) + sizeof(void *) &&
+                vk.api->exec_write && vk.api->exec_read && vk.api->exec_history,
+            "the Vulkan plugin offers ABI 1.1's exec_write, exec_read and exec_history");
+  io_graph ig;
+  io_graph_make(&ig);
+  cr_assert_eq(vk.api->exec_history(vk.dev, ig.g.exec, (uint32_t)ig.y), 2);
+  cr_assert_eq(vk.api->exec_history(vk.dev, ig.g.exec, (uint32_t)ig.x), 1, "x is no output");
+  enum { RUNS = 5, E = IO_M * IO_N };
+  static float x[RUNS][E], y[E];
+  float b[IO_N];
+  tu_fill_uniform(b, IO_N, 99, -1, 1);
+  cr_assert_eq(io_write(&ig, ig.b, b), KILN_OK, "%s", ph_error());   /* once, for every run */
+  for (int k = 0; k < RUNS; k++) tu_fill_uniform(x[k], E, (uint64_t)k + 1, -1, 1);
+  /* Pipelined as a training loop: write run k's input and submit run k
+   * while run k - 1 may still execute, then read run k - 1 (back 1). */
+  for (int k = 0; k < RUNS; k++) {
+    cr_assert_eq(io_write(&ig, ig.x, x[k]), KILN_OK, "%s", ph_error());
+    cr_assert_eq(vk.api->graph_run(vk.dev, ig.g.exec), KILN_OK, "%s", ph_error());
+    if (k == 0) continue;
+    cr_assert_eq(io_read(&ig, 1, y), KILN_OK, "%s", ph_error());
+    char what[32];
+    snprintf(what, sizeof what, "run %d read back 1", k - 1);
+    io_expect(x[k - 1], b, y, what);
+  }
+  cr_assert_eq(io_read(&ig, 0, y), KILN_OK, "%s", ph_error());
+  io_expect(x[RUNS - 1], b, y, "the last run");
+  cr_assert_eq(io_read(&ig, 1, y), KILN_OK, "%s", ph_error());
+  io_expect(x[RUNS - 2], b, y, "the run before the last");
+  /* Inputs written once stay for every later run, whichever frame it uses. */
+  for (int k = 0; k < 3; k++) {
+    cr_assert_eq(vk.api->graph_run(vk.dev, ig.g.exec), KILN_OK, "%s", ph_error());
+    cr_assert_eq(io_read(&ig, 0, y), KILN_OK, "%s", ph_error());
+    io_expect(x[RUNS - 1], b, y, "a rerun without new inputs");
+  }
+  /* A new b only: x keeps its last value. */
+  tu_fill_uniform(b, IO_N, 100, -1, 1);
+  cr_assert_eq(io_write(&ig, ig.b, b), KILN_OK, "%s", ph_error());
+  cr_assert_eq(vk.api->graph_run(vk.dev, ig.g.exec), KILN_OK, "%s", ph_error());
+  cr_assert_eq(io_read(&ig, 0, y), KILN_OK, "%s", ph_error());
+  io_expect(x[RUNS - 1], b, y, "a new b");
+  cr_assert_eq(vk.api->synchronize(vk.dev), KILN_OK, "%s", ph_error());
+  ph_graph_free(&ig.g);
+}
+
+Test(vulkan, exec_io_buffer_write_inputs_still_work) {
+  /* An ABI 1.0 host flags inputs but writes them with buffer_write: the
+   * frames must not copy stale staged bytes over them. */
+  io_graph ig;
+  io_graph_make(&ig);
+  static float x[IO_M * IO_N], y[IO_M * IO_N];
+  float b[IO_N];
+  for (int k = 0; k < 3; k++) {
+    tu_fill_uniform(x, IO_M * IO_N, (uint64_t)k + 7, -1, 1);
+    tu_fill_uniform(b, IO_N, (uint64_t)k + 70, -1, 1);
+    cr_assert_eq(ph_write(&ig.g, ig.x, x), KILN_OK, "%s", ph_error());
+    cr_assert_eq(ph_write(&ig.g, ig.b, b), KILN_OK, "%s", ph_error());
+    cr_assert_eq(ph_run(&ig.g), KILN_OK, "%s", ph_error());
+    cr_assert_eq(ph_read(&ig.g, ig.y, y), KILN_OK, "%s", ph_error());
+    io_expect(x, b, y, "buffer_write inputs, buffer_read output");
+    cr_assert_eq(io_read(&ig, 0, y), KILN_OK, "%s", ph_error());
+    io_expect(x, b, y, "buffer_write inputs, exec_read output");
+  }
+  ph_graph_free(&ig.g);
+}
+
+Test(vulkan, exec_io_refusals) {
+  io_graph ig;
+  io_graph_make(&ig);
+  float y[IO_M * IO_N], x[IO_M * IO_N] = {0};
+  uint64_t ny = ig.g.tensors[ig.y].nbytes;
+  ph_clear_error();
+  cr_assert_eq(io_read(&ig, 1, y), KILN_INVALID_ARGUMENT, "back 1 before any run");
+  cr_assert_not_null(strstr(ph_error(), "out of reach"), "%s", ph_error());
+  cr_assert_eq(vk.api->exec_read(vk.dev, ig.g.exec, (uint32_t)ig.y, 2, y, ny),
+               KILN_INVALID_ARGUMENT, "back 2 with two frames");
+  cr_assert_eq(vk.api->exec_read(vk.dev, ig.g.exec, (uint32_t)ig.r, 0, y, ny),
+               KILN_INVALID_ARGUMENT);
+  cr_assert_not_null(strstr(ph_error(), "is not an output"), "%s", ph_error());
+  cr_assert_eq(vk.api->exec_write(vk.dev, ig.g.exec, (uint32_t)ig.y, x, ny), KILN_INVALID_ARGUMENT);
+  cr_assert_not_null(strstr(ph_error(), "is not an input"), "%s", ph_error());
+  cr_assert_eq(vk.api->exec_write(vk.dev, ig.g.exec, (uint32_t)ig.x, x, 12), KILN_INVALID_ARGUMENT);
+  cr_assert_not_null(strstr(ph_error(), "has 4292 bytes; got 12"), "%s", ph_error());
+  cr_assert_eq(vk.api->exec_history(vk.dev, ig.g.exec, 1000), 1, "unknown tensor");
+  /* before any run, back 0 reads the bytes as they are (zeros) */
+  cr_assert_eq(io_read(&ig, 0, y), KILN_OK, "%s", ph_error());
+  for (int i = 0; i < IO_M * IO_N; i++) cr_assert_eq(y[i], 0.0f);
+  ph_graph_free(&ig.g);
 }
 
 /* ---- $KILN_PROFILE ------------------------------------------------------------ */

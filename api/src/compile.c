@@ -35,6 +35,7 @@ typedef struct io_entry {
   int live;                    /* 0: pruned input, set_input only checks the size */
   kiln_plugin_buffer *buf;
   uint64_t offset, nbytes;
+  uint32_t tensor;             /* its index in the plugin graph (live only) */
 } io_entry;
 
 struct kiln_compiled {
@@ -332,6 +333,7 @@ kiln_status kiln_graph_compile(kiln_graph *g, kiln_device *dev, kiln_compiled **
       const kiln_plugin_tensor *t = &tensors[tindex[i]];
       e->buf = buffers[t->buffer];
       e->offset = t->offset;
+      e->tensor = (uint32_t)tindex[i];
     }
   }
 
@@ -372,6 +374,10 @@ void kiln_compiled_destroy(kiln_compiled *c) {
   free(c);
 }
 
+/* The plugin's ABI 1.1 member `m` when it has one, else NULL. */
+#define EXEC_MEMBER(c, m) \
+  (KILN__HAS_MEMBER((c)->dev->plugin->api, kiln_plugin_api, m) ? (c)->dev->plugin->api->m : NULL)
+
 static io_entry *find_io(kiln_compiled *c, const kiln_node *n) {
   for (uint32_t i = 0; i < c->n_io; i++)
     if (c->io[i].node == n) return &c->io[i];
@@ -392,7 +398,11 @@ kiln_status kiln_compiled_set_input(kiln_compiled *c, const kiln_node *input, co
     return kiln__error(KILN_SHAPE_MISMATCH, "set_input: %s takes %llu bytes, got %zu", e->label,
                        (unsigned long long)e->nbytes, nbytes);
   if (!e->live) return KILN_OK; /* pruned: nothing reads it */
-  kiln_status st = c->dev->plugin->api->buffer_write(c->dev->pdev, e->buf, e->offset, data, nbytes);
+  kiln_status st;
+  if (EXEC_MEMBER(c, exec_write))
+    st = c->dev->plugin->api->exec_write(c->dev->pdev, c->exec, e->tensor, data, nbytes);
+  else
+    st = c->dev->plugin->api->buffer_write(c->dev->pdev, e->buf, e->offset, data, nbytes);
   if (st != KILN_OK) {
     char what[200];
     snprintf(what, sizeof what, "set_input %s", e->label);
@@ -411,18 +421,56 @@ kiln_status kiln_compiled_run(kiln_compiled *c) {
 
 kiln_status kiln_compiled_get_output(kiln_compiled *c, const kiln_node *node, void *data,
                                      size_t nbytes) {
+  return kiln_compiled_get_output_back(c, node, 0, data, nbytes);
+}
+
+/* The output entry of node, or NULL after setting the error. */
+static io_entry *output_of(kiln_compiled *c, const kiln_node *node, const char *what) {
+  io_entry *e = find_io(c, node);
+  if (!e || !e->is_output) {
+    kiln__error(KILN_INVALID_ARGUMENT,
+                "%s: node %u is not an output of this compiled graph (mark it with "
+                "kiln_graph_output() before compiling)",
+                what, node->id);
+    return NULL;
+  }
+  return e;
+}
+
+int kiln_compiled_output_depth(kiln_compiled *c, const kiln_node *node) {
+  if (!c || !node || c->fb) return 1;
+  io_entry *e = find_io(c, node);
+  if (!e || !e->is_output || !e->live || !EXEC_MEMBER(c, exec_read) ||
+      !EXEC_MEMBER(c, exec_history))
+    return 1;
+  uint32_t d = c->dev->plugin->api->exec_history(c->dev->pdev, c->exec, e->tensor);
+  return d < 1 ? 1 : d > 64 ? 64 : (int)d;
+}
+
+kiln_status kiln_compiled_get_output_back(kiln_compiled *c, const kiln_node *node, int back,
+                                          void *data, size_t nbytes) {
   if (!c || !node || !data)
     return kiln__error(KILN_INVALID_ARGUMENT, "get_output: compiled graph, node and data are required");
+  if (back != 0) {
+    int depth = kiln_compiled_output_depth(c, node);
+    if (back < 0 || back >= depth)
+      return kiln__error(KILN_INVALID_ARGUMENT,
+                         "get_output: run %d back is out of reach: this output keeps the last %d "
+                         "run%s (kiln_compiled_output_depth)",
+                         back, depth, depth == 1 ? "" : "s");
+  }
   if (c->fb) return kiln__fallback_get_output(c->fb, node, data, nbytes);
-  io_entry *e = find_io(c, node);
-  if (!e || !e->is_output)
-    return kiln__error(KILN_INVALID_ARGUMENT,
-                       "get_output: node %u is not an output of this compiled graph (mark it with kiln_graph_output() before compiling)",
-                       node->id);
+  io_entry *e = output_of(c, node, "get_output");
+  if (!e) return KILN_INVALID_ARGUMENT;
   if (nbytes != e->nbytes)
     return kiln__error(KILN_SHAPE_MISMATCH, "get_output: %s takes %llu bytes, got %zu", e->label,
                        (unsigned long long)e->nbytes, nbytes);
-  kiln_status st = c->dev->plugin->api->buffer_read(c->dev->pdev, e->buf, e->offset, data, nbytes);
+  const kiln_plugin_api *api = c->dev->plugin->api;
+  kiln_status st;
+  if (EXEC_MEMBER(c, exec_read))
+    st = api->exec_read(c->dev->pdev, c->exec, e->tensor, (uint32_t)back, data, nbytes);
+  else
+    st = api->buffer_read(c->dev->pdev, e->buf, e->offset, data, nbytes);
   if (st != KILN_OK) {
     char what[200];
     snprintf(what, sizeof what, "get_output %s", e->label);

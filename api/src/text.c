@@ -124,7 +124,7 @@ static uint64_t splitmix64(uint64_t x) {
 
 kiln_status kiln_text_random_windows(const kiln_text *t, int split, int B, int T, uint64_t seed,
                                      uint64_t draw, int32_t *x, int32_t *y) {
-  int64_t begin, len;
+  int64_t begin = 0, len = 0;
   kiln_status st = split_range(t, split, &begin, &len);
   if (st != KILN_OK) return st;
   if (B < 1 || T < 1 || !x || !y)
@@ -152,7 +152,7 @@ int64_t kiln_text_stream_batches(const kiln_text *t, int split, int B, int T) {
 
 kiln_status kiln_text_stream_batch(const kiln_text *t, int split, int B, int T, int64_t k,
                                    int32_t *x, int32_t *y) {
-  int64_t begin, len;
+  int64_t begin = 0, len = 0;
   kiln_status st = split_range(t, split, &begin, &len);
   if (st != KILN_OK) return st;
   if (B < 1 || T < 1 || !x || !y || k < 0)

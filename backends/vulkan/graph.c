@@ -12,13 +12,15 @@
  *      rounded down to minStorageBufferOffsetAlignment; the remainder is
  *      passed as an element offset in the push constants (the host places
  *      tensors at 64 bytes, which some devices do not accept as an offset);
- *   3. records the dispatches in node order into one command buffer. A
- *      barrier goes in only before a dispatch that reads bytes an earlier
- *      dispatch (since the last barrier) wrote, or writes bytes an earlier
- *      one read or wrote: byte ranges per VkBuffer decide, so independent
- *      nodes run without one.
- * graph_run waits if the previous run of this executable is still in flight,
- * then resubmits the same command buffer with a fence and returns.
+ *   3. records the dispatches in node order into a command buffer per
+ *      frame (vk-impl.h), between the frame's input and output copies
+ *      (exec_io.c). A barrier goes in only before a dispatch that reads
+ *      bytes an earlier dispatch (since the last barrier) wrote, or writes
+ *      bytes an earlier one read or wrote: byte ranges per VkBuffer decide,
+ *      so independent nodes run without one.
+ * graph_run resubmits the next frame's command buffer with its fence and
+ * returns; it waits first only if that frame (two runs back) is still in
+ * flight.
  * With $KILN_PROFILE the buffer also writes timestamps around each dispatch
  * (profile.c), read after each run's fence and printed by graph_free.
  */
@@ -28,19 +30,6 @@
 #include <string.h>
 
 #include "vk-impl.h"
-
-struct kiln_plugin_exec {
-  VkCommandBuffer cmd;
-  VkFence fence;
-  int pending;                  /* submitted and not yet waited for */
-  VkDescriptorPool pool;
-  uint32_t n_dispatches, n_barriers;
-  kvk_node *nodes;              /* the resolved nodes, kept for the tensors */
-  uint32_t n_nodes;
-  uint32_t n_scratch;
-  kvk_tensor **scratch;         /* buffers for partial results */
-  kvk_profile *prof;            /* $KILN_PROFILE only */
-};
 
 /* ---- the op table --------------------------------------------------------- */
 
@@ -429,17 +418,75 @@ static int conflicts(const touched *t, uint32_t nt, const kvk_dispatch *d) {
 
 void kvk_graph_free(kiln_plugin_device *dev, kiln_plugin_exec *exec) {
   if (!dev || !exec) return;
-  if (exec->pending &&
-      vkWaitForFences(dev->dev, 1, &exec->fence, VK_TRUE, UINT64_MAX) == VK_SUCCESS)
-    kvk_profile_collect(dev, exec->prof);   /* the last run's timestamps */
+  for (uint32_t f = 0; f < exec->n_frames; f++)
+    kvk_frame_wait(dev, exec, f, "graph_free");   /* the last run's timestamps too */
   kvk_profile_report(dev, exec->prof, exec->nodes, exec->n_nodes);
   kvk_profile_destroy(dev, exec->prof);
-  if (exec->cmd) vkFreeCommandBuffers(dev->dev, dev->cmd_pool, 1, &exec->cmd);
-  if (exec->fence) vkDestroyFence(dev->dev, exec->fence, NULL);
+  for (uint32_t f = 0; f < exec->n_frames; f++) {
+    if (exec->frame[f].cmd) vkFreeCommandBuffers(dev->dev, dev->cmd_pool, 1, &exec->frame[f].cmd);
+    if (exec->frame[f].in_cmd)
+      vkFreeCommandBuffers(dev->dev, dev->cmd_pool, 1, &exec->frame[f].in_cmd);
+    if (exec->frame[f].fence) vkDestroyFence(dev->dev, exec->frame[f].fence, NULL);
+  }
+  kvk_io_free(dev, exec);
   if (exec->pool) vkDestroyDescriptorPool(dev->dev, exec->pool, NULL);
   free_scratch(dev, exec->scratch, exec->n_scratch);
   free(exec->nodes);
   free(exec);
+}
+
+/* Records frame f: the input copies, the dispatches with barriers where
+ * byte ranges conflict, the output copies. tr: scratch for the ranges. */
+static kiln_status record(kiln_plugin_device *dev, kiln_plugin_exec *exec, uint32_t f,
+                          const kvk_plan *plan, const VkPipeline *pipes,
+                          const VkDescriptorSet *sets, touched *tr) {
+  kvk_frame *fr = &exec->frame[f];
+  VkCommandBufferAllocateInfo cai = {
+      .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
+      .commandPool = dev->cmd_pool,
+      .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
+      .commandBufferCount = 1,
+  };
+  VkResult r = vkAllocateCommandBuffers(dev->dev, &cai, &fr->cmd);
+  if (r != VK_SUCCESS) return kvk_vk_error("graph_compile", "vkAllocateCommandBuffers", r);
+  VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
+  r = vkCreateFence(dev->dev, &fci, NULL, &fr->fence);
+  if (r != VK_SUCCESS) return kvk_vk_error("graph_compile", "vkCreateFence", r);
+  VkCommandBufferBeginInfo cbi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
+  r = vkBeginCommandBuffer(fr->cmd, &cbi);
+  if (r != VK_SUCCESS) return kvk_vk_error("graph_compile", "vkBeginCommandBuffer", r);
+  kvk_cmd_barrier_all(fr->cmd);
+  kvk_profile_cmd_begin(fr->cmd, exec->prof);
+  uint32_t nt = 0, n_barriers = 0;
+  for (uint32_t i = 0; i < plan->n; i++) {
+    const kvk_dispatch *d = &plan->d[i];
+    if (conflicts(tr, nt, d)) {
+      VkMemoryBarrier mb = {
+          .sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+          .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT,
+          .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT,
+      };
+      vkCmdPipelineBarrier(fr->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                           VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
+      n_barriers++;
+      nt = 0;
+    }
+    for (uint32_t b = 0; b < d->n_bind; b++)
+      tr[nt++] = (touched){d->bind[b]->buffer->buf, d->bind[b]->offset,
+                           d->bind[b]->offset + d->bind[b]->nbytes, (int)((d->write_mask >> b) & 1)};
+    vkCmdBindPipeline(fr->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipes[i]);
+    vkCmdBindDescriptorSets(fr->cmd, VK_PIPELINE_BIND_POINT_COMPUTE,
+                            dev->pipes.layouts[d->n_bind], 0, 1, &sets[i], 0, NULL);
+    vkCmdPushConstants(fr->cmd, dev->pipes.layouts[d->n_bind], VK_SHADER_STAGE_COMPUTE_BIT, 0,
+                       KVK_PUSH_WORDS * 4, d->params);
+    vkCmdDispatch(fr->cmd, d->groups[0], d->groups[1], d->groups[2]);
+    kvk_profile_cmd_dispatch(fr->cmd, exec->prof, i);
+  }
+  kvk_io_record_out(exec, fr->cmd, f);
+  r = vkEndCommandBuffer(fr->cmd);
+  if (r != VK_SUCCESS) return kvk_vk_error("graph_compile", "vkEndCommandBuffer", r);
+  exec->n_barriers = n_barriers;
+  return KILN_OK;
 }
 
 kiln_status kvk_graph_compile(kiln_plugin_device *dev, const kiln_plugin_graph *graph,
@@ -480,10 +527,15 @@ kiln_status kvk_graph_compile(kiln_plugin_device *dev, const kiln_plugin_graph *
     if (st != KILN_OK) goto fail;
   }
   exec->n_dispatches = plan.n;
+  exec->n_frames = KVK_FRAMES;
   if (kvk_profile_enabled()) {
+    /* one frame: a run's timestamps are read before the next run resets them */
+    exec->n_frames = 1;
     st = kvk_profile_create(dev, &plan, &exec->prof);
     if (st != KILN_OK) goto fail;
   }
+  st = kvk_io_plan(dev, exec, graph);
+  if (st != KILN_OK) goto fail;
 
   /* 2. pipelines and descriptor sets */
   const VkPhysicalDeviceLimits *lim = &dev->phys->props.limits;
@@ -563,61 +615,10 @@ kiln_status kvk_graph_compile(kiln_plugin_device *dev, const kiln_plugin_graph *
     vkUpdateDescriptorSets(dev->dev, d->n_bind, w, 0, NULL);
   }
 
-  /* 3. record */
-  VkCommandBufferAllocateInfo cai = {
-      .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
-      .commandPool = dev->cmd_pool,
-      .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
-      .commandBufferCount = 1,
-  };
-  r = vkAllocateCommandBuffers(dev->dev, &cai, &exec->cmd);
-  if (r != VK_SUCCESS) {
-    st = kvk_vk_error("graph_compile", "vkAllocateCommandBuffers", r);
-    goto fail;
-  }
-  VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
-  r = vkCreateFence(dev->dev, &fci, NULL, &exec->fence);
-  if (r != VK_SUCCESS) {
-    st = kvk_vk_error("graph_compile", "vkCreateFence", r);
-    goto fail;
-  }
-  VkCommandBufferBeginInfo cbi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
-  r = vkBeginCommandBuffer(exec->cmd, &cbi);
-  if (r != VK_SUCCESS) {
-    st = kvk_vk_error("graph_compile", "vkBeginCommandBuffer", r);
-    goto fail;
-  }
-  kvk_cmd_barrier_all(exec->cmd);
-  kvk_profile_cmd_begin(exec->cmd, exec->prof);
-  uint32_t nt = 0;
-  for (uint32_t i = 0; i < plan.n; i++) {
-    const kvk_dispatch *d = &plan.d[i];
-    if (conflicts(tr, nt, d)) {
-      VkMemoryBarrier mb = {
-          .sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
-          .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT,
-          .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT,
-      };
-      vkCmdPipelineBarrier(exec->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-                           VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
-      exec->n_barriers++;
-      nt = 0;
-    }
-    for (uint32_t b = 0; b < d->n_bind; b++)
-      tr[nt++] = (touched){d->bind[b]->buffer->buf, d->bind[b]->offset,
-                           d->bind[b]->offset + d->bind[b]->nbytes, (int)((d->write_mask >> b) & 1)};
-    vkCmdBindPipeline(exec->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipes[i]);
-    vkCmdBindDescriptorSets(exec->cmd, VK_PIPELINE_BIND_POINT_COMPUTE,
-                            dev->pipes.layouts[d->n_bind], 0, 1, &sets[i], 0, NULL);
-    vkCmdPushConstants(exec->cmd, dev->pipes.layouts[d->n_bind], VK_SHADER_STAGE_COMPUTE_BIT, 0,
-                       KVK_PUSH_WORDS * 4, d->params);
-    vkCmdDispatch(exec->cmd, d->groups[0], d->groups[1], d->groups[2]);
-    kvk_profile_cmd_dispatch(exec->cmd, exec->prof, i);
-  }
-  r = vkEndCommandBuffer(exec->cmd);
-  if (r != VK_SUCCESS) {
-    st = kvk_vk_error("graph_compile", "vkEndCommandBuffer", r);
-    goto fail;
+  /* 3. record each frame */
+  for (uint32_t f = 0; f < exec->n_frames; f++) {
+    st = record(dev, exec, f, &plan, pipes, sets, tr);
+    if (st != KILN_OK) goto fail;
   }
   kvk_host->log(3, "vulkan: graph_compile: %u nodes, %u dispatches, %u barriers", graph->n_nodes,
                 exec->n_dispatches, exec->n_barriers);
@@ -648,24 +649,25 @@ kiln_status kvk_graph_run(kiln_plugin_device *dev, kiln_plugin_exec *exec) {
     kvk_host->set_error("vulkan: graph_run: NULL device or executable");
     return KILN_INVALID_ARGUMENT;
   }
-  VkResult r;
-  if (exec->pending) {
-    r = vkWaitForFences(dev->dev, 1, &exec->fence, VK_TRUE, UINT64_MAX);
-    if (r != VK_SUCCESS) return kvk_vk_error("graph_run", "vkWaitForFences", r);
-    exec->pending = 0;
-    kiln_status st = kvk_profile_collect(dev, exec->prof);
-    if (st != KILN_OK) return st;
-  }
-  r = vkResetFences(dev->dev, 1, &exec->fence);
+  uint32_t f = (uint32_t)(exec->runs % exec->n_frames);
+  kvk_frame *fr = &exec->frame[f];
+  kiln_status st = exec->in_dirty ? kvk_io_record_in(dev, exec) : KILN_OK;
+  if (st == KILN_OK) st = kvk_frame_wait(dev, exec, f, "graph_run");
+  if (st != KILN_OK) return st;
+  kvk_io_refresh(exec, f);
+  VkResult r = vkResetFences(dev->dev, 1, &fr->fence);
   if (r != VK_SUCCESS) return kvk_vk_error("graph_run", "vkResetFences", r);
+  VkCommandBuffer cmds[2] = {fr->in_cmd, fr->cmd};
+  uint32_t first = fr->in_cmd ? 0 : 1;
   VkSubmitInfo si = {
       .sType = VK_STRUCTURE_TYPE_SUBMIT_INFO,
-      .commandBufferCount = 1,
-      .pCommandBuffers = &exec->cmd,
+      .commandBufferCount = 2 - first,
+      .pCommandBuffers = cmds + first,
   };
-  r = vkQueueSubmit(dev->queue, 1, &si, exec->fence);
+  r = vkQueueSubmit(dev->queue, 1, &si, fr->fence);
   if (r != VK_SUCCESS) return kvk_vk_error("graph_run", "vkQueueSubmit", r);
-  exec->pending = 1;
+  fr->pending = 1;
+  exec->runs++;
   return KILN_OK;
 }
 

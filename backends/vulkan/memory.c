@@ -22,6 +22,7 @@
  * everything anyway. So a step's upload no longer waits for the previous
  * step's graph run to finish.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -105,40 +106,12 @@ kiln_status kvk_memory_init(kiln_plugin_device *dev) {
   VkDeviceSize heap = mp->memoryHeaps[mp->memoryTypes[t].heapIndex].size;
   if (dev->block_size > heap / 4) dev->block_size = heap / 4;
 
-  /* The staging buffer: host-visible and coherent (cached when offered),
-   * the synchronous area then the ring's slots. */
+  /* The staging buffer: the synchronous area then the ring's slots. */
   dev->staging_size = KVK_STAGING_SIZE;
-  bi = buffer_info(dev->staging_size + KVK_RING_SLOTS * KVK_RING_SLOT_SIZE,
-                   VK_BUFFER_USAGE_TRANSFER_SRC_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT);
-  r = vkCreateBuffer(dev->dev, &bi, NULL, &dev->staging);
-  if (r != VK_SUCCESS) return kvk_vk_error("device_open", "vkCreateBuffer (staging)", r);
-  vkGetBufferMemoryRequirements(dev->dev, dev->staging, &req);
-  const VkMemoryPropertyFlags hv =
-      VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
-  t = find_type(mp, req.memoryTypeBits, hv | VK_MEMORY_PROPERTY_HOST_CACHED_BIT);
-  if (t < 0) t = find_type(mp, req.memoryTypeBits, hv);
-  if (t < 0) {
-    kvk_host->set_error("vulkan: device_open: no host-visible coherent memory for staging");
-    st = KILN_PLUGIN_ERROR;
-    goto fail_buffer;
-  }
-  VkMemoryAllocateInfo ai = {
-      .sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO,
-      .allocationSize = req.size,
-      .memoryTypeIndex = (uint32_t)t,
-  };
-  r = vkAllocateMemory(dev->dev, &ai, NULL, &dev->staging_mem);
-  if (r != VK_SUCCESS) {
-    st = kvk_vk_error("device_open", "vkAllocateMemory (staging)", r);
-    goto fail_buffer;
-  }
-  r = vkBindBufferMemory(dev->dev, dev->staging, dev->staging_mem, 0);
-  if (r == VK_SUCCESS) r = vkMapMemory(dev->dev, dev->staging_mem, 0, VK_WHOLE_SIZE, 0,
-                                       &dev->staging_map);
-  if (r != VK_SUCCESS) {
-    st = kvk_vk_error("device_open", "binding or mapping the staging memory", r);
-    goto fail_memory;
-  }
+  st = kvk_host_buffer_create(dev, dev->staging_size + KVK_RING_SLOTS * KVK_RING_SLOT_SIZE,
+                              "device_open", "staging", &dev->staging, &dev->staging_mem,
+                              &dev->staging_map);
+  if (st != KILN_OK) return st;
   for (uint32_t i = 0; i < KVK_RING_SLOTS; i++) {
     VkCommandBufferAllocateInfo cai = {
         .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
@@ -158,13 +131,63 @@ kiln_status kvk_memory_init(kiln_plugin_device *dev) {
 
 fail_ring:
   ring_destroy(dev);
-  vkUnmapMemory(dev->dev, dev->staging_mem);
-fail_memory:
-  vkFreeMemory(dev->dev, dev->staging_mem, NULL);
-fail_buffer:
-  vkDestroyBuffer(dev->dev, dev->staging, NULL);
+  kvk_host_buffer_destroy(dev, dev->staging, dev->staging_mem);
   dev->staging = VK_NULL_HANDLE;
+  dev->staging_mem = VK_NULL_HANDLE;
   return st;
+}
+
+kiln_status kvk_host_buffer_create(kiln_plugin_device *dev, VkDeviceSize size, const char *call,
+                                   const char *what, VkBuffer *buf, VkDeviceMemory *mem,
+                                   void **map) {
+  char msg[96];
+  *buf = VK_NULL_HANDLE;
+  *mem = VK_NULL_HANDLE;
+  *map = NULL;
+  VkBufferCreateInfo bi = buffer_info(size, VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
+                                                VK_BUFFER_USAGE_TRANSFER_DST_BIT);
+  VkResult r = vkCreateBuffer(dev->dev, &bi, NULL, buf);
+  if (r != VK_SUCCESS) {
+    snprintf(msg, sizeof msg, "vkCreateBuffer (%s)", what);
+    return kvk_vk_error(call, msg, r);
+  }
+  VkMemoryRequirements req;
+  vkGetBufferMemoryRequirements(dev->dev, *buf, &req);
+  const VkPhysicalDeviceMemoryProperties *mp = &dev->phys->mem;
+  const VkMemoryPropertyFlags hv =
+      VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
+  int t = find_type(mp, req.memoryTypeBits, hv | VK_MEMORY_PROPERTY_HOST_CACHED_BIT);
+  if (t < 0) t = find_type(mp, req.memoryTypeBits, hv);
+  if (t < 0) {
+    kvk_host->set_error("vulkan: %s: no host-visible coherent memory for the %s buffer", call,
+                        what);
+    vkDestroyBuffer(dev->dev, *buf, NULL);
+    *buf = VK_NULL_HANDLE;
+    return KILN_PLUGIN_ERROR;
+  }
+  VkMemoryAllocateInfo ai = {
+      .sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO,
+      .allocationSize = req.size,
+      .memoryTypeIndex = (uint32_t)t,
+  };
+  r = vkAllocateMemory(dev->dev, &ai, NULL, mem);
+  if (r == VK_SUCCESS) r = vkBindBufferMemory(dev->dev, *buf, *mem, 0);
+  if (r == VK_SUCCESS) r = vkMapMemory(dev->dev, *mem, 0, VK_WHOLE_SIZE, 0, map);
+  if (r != VK_SUCCESS) {
+    snprintf(msg, sizeof msg, "allocating, binding or mapping %llu bytes of %s memory",
+             (unsigned long long)req.size, what);
+    kvk_host_buffer_destroy(dev, *buf, *mem);
+    *buf = VK_NULL_HANDLE;
+    *mem = VK_NULL_HANDLE;
+    *map = NULL;
+    return kvk_vk_error(call, msg, r);
+  }
+  return KILN_OK;
+}
+
+void kvk_host_buffer_destroy(kiln_plugin_device *dev, VkBuffer buf, VkDeviceMemory mem) {
+  if (buf) vkDestroyBuffer(dev->dev, buf, NULL);
+  if (mem) vkFreeMemory(dev->dev, mem, NULL);   /* frees the mapping too */
 }
 
 static void block_destroy(kiln_plugin_device *dev, kvk_block *b) {
@@ -182,12 +205,9 @@ void kvk_memory_shutdown(kiln_plugin_device *dev) {
   }
   dev->blocks = NULL;
   ring_destroy(dev);   /* the device is idle: kvk_device_close waited */
-  if (dev->staging) {
-    vkUnmapMemory(dev->dev, dev->staging_mem);
-    vkFreeMemory(dev->dev, dev->staging_mem, NULL);
-    vkDestroyBuffer(dev->dev, dev->staging, NULL);
-    dev->staging = VK_NULL_HANDLE;
-  }
+  kvk_host_buffer_destroy(dev, dev->staging, dev->staging_mem);
+  dev->staging = VK_NULL_HANDLE;
+  dev->staging_mem = VK_NULL_HANDLE;
 }
 
 /* ---- suballocation -------------------------------------------------------- */

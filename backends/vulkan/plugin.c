@@ -127,6 +127,30 @@ static kiln_status vk_synchronize(kiln_plugin_device *dev) {
   CHECKED("synchronize", kvk_synchronize(dev));
 }
 
+static kiln_status vk_exec_write(kiln_plugin_device *dev, kiln_plugin_exec *exec, uint32_t tensor,
+                                 const void *src, uint64_t size) {
+  if (!dev || !exec) {
+    kvk_host->set_error("vulkan: exec_write: NULL device or executable");
+    return KILN_INVALID_ARGUMENT;
+  }
+  CHECKED("exec_write", kvk_exec_write(dev, exec, tensor, src, size));
+}
+
+static kiln_status vk_exec_read(kiln_plugin_device *dev, kiln_plugin_exec *exec, uint32_t tensor,
+                                uint32_t back, void *dst, uint64_t size) {
+  if (!dev || !exec) {
+    kvk_host->set_error("vulkan: exec_read: NULL device or executable");
+    return KILN_INVALID_ARGUMENT;
+  }
+  CHECKED("exec_read", kvk_exec_read(dev, exec, tensor, back, dst, size));
+}
+
+static uint32_t vk_exec_history(kiln_plugin_device *dev, const kiln_plugin_exec *exec,
+                                uint32_t tensor) {
+  (void)dev;
+  return exec ? kvk_exec_history(exec, tensor) : 1;
+}
+
 static const kiln_plugin_api kvk_api = {
     .struct_size = sizeof(kiln_plugin_api),
     .abi_version = KILN_PLUGIN_ABI_VERSION,
@@ -145,6 +169,9 @@ static const kiln_plugin_api kvk_api = {
     .graph_run = vk_graph_run,
     .graph_free = vk_graph_free,
     .synchronize = vk_synchronize,
+    .exec_write = vk_exec_write,
+    .exec_read = vk_exec_read,
+    .exec_history = vk_exec_history,
 };
 
 static kiln_status vk_init(const kiln_host_api *host, const kiln_plugin_api **api) {

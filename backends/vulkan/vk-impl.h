@@ -180,6 +180,13 @@ kiln_status kvk_buffer_read(kiln_plugin_device *dev, kiln_plugin_buffer *src, ui
                             void *dst, uint64_t size);
 kiln_status kvk_buffer_copy(kiln_plugin_device *dev, kiln_plugin_buffer *dst, uint64_t dst_offset,
                             kiln_plugin_buffer *src, uint64_t src_offset, uint64_t size);
+/* A host-visible, coherent buffer (cached when offered) of `size` bytes for
+ * transfers, mapped whole at *map. Errors name `call` and `what`. */
+kiln_status kvk_host_buffer_create(kiln_plugin_device *dev, VkDeviceSize size, const char *call,
+                                   const char *what, VkBuffer *buf, VkDeviceMemory *mem,
+                                   void **map);
+/* Frees both (either may be VK_NULL_HANDLE); the memory's mapping goes with it. */
+void kvk_host_buffer_destroy(kiln_plugin_device *dev, VkBuffer buf, VkDeviceMemory mem);
 /* Records the barrier every submitted command buffer starts with: all
  * earlier work on the queue (any stage, any write) happens before, and is
  * visible to, everything in this command buffer. */
@@ -292,6 +299,87 @@ kiln_status kvk_pool_plan(kvk_plan *p, int index, const kvk_node *n);         /*
 kiln_status kvk_seq_plan(kvk_plan *p, int index, const kvk_node *n);          /* ops_seq.c */
 kiln_status kvk_transformer_plan(kvk_plan *p, int index, const kvk_node *n);  /* ops_transformer.c */
 
+/* ---- executables (graph.c) and their inputs and outputs (exec_io.c) ------
+ *
+ * A compiled graph is recorded into KVK_FRAMES command buffers ("frames")
+ * that differ only in which part of the executable's host-visible io
+ * buffer they use. Run k submits frame k % n_frames, so run k+1 can be
+ * submitted while run k executes; a frame is waited for only before it is
+ * submitted again, or read. Each frame:
+ *
+ *   [in_cmd: barrier (all earlier work) | copy armed inputs io -> arena]
+ *   cmd: barrier (all earlier work) | the dispatches | barrier
+ *        | copy mirrored outputs arena -> io | barrier (transfer -> host)
+ *
+ * so a training step is ONE submit: exec_write is a memcpy into the next
+ * run's frame, exec_read a memcpy out of the run's frame after its fence.
+ * Inputs and outputs too large to stage (or persistent, or both input and
+ * output) go through buffer_write / buffer_read instead. */
+#define KVK_FRAMES 2
+
+typedef struct kvk_profile kvk_profile;   /* profile.c */
+
+typedef struct kvk_frame {
+  VkCommandBuffer in_cmd;       /* copies of the armed inputs, or VK_NULL_HANDLE */
+  VkCommandBuffer cmd;
+  VkFence fence;
+  int pending;                  /* submitted and not yet waited for */
+} kvk_frame;
+
+/* An INPUT or OUTPUT tensor of the compiled graph. */
+typedef struct kvk_io {
+  uint32_t tensor;              /* index in the host's graph */
+  uint32_t flags;               /* KILN_PTENSOR_* */
+  kiln_plugin_buffer *buffer;   /* where it lives on the device */
+  uint64_t offset, nbytes;
+  int staged;                   /* 1: copied through the io buffer by each frame */
+  VkDeviceSize at;              /* its bytes within a frame's part of the io buffer */
+  int armed;                    /* staged inputs: written with exec_write, copied in */
+  uint32_t fresh;               /* armed inputs: frames that hold the latest bytes */
+} kvk_io;
+
+struct kiln_plugin_exec {
+  uint32_t n_frames;            /* KVK_FRAMES, or 1 when profiling */
+  kvk_frame frame[KVK_FRAMES];
+  uint64_t runs;                /* graph_run calls so far */
+  VkDescriptorPool pool;
+  uint32_t n_dispatches, n_barriers;
+  kvk_node *nodes;              /* the resolved nodes, kept for the tensors */
+  uint32_t n_nodes;
+  uint32_t n_scratch;
+  kvk_tensor **scratch;         /* buffers for partial results */
+  kvk_profile *prof;            /* $KILN_PROFILE only */
+  /* exec_io.c */
+  uint32_t n_io;
+  kvk_io *io;
+  VkDeviceSize frame_bytes;     /* one frame's part of the io buffer */
+  int in_dirty;                 /* an input was armed: re-record the input copies */
+  VkBuffer io_buf;
+  VkDeviceMemory io_mem;
+  char *io_map;
+};
+
+/* Lists the graph's INPUT/OUTPUT tensors, picks those to stage and makes
+ * the io buffer (exec_io.c). */
+kiln_status kvk_io_plan(kiln_plugin_device *dev, kiln_plugin_exec *exec,
+                        const kiln_plugin_graph *graph);
+void kvk_io_free(kiln_plugin_device *dev, kiln_plugin_exec *exec);
+/* (Re-)records every frame's in_cmd for the armed inputs, after waiting
+ * for the frames; clears in_dirty. */
+kiln_status kvk_io_record_in(kiln_plugin_device *dev, kiln_plugin_exec *exec);
+/* Records frame f's output copies at the end of its command buffer. */
+void kvk_io_record_out(const kiln_plugin_exec *exec, VkCommandBuffer cmd, uint32_t f);
+/* Before frame f is submitted: brings its staged inputs up to date. */
+void kvk_io_refresh(kiln_plugin_exec *exec, uint32_t f);
+/* Waits for frame f if it is in flight (and collects its profile). */
+kiln_status kvk_frame_wait(kiln_plugin_device *dev, kiln_plugin_exec *exec, uint32_t f,
+                           const char *call);
+kiln_status kvk_exec_write(kiln_plugin_device *dev, kiln_plugin_exec *exec, uint32_t tensor,
+                           const void *src, uint64_t size);
+kiln_status kvk_exec_read(kiln_plugin_device *dev, kiln_plugin_exec *exec, uint32_t tensor,
+                          uint32_t back, void *dst, uint64_t size);
+uint32_t kvk_exec_history(const kiln_plugin_exec *exec, uint32_t tensor);
+
 /* graph.c: the plugin table members. */
 int kvk_op_supported(uint32_t op);
 kiln_status kvk_graph_compile(kiln_plugin_device *dev, const kiln_plugin_graph *graph,
@@ -307,7 +395,6 @@ kiln_status kvk_synchronize(kiln_plugin_device *dev);
  * timestamps); cmd_begin / cmd_dispatch record the reset and the writes;
  * collect adds one finished run (call after its fence); report prints the
  * per-op table and the slowest nodes to stderr. All take a NULL profile. */
-typedef struct kvk_profile kvk_profile;
 int kvk_profile_enabled(void);
 kiln_status kvk_profile_create(kiln_plugin_device *dev, const kvk_plan *plan, kvk_profile **out);
 void kvk_profile_destroy(kiln_plugin_device *dev, kvk_profile *p);

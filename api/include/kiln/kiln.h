@@ -336,6 +336,17 @@ KILN_API kiln_status kiln_compiled_run(kiln_compiled *c);
 /** Downloads an output (marked with kiln_graph_output) after a run. */
 KILN_API kiln_status kiln_compiled_get_output(kiln_compiled *c, const kiln_node *node, void *data,
                                               size_t nbytes);
+/** Pipelining: how many runs back kiln_compiled_get_output_back() can read
+ *  `node` (at least 1, the latest run). Where it is 2 or more, a loop can
+ *  start run k+1 before reading run k's loss, so the device never waits for
+ *  the host between steps (the Vulkan plugin keeps two runs of every small
+ *  output; the CPU plugin one, as its runs finish before they return). */
+KILN_API int kiln_compiled_output_depth(kiln_compiled *c, const kiln_node *node);
+/** kiln_compiled_get_output() of the run `back` runs before the latest
+ *  (0: the latest); back < kiln_compiled_output_depth(). Waits for that
+ *  run only. */
+KILN_API kiln_status kiln_compiled_get_output_back(kiln_compiled *c, const kiln_node *node,
+                                                   int back, void *data, size_t nbytes);
 KILN_API kiln_status kiln_compiled_memory(const kiln_compiled *c, kiln_memory_stats *stats);
 
 /** Writes into buf (size bytes, always NUL-terminated, truncated if

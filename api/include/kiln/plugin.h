@@ -36,7 +36,8 @@
  *
  * Ordering: buffer_write/read/copy and graph_run on one device execute in
  * call order. graph_run may return before the work finishes; buffer_read and
- * synchronize wait for everything before them.
+ * synchronize wait for everything before them. exec_write takes effect at
+ * exec's next run; exec_read waits only for the run it reads.
  */
 #ifndef KILN_PLUGIN_H
 #define KILN_PLUGIN_H
@@ -170,6 +171,31 @@ typedef struct kiln_plugin_api {
 
   /* Waits until all work submitted on dev has finished. */
   kiln_status (*synchronize)(kiln_plugin_device *dev);
+
+  /* ---- ABI 1.1: optional (NULL, or past a 1.0 plugin's struct_size) ----
+   * A compiled graph's inputs and outputs by tensor index, so a plugin can
+   * fold a step's uploads and read-backs into the run it records once. The
+   * host calls them only for tensors flagged INPUT (exec_write) or OUTPUT
+   * (exec_read) in the graph the executable was compiled from; without
+   * them it uses buffer_write / buffer_read on the tensor's bytes. */
+
+  /* Sets input `tensor` of exec to src[0..size) (size is its nbytes) for
+   * exec's next graph_run and every later one, until written again. The
+   * plugin may stage the bytes and copy them in as that run begins, so the
+   * tensor's bytes in its buffer are unspecified until then. */
+  kiln_status (*exec_write)(kiln_plugin_device *dev, kiln_plugin_exec *exec, uint32_t tensor,
+                            const void *src, uint64_t size);
+  /* Copies output `tensor` of exec, as the run `back` runs before the
+   * latest graph_run of exec left it, to dst[0..size): back 0 is the latest
+   * run, 1 the one before. Waits for that run only, so a host can submit
+   * run k+1 and then read run k (back 1) while k+1 executes. back must be
+   * below exec_history(); with no run yet, back 0 reads the bytes now. */
+  kiln_status (*exec_read)(kiln_plugin_device *dev, kiln_plugin_exec *exec, uint32_t tensor,
+                           uint32_t back, void *dst, uint64_t size);
+  /* How many runs exec_read can reach back for output `tensor`: 1 (the
+   * latest run only) or more. Cheap; never fails (unknown tensor: 1). */
+  uint32_t (*exec_history)(kiln_plugin_device *dev, const kiln_plugin_exec *exec,
+                           uint32_t tensor);
 } kiln_plugin_api;
 
 /* --------------------------------------------------------------------------
