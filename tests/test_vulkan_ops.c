@@ -1446,6 +1446,32 @@ Test(vulkan, mlp_in_one_buffer) {
   run_case_n(&c, 3);
 }
 
+Test(vulkan, long_graphs_split_into_batches) {
+  /* $KILN_VK_SUBMIT_CHUNK cuts the recorded graph into command buffers of
+   * that many dispatches, each its own batch of the run's submit: results
+   * must not change, and the barriers at the cuts must satisfy the
+   * validation layer (synchronization included). */
+  setenv("KILN_VK_SUBMIT_CHUNK", "1", 1);
+  tcase c;
+  mlp_case(&c);
+  run_case_n(&c, 3);
+  setenv("KILN_VK_SUBMIT_CHUNK", "3", 1);
+  mlp_case(&c);
+  c.shared_buffer = 1;
+  run_case_n(&c, 2);
+  setenv("KILN_VK_SUBMIT_CHUNK", "0", 1);
+  ph_graph g;
+  ph_graph_init(&g, &vk);
+  int x = ph_tensor(&g, KILN_F32, 1, (int64_t[]){5});
+  int y = ph_tensor(&g, KILN_F32, 1, (int64_t[]){5});
+  ph_node(&g, KILN_OP_RELU, 1, (int[]){x}, y, NULL, NULL);
+  kiln_status st = ph_compile(&g);
+  unsetenv("KILN_VK_SUBMIT_CHUNK");
+  cr_assert_eq(st, KILN_INVALID_ARGUMENT);
+  cr_assert_not_null(strstr(ph_error(), "KILN_VK_SUBMIT_CHUNK='0'"), "%s", ph_error());
+  ph_graph_free(&g);
+}
+
 /* ---- exec_write / exec_read (ABI 1.1): a step's io folded into its submit --- */
 
 /* y = relu(x) * 2 + b with x, b inputs (INPUT only, so staged) and y an

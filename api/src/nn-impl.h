@@ -73,6 +73,7 @@ struct kiln_trainer {
   int64_t in_numel, classes;
   float *xbuf;                /* [batch, in...] */
   int32_t *ybuf;              /* [batch] */
+  int32_t *ybuf_prev;         /* [batch]: the labels of the batch still in flight */
   float *lbuf;                /* [batch, classes] */
 };
 

@@ -144,10 +144,11 @@ kiln_status kiln_trainer_create(kiln_model *m, const kiln_optimizer_config *opti
   t->classes = m->out_shape[0];
   t->xbuf = kiln__malloc((size_t)batch * (size_t)t->in_numel * sizeof *t->xbuf);
   t->ybuf = kiln__malloc((size_t)batch * sizeof *t->ybuf);
+  t->ybuf_prev = kiln__malloc((size_t)batch * sizeof *t->ybuf_prev);
   t->lbuf = kiln__malloc((size_t)batch * (size_t)t->classes * sizeof *t->lbuf);
   t->state1 = kiln__calloc(m->n_params ? m->n_params : 1, sizeof *t->state1);
   t->state2 = kiln__calloc(m->n_params ? m->n_params : 1, sizeof *t->state2);
-  if (!t->xbuf || !t->ybuf || !t->lbuf || !t->state1 || !t->state2) goto fail;
+  if (!t->xbuf || !t->ybuf || !t->ybuf_prev || !t->lbuf || !t->state1 || !t->state2) goto fail;
   if (optim) {
     t->has_optim = 1;
     t->opt = *optim;
@@ -186,6 +187,7 @@ void kiln_trainer_destroy(kiln_trainer *t) {
   free(t->state2);
   free(t->xbuf);
   free(t->ybuf);
+  free(t->ybuf_prev);
   free(t->lbuf);
   t->m->n_trainers--;
   free(t);
@@ -238,18 +240,43 @@ static void gather(kiln_trainer *t, const kiln_dataset *ds, const int64_t *rows,
   }
 }
 
-/* Runs ng on the gathered batch of `count`; adds its summed loss and its
- * correct predictions. With logits non-NULL the logits are copied there. */
-static kiln_status run_batch(kiln_trainer *t, nn_graph *ng, int count, double *loss_sum,
-                             int64_t *correct, float *logits) {
+/* Batches in flight. Where the device keeps the last two runs of the loss
+ * and logits (kiln_compiled_output_depth >= 2: Vulkan), batch b+1 is
+ * submitted before batch b's outputs are read, so the device always has the
+ * next step queued while the host reads the last one and gathers the next
+ * one: no stall between steps. Elsewhere (the CPU plugin, whose runs finish
+ * before they return) each batch is read right after its run. Results and
+ * their order are the same either way. */
+typedef struct pending {
+  nn_graph *ng;                /* NULL: nothing in flight */
+  int count;
+  int64_t first;               /* its first sample (for logits) */
+} pending;
+
+static int can_pipeline(nn_graph *ng) {
+  return kiln_compiled_output_depth(ng->c, ng->loss) >= 2 &&
+         kiln_compiled_output_depth(ng->c, ng->logits) >= 2;
+}
+
+/* Uploads the gathered batch of `count` (xbuf, ybuf) and starts ng on it. */
+static kiln_status submit_batch(kiln_trainer *t, nn_graph *ng, int count) {
   size_t xbytes = (size_t)count * (size_t)t->in_numel * sizeof(float);
-  size_t lbytes = (size_t)count * (size_t)t->classes * sizeof(float);
-  float loss = 0;
   kiln_status st = kiln_compiled_set_input(ng->c, ng->x, t->xbuf, xbytes);
   if (st == KILN_OK) st = kiln_compiled_set_input(ng->c, ng->y, t->ybuf, (size_t)count * 4);
   if (st == KILN_OK) st = kiln_compiled_run(ng->c);
-  if (st == KILN_OK) st = kiln_compiled_get_output(ng->c, ng->loss, &loss, sizeof loss);
-  if (st == KILN_OK) st = kiln_compiled_get_output(ng->c, ng->logits, t->lbuf, lbytes);
+  return st;
+}
+
+/* Reads the outputs of the run `back` runs before ng's latest, a batch of
+ * `count` with `labels`; adds its summed loss and its correct predictions.
+ * With logits non-NULL the logits are copied there. */
+static kiln_status collect_batch(kiln_trainer *t, nn_graph *ng, int count, int back,
+                                 const int32_t *labels, double *loss_sum, int64_t *correct,
+                                 float *logits) {
+  size_t lbytes = (size_t)count * (size_t)t->classes * sizeof(float);
+  float loss = 0;
+  kiln_status st = kiln_compiled_get_output_back(ng->c, ng->loss, back, &loss, sizeof loss);
+  if (st == KILN_OK) st = kiln_compiled_get_output_back(ng->c, ng->logits, back, t->lbuf, lbytes);
   if (st != KILN_OK) return st;
   *loss_sum += (double)loss * count;
   for (int b = 0; b < count; b++) {
@@ -257,10 +284,75 @@ static kiln_status run_batch(kiln_trainer *t, nn_graph *ng, int count, double *l
     int64_t best = 0;
     for (int64_t c = 1; c < t->classes; c++)
       if (row[c] > row[best]) best = c;
-    *correct += best == t->ybuf[b];
+    *correct += best == labels[b];
   }
   if (logits) memcpy(logits, t->lbuf, lbytes);
   return KILN_OK;
+}
+
+/* Totals over the batches read so far. */
+typedef struct tally {
+  double loss_sum;
+  int64_t correct, batches, samples;
+} tally;
+
+/* Reads batch `q`, `back` runs before its graph's latest, with `labels`,
+ * into *acc (and its logits into logits + its first sample, if given). */
+static kiln_status read_batch(kiln_trainer *t, const pending *q, int back, const int32_t *labels,
+                              tally *acc, float *logits) {
+  kiln_status st = collect_batch(t, q->ng, q->count, back, labels, &acc->loss_sum, &acc->correct,
+                                 logits ? logits + q->first * t->classes : NULL);
+  if (st != KILN_OK) return st;
+  acc->batches++;
+  acc->samples += q->count;
+  return KILN_OK;
+}
+
+/* After batch `cur` was submitted (cur.ng NULL: the data is done): reads
+ * the batch in flight, then leaves `cur` in flight or reads it too. `seen`
+ * is called after each batch read. */
+typedef void (*seen_fn)(const tally *acc, void *ctx);
+static kiln_status advance(kiln_trainer *t, pending *fly, pending cur, tally *acc, float *logits,
+                           seen_fn seen, void *ctx) {
+  kiln_status st;
+  if (fly->ng) {
+    int back = fly->ng == cur.ng ? 1 : 0;       /* cur ran since, on the same graph */
+    st = read_batch(t, fly, back, t->ybuf_prev, acc, logits);
+    if (st != KILN_OK) return st;
+    fly->ng = NULL;
+    if (seen) seen(acc, ctx);
+  }
+  if (!cur.ng) return KILN_OK;
+  if (can_pipeline(cur.ng)) {
+    int32_t *y = t->ybuf_prev;
+    t->ybuf_prev = t->ybuf;                     /* cur's labels, kept until it is read */
+    t->ybuf = y;
+    *fly = cur;
+    return KILN_OK;
+  }
+  st = read_batch(t, &cur, 0, t->ybuf, acc, logits);
+  if (st == KILN_OK && seen) seen(acc, ctx);
+  return st;
+}
+
+/* fit_epoch's progress report after each batch read. */
+typedef struct fit_ctx {
+  kiln_progress p;
+  kiln_progress_fn fn;
+  void *user;
+  int64_t step0;
+  double t0;
+} fit_ctx;
+
+static void fit_seen(const tally *acc, void *ctx) {
+  fit_ctx *f = ctx;
+  f->p.batch = acc->batches;
+  f->p.samples = acc->samples;
+  f->p.step = f->step0 + acc->batches;
+  f->p.loss = acc->loss_sum / (double)acc->samples;
+  f->p.accuracy = (double)acc->correct / (double)acc->samples;
+  f->p.seconds = now_s() - f->t0;
+  f->fn(&f->p, f->user);
 }
 
 /* The graph for a batch of `count`: the full one, or the (re)built tail. */
@@ -300,40 +392,42 @@ kiln_status kiln_trainer_fit_epoch(kiln_trainer *t, const kiln_dataset *ds,
     perm[i] = perm[j];
     perm[j] = tmp;
   }
-  double t0 = now_s(), loss_sum = 0;
-  int64_t correct = 0, done = 0;
+  int64_t done = 0;
   int64_t n_batches = (n + t->batch - 1) / t->batch;
-  kiln_progress p;
-  memset(&p, 0, sizeof p);
-  p.epoch = t->epoch;
-  p.n_batches = n_batches;
-  p.n_samples = n;
-  for (int64_t b = 0; b < n_batches; b++) {
-    int count = (int)(n - done < t->batch ? n - done : t->batch);
-    nn_graph *ng;
-    st = graph_for(t, 1, count, &ng);
-    if (st != KILN_OK) goto fail;
-    gather(t, ds, perm + done, 0, count);
-    st = run_batch(t, ng, count, &loss_sum, &correct, NULL);
-    if (st != KILN_OK) goto fail;
-    t->step++;
-    done += count;
-    if (progress) {
-      p.batch = b + 1;
-      p.samples = done;
-      p.step = t->step;
-      p.loss = loss_sum / (double)done;
-      p.accuracy = (double)correct / (double)done;
-      p.seconds = now_s() - t0;
-      progress(&p, user);
+  fit_ctx fc;
+  memset(&fc, 0, sizeof fc);
+  fc.fn = progress;
+  fc.user = user;
+  fc.step0 = t->step;
+  fc.t0 = now_s();
+  fc.p.epoch = t->epoch;
+  fc.p.n_batches = n_batches;
+  fc.p.n_samples = n;
+  tally acc = {0};
+  pending fly = {0};
+  for (int64_t b = 0; b <= n_batches; b++) {   /* b == n_batches: drain */
+    pending cur = {0};
+    if (b < n_batches) {
+      int count = (int)(n - done < t->batch ? n - done : t->batch);
+      nn_graph *ng;
+      st = graph_for(t, 1, count, &ng);
+      if (st != KILN_OK) goto fail;
+      gather(t, ds, perm + done, 0, count);
+      st = submit_batch(t, ng, count);
+      if (st != KILN_OK) goto fail;
+      t->step++;
+      cur = (pending){ng, count, done};
+      done += count;
     }
+    st = advance(t, &fly, cur, &acc, NULL, progress ? fit_seen : NULL, &fc);
+    if (st != KILN_OK) goto fail;
   }
   t->epoch++;
   if (stats) {
-    stats->loss = loss_sum / (double)n;
-    stats->accuracy = (double)correct / (double)n;
+    stats->loss = acc.loss_sum / (double)n;
+    stats->accuracy = (double)acc.correct / (double)n;
     stats->samples = n;
-    stats->seconds = now_s() - t0;
+    stats->seconds = now_s() - fc.t0;
   }
   free(perm);
   return KILN_OK;
@@ -347,20 +441,26 @@ static kiln_status forward_all(kiln_trainer *t, const kiln_dataset *ds, kiln_epo
                                float *logits, const char *what) {
   kiln_status st = check_dataset(t, ds, stats != NULL, what);
   if (st != KILN_OK) return st;
-  double t0 = now_s(), loss_sum = 0;
-  int64_t correct = 0;
-  for (int64_t done = 0; done < ds->n;) {
-    int count = (int)(ds->n - done < t->batch ? ds->n - done : t->batch);
-    nn_graph *ng;
-    if ((st = graph_for(t, 0, count, &ng)) != KILN_OK) return st;
-    gather(t, ds, NULL, done, count);
-    st = run_batch(t, ng, count, &loss_sum, &correct, logits ? logits + done * t->classes : NULL);
-    if (st != KILN_OK) return st;
-    done += count;
+  double t0 = now_s();
+  tally acc = {0};
+  pending fly = {0};
+  for (int64_t done = 0;;) {
+    pending cur = {0};
+    if (done < ds->n) {
+      int count = (int)(ds->n - done < t->batch ? ds->n - done : t->batch);
+      nn_graph *ng;
+      if ((st = graph_for(t, 0, count, &ng)) != KILN_OK) return st;
+      gather(t, ds, NULL, done, count);
+      if ((st = submit_batch(t, ng, count)) != KILN_OK) return st;
+      cur = (pending){ng, count, done};
+      done += count;
+    }
+    if ((st = advance(t, &fly, cur, &acc, logits, NULL, NULL)) != KILN_OK) return st;
+    if (!cur.ng) break;
   }
   if (stats) {
-    stats->loss = loss_sum / (double)ds->n;
-    stats->accuracy = (double)correct / (double)ds->n;
+    stats->loss = acc.loss_sum / (double)ds->n;
+    stats->accuracy = (double)acc.correct / (double)ds->n;
     stats->samples = ds->n;
     stats->seconds = now_s() - t0;
   }

@@ -125,33 +125,34 @@ kiln_status kvk_io_record_in(kiln_plugin_device *dev, kiln_plugin_exec *exec) {
   }
   for (uint32_t f = 0; f < exec->n_frames; f++) {
     kvk_frame *fr = &exec->frame[f];
+    VkCommandBuffer *in = &fr->cmd[0];
     VkResult r;
-    if (!fr->in_cmd) {
+    if (!*in) {
       VkCommandBufferAllocateInfo cai = {
           .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
           .commandPool = dev->cmd_pool,
           .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
           .commandBufferCount = 1,
       };
-      r = vkAllocateCommandBuffers(dev->dev, &cai, &fr->in_cmd);
+      r = vkAllocateCommandBuffers(dev->dev, &cai, in);
     } else {
-      r = vkResetCommandBuffer(fr->in_cmd, 0);
+      r = vkResetCommandBuffer(*in, 0);
     }
     if (r != VK_SUCCESS) return kvk_vk_error("graph_run", "recording the input copies", r);
     VkCommandBufferBeginInfo cbi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
-    r = vkBeginCommandBuffer(fr->in_cmd, &cbi);
+    r = vkBeginCommandBuffer(*in, &cbi);
     if (r != VK_SUCCESS) return kvk_vk_error("graph_run", "vkBeginCommandBuffer (inputs)", r);
-    kvk_cmd_barrier_all(fr->in_cmd);          /* the last run may still read the inputs */
+    kvk_cmd_barrier_all(*in);                 /* the last run may still read the inputs */
     for (uint32_t i = 0; i < exec->n_io; i++) {
       const kvk_io *e = &exec->io[i];
       if (!e->armed) continue;
       VkBufferCopy c = {
           .srcOffset = f * exec->frame_bytes + e->at, .dstOffset = e->offset, .size = e->nbytes};
-      vkCmdCopyBuffer(fr->in_cmd, exec->io_buf, e->buffer->buf, 1, &c);
+      vkCmdCopyBuffer(*in, exec->io_buf, e->buffer->buf, 1, &c);
     }
     /* the frame's own command buffer starts with a full barrier: the
      * dispatches see these copies */
-    r = vkEndCommandBuffer(fr->in_cmd);
+    r = vkEndCommandBuffer(*in);
     if (r != VK_SUCCESS) return kvk_vk_error("graph_run", "vkEndCommandBuffer (inputs)", r);
   }
   exec->in_dirty = 0;

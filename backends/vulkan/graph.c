@@ -423,10 +423,12 @@ void kvk_graph_free(kiln_plugin_device *dev, kiln_plugin_exec *exec) {
   kvk_profile_report(dev, exec->prof, exec->nodes, exec->n_nodes);
   kvk_profile_destroy(dev, exec->prof);
   for (uint32_t f = 0; f < exec->n_frames; f++) {
-    if (exec->frame[f].cmd) vkFreeCommandBuffers(dev->dev, dev->cmd_pool, 1, &exec->frame[f].cmd);
-    if (exec->frame[f].in_cmd)
-      vkFreeCommandBuffers(dev->dev, dev->cmd_pool, 1, &exec->frame[f].in_cmd);
-    if (exec->frame[f].fence) vkDestroyFence(dev->dev, exec->frame[f].fence, NULL);
+    kvk_frame *fr = &exec->frame[f];
+    for (uint32_t i = 0; fr->cmd && i <= fr->n_cmd; i++)
+      if (fr->cmd[i]) vkFreeCommandBuffers(dev->dev, dev->cmd_pool, 1, &fr->cmd[i]);
+    free(fr->cmd);
+    free(fr->si);
+    if (fr->fence) vkDestroyFence(dev->dev, fr->fence, NULL);
   }
   kvk_io_free(dev, exec);
   if (exec->pool) vkDestroyDescriptorPool(dev->dev, exec->pool, NULL);
@@ -435,55 +437,111 @@ void kvk_graph_free(kiln_plugin_device *dev, kiln_plugin_exec *exec) {
   free(exec);
 }
 
-/* Records frame f: the input copies, the dispatches with barriers where
- * byte ranges conflict, the output copies. tr: scratch for the ranges. */
-static kiln_status record(kiln_plugin_device *dev, kiln_plugin_exec *exec, uint32_t f,
-                          const kvk_plan *plan, const VkPipeline *pipes,
-                          const VkDescriptorSet *sets, touched *tr) {
-  kvk_frame *fr = &exec->frame[f];
+/* The most dispatches per command buffer: $KILN_VK_SUBMIT_CHUNK or
+ * KVK_CHUNK. A bad value fails the compile naming the variable. */
+static kiln_status chunk_size(uint32_t *out) {
+  *out = KVK_CHUNK;
+  const char *e = getenv("KILN_VK_SUBMIT_CHUNK");
+  if (!e || !*e) return KILN_OK;
+  char *end;
+  long v = strtol(e, &end, 10);
+  if (*end || v < 1 || v > (1L << 30)) {
+    kvk_host->set_error("vulkan: graph_compile: KILN_VK_SUBMIT_CHUNK='%s' is not a dispatch count "
+                        "(a whole number >= 1)", e);
+    return KILN_INVALID_ARGUMENT;
+  }
+  *out = (uint32_t)v;
+  return KILN_OK;
+}
+
+static kiln_status begin_cmd(kiln_plugin_device *dev, VkCommandBuffer *cmd) {
   VkCommandBufferAllocateInfo cai = {
       .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
       .commandPool = dev->cmd_pool,
       .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY,
       .commandBufferCount = 1,
   };
-  VkResult r = vkAllocateCommandBuffers(dev->dev, &cai, &fr->cmd);
+  VkResult r = vkAllocateCommandBuffers(dev->dev, &cai, cmd);
   if (r != VK_SUCCESS) return kvk_vk_error("graph_compile", "vkAllocateCommandBuffers", r);
-  VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
-  r = vkCreateFence(dev->dev, &fci, NULL, &fr->fence);
-  if (r != VK_SUCCESS) return kvk_vk_error("graph_compile", "vkCreateFence", r);
   VkCommandBufferBeginInfo cbi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO};
-  r = vkBeginCommandBuffer(fr->cmd, &cbi);
+  r = vkBeginCommandBuffer(*cmd, &cbi);
   if (r != VK_SUCCESS) return kvk_vk_error("graph_compile", "vkBeginCommandBuffer", r);
-  kvk_cmd_barrier_all(fr->cmd);
-  kvk_profile_cmd_begin(fr->cmd, exec->prof);
-  uint32_t nt = 0, n_barriers = 0;
-  for (uint32_t i = 0; i < plan->n; i++) {
+  return KILN_OK;
+}
+
+static void compute_barrier(VkCommandBuffer cmd) {
+  VkMemoryBarrier mb = {
+      .sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+      .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT,
+      .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT,
+  };
+  vkCmdPipelineBarrier(cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                       VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
+}
+
+/* Records frame f: the dispatches in chunks of exec->chunk, with barriers
+ * where byte ranges conflict (and at the start of every chunk after the
+ * first), then the output copies; cmd[0], the input copies, is recorded
+ * when an input is first written (exec_io.c). tr: scratch for the ranges. */
+static kiln_status record(kiln_plugin_device *dev, kiln_plugin_exec *exec, uint32_t f,
+                          const kvk_plan *plan, const VkPipeline *pipes,
+                          const VkDescriptorSet *sets, touched *tr) {
+  kvk_frame *fr = &exec->frame[f];
+  uint32_t n_cmd = plan->n ? (plan->n + exec->chunk - 1) / exec->chunk : 1;
+  fr->cmd = calloc((size_t)n_cmd + 1, sizeof *fr->cmd);
+  fr->si = calloc((size_t)n_cmd + 1, sizeof *fr->si);
+  if (!fr->cmd || !fr->si) {
+    kvk_host->set_error("vulkan: graph_compile: out of host memory for %u command buffers", n_cmd);
+    return KILN_OUT_OF_MEMORY;
+  }
+  fr->n_cmd = n_cmd;
+  for (uint32_t i = 0; i <= n_cmd; i++)
+    fr->si[i] = (VkSubmitInfo){.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO,
+                               .commandBufferCount = 1,
+                               .pCommandBuffers = &fr->cmd[i]};
+  VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
+  VkResult r = vkCreateFence(dev->dev, &fci, NULL, &fr->fence);
+  if (r != VK_SUCCESS) return kvk_vk_error("graph_compile", "vkCreateFence", r);
+  uint32_t nt = 0, n_barriers = 0, c = 0;
+  VkCommandBuffer cmd = VK_NULL_HANDLE;
+  for (uint32_t i = 0; i < plan->n || (i == 0 && !cmd); i++) {
+    if (i % exec->chunk == 0) {
+      if (cmd) {
+        r = vkEndCommandBuffer(cmd);
+        if (r != VK_SUCCESS) return kvk_vk_error("graph_compile", "vkEndCommandBuffer", r);
+      }
+      kiln_status st = begin_cmd(dev, &fr->cmd[++c]);
+      if (st != KILN_OK) return st;
+      cmd = fr->cmd[c];
+      if (c == 1) {
+        kvk_cmd_barrier_all(cmd);           /* after all earlier work on the queue */
+        kvk_profile_cmd_begin(cmd, exec->prof);
+      } else {
+        compute_barrier(cmd);               /* after the chunk before */
+        n_barriers++;
+        nt = 0;
+      }
+    }
+    if (i == plan->n) break;                /* a graph without dispatches */
     const kvk_dispatch *d = &plan->d[i];
     if (conflicts(tr, nt, d)) {
-      VkMemoryBarrier mb = {
-          .sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
-          .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT,
-          .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT,
-      };
-      vkCmdPipelineBarrier(fr->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
-                           VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
+      compute_barrier(cmd);
       n_barriers++;
       nt = 0;
     }
     for (uint32_t b = 0; b < d->n_bind; b++)
       tr[nt++] = (touched){d->bind[b]->buffer->buf, d->bind[b]->offset,
                            d->bind[b]->offset + d->bind[b]->nbytes, (int)((d->write_mask >> b) & 1)};
-    vkCmdBindPipeline(fr->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipes[i]);
-    vkCmdBindDescriptorSets(fr->cmd, VK_PIPELINE_BIND_POINT_COMPUTE,
-                            dev->pipes.layouts[d->n_bind], 0, 1, &sets[i], 0, NULL);
-    vkCmdPushConstants(fr->cmd, dev->pipes.layouts[d->n_bind], VK_SHADER_STAGE_COMPUTE_BIT, 0,
+    vkCmdBindPipeline(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipes[i]);
+    vkCmdBindDescriptorSets(cmd, VK_PIPELINE_BIND_POINT_COMPUTE, dev->pipes.layouts[d->n_bind], 0,
+                            1, &sets[i], 0, NULL);
+    vkCmdPushConstants(cmd, dev->pipes.layouts[d->n_bind], VK_SHADER_STAGE_COMPUTE_BIT, 0,
                        KVK_PUSH_WORDS * 4, d->params);
-    vkCmdDispatch(fr->cmd, d->groups[0], d->groups[1], d->groups[2]);
-    kvk_profile_cmd_dispatch(fr->cmd, exec->prof, i);
+    vkCmdDispatch(cmd, d->groups[0], d->groups[1], d->groups[2]);
+    kvk_profile_cmd_dispatch(cmd, exec->prof, i);
   }
-  kvk_io_record_out(exec, fr->cmd, f);
-  r = vkEndCommandBuffer(fr->cmd);
+  kvk_io_record_out(exec, cmd, f);
+  r = vkEndCommandBuffer(cmd);
   if (r != VK_SUCCESS) return kvk_vk_error("graph_compile", "vkEndCommandBuffer", r);
   exec->n_barriers = n_barriers;
   return KILN_OK;
@@ -527,6 +585,8 @@ kiln_status kvk_graph_compile(kiln_plugin_device *dev, const kiln_plugin_graph *
     if (st != KILN_OK) goto fail;
   }
   exec->n_dispatches = plan.n;
+  st = chunk_size(&exec->chunk);
+  if (st != KILN_OK) goto fail;
   exec->n_frames = KVK_FRAMES;
   if (kvk_profile_enabled()) {
     /* one frame: a run's timestamps are read before the next run resets them */
@@ -657,14 +717,8 @@ kiln_status kvk_graph_run(kiln_plugin_device *dev, kiln_plugin_exec *exec) {
   kvk_io_refresh(exec, f);
   VkResult r = vkResetFences(dev->dev, 1, &fr->fence);
   if (r != VK_SUCCESS) return kvk_vk_error("graph_run", "vkResetFences", r);
-  VkCommandBuffer cmds[2] = {fr->in_cmd, fr->cmd};
-  uint32_t first = fr->in_cmd ? 0 : 1;
-  VkSubmitInfo si = {
-      .sType = VK_STRUCTURE_TYPE_SUBMIT_INFO,
-      .commandBufferCount = 2 - first,
-      .pCommandBuffers = cmds + first,
-  };
-  r = vkQueueSubmit(dev->queue, 1, &si, fr->fence);
+  uint32_t first = fr->cmd[0] ? 0 : 1;      /* the input copies, once an input is armed */
+  r = vkQueueSubmit(dev->queue, fr->n_cmd + 1 - first, fr->si + first, fr->fence);
   if (r != VK_SUCCESS) return kvk_vk_error("graph_run", "vkQueueSubmit", r);
   fr->pending = 1;
   exec->runs++;

@@ -307,21 +307,33 @@ kiln_status kvk_transformer_plan(kvk_plan *p, int index, const kvk_node *n);  /*
  * submitted while run k executes; a frame is waited for only before it is
  * submitted again, or read. Each frame:
  *
- *   [in_cmd: barrier (all earlier work) | copy armed inputs io -> arena]
- *   cmd: barrier (all earlier work) | the dispatches | barrier
- *        | copy mirrored outputs arena -> io | barrier (transfer -> host)
+ *   [cmd[0]: barrier (all earlier work) | copy armed inputs io -> arena]
+ *   cmd[1]: barrier (all earlier work) | dispatches ...
+ *   cmd[2..]: barrier (compute) | more dispatches ...   (long graphs only)
+ *   end of the last: barrier | copy mirrored outputs arena -> io
+ *                    | barrier (transfer -> host)
+ *
+ * A long graph is cut into chunks of at most KVK_CHUNK dispatches
+ * ($KILN_VK_SUBMIT_CHUNK), each its own batch of the run's one
+ * vkQueueSubmit, so no single batch runs long enough to risk a driver's
+ * timeout; the fence is signalled after the last.
  *
  * so a training step is ONE submit: exec_write is a memcpy into the next
  * run's frame, exec_read a memcpy out of the run's frame after its fence.
  * Inputs and outputs too large to stage (or persistent, or both input and
  * output) go through buffer_write / buffer_read instead. */
 #define KVK_FRAMES 2
+#define KVK_CHUNK 512
 
 typedef struct kvk_profile kvk_profile;   /* profile.c */
 
 typedef struct kvk_frame {
-  VkCommandBuffer in_cmd;       /* copies of the armed inputs, or VK_NULL_HANDLE */
-  VkCommandBuffer cmd;
+  /* cmd[0]: copies of the armed inputs, or VK_NULL_HANDLE; cmd[1..n_cmd]:
+   * the graph in chunks of at most exec->chunk dispatches, each its own
+   * batch of the run's one vkQueueSubmit (si[i] submits cmd[i]). */
+  uint32_t n_cmd;
+  VkCommandBuffer *cmd;
+  VkSubmitInfo *si;
   VkFence fence;
   int pending;                  /* submitted and not yet waited for */
 } kvk_frame;
@@ -342,6 +354,7 @@ struct kiln_plugin_exec {
   uint32_t n_frames;            /* KVK_FRAMES, or 1 when profiling */
   kvk_frame frame[KVK_FRAMES];
   uint64_t runs;                /* graph_run calls so far */
+  uint32_t chunk;               /* most dispatches per command buffer */
   VkDescriptorPool pool;
   uint32_t n_dispatches, n_barriers;
   kvk_node *nodes;              /* the resolved nodes, kept for the tensors */
@@ -364,7 +377,7 @@ struct kiln_plugin_exec {
 kiln_status kvk_io_plan(kiln_plugin_device *dev, kiln_plugin_exec *exec,
                         const kiln_plugin_graph *graph);
 void kvk_io_free(kiln_plugin_device *dev, kiln_plugin_exec *exec);
-/* (Re-)records every frame's in_cmd for the armed inputs, after waiting
+/* (Re-)records every frame's cmd[0], the copies of the armed inputs, after waiting
  * for the frames; clears in_dirty. */
 kiln_status kvk_io_record_in(kiln_plugin_device *dev, kiln_plugin_exec *exec);
 /* Records frame f's output copies at the end of its command buffer. */
