@@ -284,3 +284,27 @@ Test(bench_cli, token_cases_in_json, .timeout = 600) {
   cr_assert_eq(rc, 2, "an unknown case gave exit %d:\n%s", rc, out);
   cr_assert(strstr(out, "unknown case 'lstm'"), "message:\n%s", out);
 }
+
+/* `kiln bench --cases host`: the floor (a one-node graph fed, run and read
+ * per step; the case checks relu's result itself), the CNN and the MLPs,
+ * each with its host CPU time per step in the JSON. */
+Test(bench_cli, host_cases_in_json, .timeout = 600) {
+  static char out[1 << 16];
+  const char *json = tmp_path("bench-host.json");
+  char args[1024];
+  snprintf(args, sizeof args, "bench --backend cpu --quick --cases host --json '%s'", json);
+  int rc = run(args, out, sizeof out);
+  cr_assert_eq(rc, 0, "kiln %s failed (%d):\n%s", args, rc, out);
+  cr_assert(strstr(out, "host floor") && strstr(out, "host cnn") && strstr(out, "host mlp-20") &&
+                strstr(out, "us cpu"), "rows missing:\n%s", out);
+  FILE *f = fopen(json, "r");
+  cr_assert_not_null(f, "no %s", json);
+  static char js[1 << 14];
+  size_t n = fread(js, 1, sizeof js - 1, f);
+  js[n] = '\0';
+  fclose(f);
+  remove(json);
+  cr_assert(strstr(js, "\"model\": \"floor\""), "json lacks the floor:\n%s", js);
+  const char *t = strstr(js, "\"host_us_per_step\": ");
+  cr_assert(t && atof(t + 20) > 0, "json lacks a positive host_us_per_step:\n%s", js);
+}

@@ -19,7 +19,7 @@
  *                  random characters; tokens/s
  *   char-gpt step  the same for `kiln train char-gpt`'s default (4 layers,
  *                  4 heads, 128 wide, block 64, batch 12, AdamW); tokens/s
- *   host cnn, host mlp-2, host mlp-20
+ *   host floor, host cnn, host mlp-2, host mlp-20
  *                  the host's share of a training step (batch 64, Adam,
  *                  through kiln_trainer_fit_epoch): CPU time of the calling
  *                  thread (CLOCK_THREAD_CPUTIME_ID) per step, next to the
@@ -29,11 +29,13 @@
  *                  step: gathering the batch, uploads, submit, read-back. On
  *                  the CPU plugin the calling thread is one of the workers,
  *                  so there it includes its share of the work (the other
- *                  threads' is not counted). On lavapipe vkQueueSubmit runs
- *                  the command buffer before it returns, so there it also
- *                  includes the driver's own dispatching. The MLPs
- *                  (64 wide, 2 and 20 dense layers, 64 inputs) show how the
- *                  launch cost grows with the number of ops in the graph.
+ *                  threads' is not counted). On lavapipe the driver's
+ *                  threads run the work on the same cores as the calling
+ *                  thread, which slows it. "host floor" is a one-node graph
+ *                  fed, run and read per step: the cost of the round trip
+ *                  alone. The MLPs (64 wide, 2 and 20 dense layers, 64
+ *                  inputs) show how the launch cost grows with the number
+ *                  of ops in the graph.
  *
  * Each case is warmed up, then timed in `reps` repetitions of `iters`
  * back-to-back runs (iters chosen so that one repetition lasts at least the
@@ -144,12 +146,12 @@ static void bench_usage(FILE *f) {
           "of that CNN (batch 64, Adam; images/s) and of the default char-lstm and\n"
           "char-gpt models of `kiln train` on random characters (tokens/s), through\n"
           "the public graph API, and the host's share of a training step (host): the\n"
-          "CPU time the calling thread spends per step of the CNN and of a 2- and a\n"
-          "20-layer MLP (batch 64, Adam). On a GPU that is the cost of launching the\n"
-          "step, outside the device's work (on lavapipe, whose submit runs the work\n"
-          "before it returns, also the driver's dispatching); on the cpu backend the\n"
-          "calling thread is one of the workers, so there it includes its share of\n"
-          "the work. Each case is warmed up and timed in repetitions; the median is\n"
+          "CPU time the calling thread spends per step of a one-node graph (the\n"
+          "floor), of the CNN and of a 2- and a 20-layer MLP (batch 64, Adam). On a\n"
+          "GPU that is the cost of launching the step, outside the device's work (on\n"
+          "lavapipe the driver's threads share the cores and slow it); on the cpu\n"
+          "backend the calling thread is one of the workers, so there it includes its\n"
+          "share of the work. Each case is warmed up and timed in repetitions; the median is\n"
           "reported, with the fastest and slowest repetition as a measure of noise.\n"
           "\n"
           "options:\n"
@@ -525,6 +527,64 @@ static int bench_host(kiln_device *dev, const char *model, int layers, int batch
   return 1;
 }
 
+/* The floor under every step's host time: a one-node graph (relu of one
+ * float) fed, run and read `steps` times per repetition, as a training loop
+ * feeds, runs and reads a step. What the CNN and the MLPs add to it is
+ * theirs (the batch's gather and copies); on lavapipe the rest is the
+ * driver's hand-off to its own threads. */
+static int bench_host_floor(kiln_device *dev, int steps, const bench_timing *tm,
+                            bench_result *r) {
+  memset(r, 0, sizeof *r);
+  r->model = "floor";
+  snprintf(r->name, sizeof r->name, "host floor");
+  snprintf(r->shape, sizeof r->shape, "relu of 1 float: set_input, run, get_output");
+  r->kind = "host";
+  r->work = 1;
+  int ok = 0;
+  kiln_graph *g = NULL;
+  kiln_compiled *c = NULL;
+  int64_t one[1] = {1};
+  kiln_node *x = NULL, *y = NULL;
+  if (kiln_graph_create(&g) != KILN_OK) goto done;
+  x = kiln_input(g, "x", KILN_F32, 1, one);
+  y = kiln_relu(g, x);
+  if (!y || kiln_graph_output(g, y) != KILN_OK || kiln_graph_compile(g, dev, &c) != KILN_OK)
+    goto done;
+  double wall[64], host[64];
+  int reps = tm->reps < 64 ? tm->reps : 64;
+  for (int k = -1; k < reps; k++) {             /* k = -1: warm-up */
+    double t0 = now_s(), c0 = thread_cpu_s();
+    for (int i = 0; i < steps; i++) {
+      float v = (float)(i % 3) - 1.0f, out;
+      if (kiln_compiled_set_input(c, x, &v, sizeof v) != KILN_OK ||
+          kiln_compiled_run(c) != KILN_OK ||
+          kiln_compiled_get_output(c, y, &out, sizeof out) != KILN_OK)
+        goto done;
+      if (out != (v > 0 ? v : 0.0f)) {
+        fprintf(stderr, "kiln bench: host floor: relu(%g) came back as %g\n", (double)v,
+                (double)out);
+        kiln_compiled_destroy(c);
+        kiln_graph_destroy(g);
+        return 0;
+      }
+    }
+    if (k < 0) continue;
+    host[k] = (thread_cpu_s() - c0) / steps;
+    wall[k] = (now_s() - t0) / steps;
+  }
+  set_times(r, wall, reps, steps);
+  r->host_s = median(host, reps);
+  ok = 1;
+done:
+  if (!ok) {
+    const char *why = g && kiln_graph_status(g) != KILN_OK ? kiln_graph_error(g) : kiln_last_error();
+    fprintf(stderr, "kiln bench: %s: %s\n", r->name, why);
+  }
+  kiln_compiled_destroy(c);
+  kiln_graph_destroy(g);
+  return ok;
+}
+
 /* Full training steps of `kiln train char-lstm` / `char-gpt`'s default
  * model on random characters (65 of them, as tinyshakespeare): each
  * repetition runs `iters` steps back to back. The step's data is uploaded
@@ -783,8 +843,14 @@ int kiln_cmd_bench(int argc, char **argv) {
     else
       failed++;
   }
-  /* The host's share of a step: the CNN, then an MLP and one with 10x the
-   * layers (21 and 201 graph nodes). */
+  /* The host's share of a step: the floor, the CNN, then an MLP and one
+   * with 10x the layers (21 and 201 graph nodes). */
+  if (o.cases & BENCH_HOST) {
+    if (bench_host_floor(dev, o.quick ? 50 : 200, &tm, &res[n_res]))
+      print_row(&res[n_res++]);
+    else
+      failed++;
+  }
   static const struct { const char *model; int layers; } host_models[] = {
       {"mnist-cnn", 0}, {"mlp-2", 2}, {"mlp-20", 20}};
   for (int k = 0; (o.cases & BENCH_HOST) && k < 3; k++) {
