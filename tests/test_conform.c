@@ -101,6 +101,8 @@ Test(conform, cpu_plugin_conforms) {
   for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) assert_verdict(&r, ops[i], "pass");
   assert_verdict(&r, "graph_compile mismatched shapes", "pass");
   assert_verdict(&r, "device_info(0) short struct", "pass");
+  assert_verdict(&r, "exec_write/exec_read (ABI 1.1)", "pass");   /* not offered: optional */
+  cr_assert_not_null(strstr(r.json, "not offered (optional since ABI 1.1)"), "%s", r.json);
   cr_assert_not_null(strstr(r.table, "conformant"), "%s", r.table);
   free_result(&r);
 }
@@ -188,5 +190,8 @@ Test(conform, vulkan_plugin_if_built, .timeout = 1200) {
     cr_skip_test("no Vulkan device here");
   cr_assert_eq(r.exit_code, 0, "exit %d\n%s", r.exit_code, r.table);
   assert_verdict(&r, "matmul", "pass");
+  /* the Vulkan plugin offers ABI 1.1's staged io, two runs deep */
+  assert_verdict(&r, "exec_write/exec_read (ABI 1.1)", "pass");
+  cr_assert_not_null(strstr(r.json, "history 2"), "%s", r.json);
   free_result(&r);
 }

@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <math.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -504,6 +505,97 @@ CF_BAD_GRAPH_PROBE(probe_compile_small_stride, edit_small_stride,
 CF_BAD_GRAPH_PROBE(probe_compile_bad_shapes, edit_bad_shapes, "graph_compile(add [4] + [3])")
 CF_BAD_GRAPH_PROBE(probe_compile_bad_dtype, edit_bad_dtype, "graph_compile(dtype 100000)")
 
+/* ABI 1.1's optional exec_write / exec_read / exec_history, where the
+ * table has them: y = x + b with x, b INPUT and y OUTPUT. Each run must see
+ * the inputs last written (also when a run follows without new writes), a
+ * read of `back` 1 (where the history reaches it) must return the run
+ * before the latest, and misuse must be refused with a message. */
+static const char *probe_exec_io(cf_plugin *p, uint32_t dev, char *why, size_t n) {
+  (void)dev;
+  const kiln_plugin_api *a = p->api;
+  if (a->struct_size < offsetof(kiln_plugin_api, exec_history) + sizeof a->exec_history ||
+      (!a->exec_write && !a->exec_read && !a->exec_history)) {
+    snprintf(cf_error_buf, sizeof cf_error_buf, "not offered (optional since ABI 1.1)");
+    return NULL;
+  }
+  if (!a->exec_write || !a->exec_read || !a->exec_history) {
+    snprintf(why, n, "exec_write, exec_read and exec_history must be set together");
+    return why;
+  }
+  enum { E = 37 };
+  kiln_plugin_buffer *b = NULL;
+  if (a->buffer_alloc(p->dev, 3 * E * 4, &b) != KILN_OK) {
+    snprintf(why, n, "buffer_alloc failed: %s", cf_error_buf);
+    return why;
+  }
+  kiln_plugin_tensor t[3];
+  memset(t, 0, sizeof t);
+  for (int i = 0; i < 3; i++) {
+    t[i].dtype = KILN_F32;
+    t[i].ndim = 1;
+    for (int d = 0; d < KILN_MAX_DIMS; d++) t[i].shape[d] = 1;
+    t[i].shape[0] = E;
+    t[i].offset = (uint64_t)i * E * 4;
+    t[i].nbytes = E * 4;
+  }
+  t[0].flags = t[1].flags = KILN_PTENSOR_INPUT;
+  t[2].flags = KILN_PTENSOR_OUTPUT;
+  kiln_plugin_node node;
+  memset(&node, 0, sizeof node);
+  node.op = KILN_OP_ADD;
+  node.n_inputs = 2;
+  node.inputs[1] = 1;
+  node.output = 2;
+  kiln_plugin_buffer *bufs[1] = {b};
+  kiln_plugin_graph g = {
+      .struct_size = sizeof(kiln_plugin_graph), .abi_version = KILN_PLUGIN_ABI_VERSION,
+      .n_buffers = 1, .buffers = bufs, .n_tensors = 3,
+      .tensor_stride = sizeof(kiln_plugin_tensor), .tensors = t, .n_nodes = 1,
+      .node_stride = sizeof(kiln_plugin_node), .nodes = &node};
+  kiln_plugin_exec *e = NULL;
+  const char *fail = NULL;
+  float x[3][E], bias[E], y[E];
+  for (int i = 0; i < E; i++) {
+    for (int k = 0; k < 3; k++) x[k][i] = (float)(i * (k + 1)) - 11.0f;
+    bias[i] = 0.5f * (float)i;
+  }
+  /* checks y against x[k] + bias; sets why and jumps out on a mismatch */
+#define CF_EXPECT_Y(k, what)                                                                for (int i_ = 0; i_ < E; i_++)                                                              if (y[i_] != x[k][i_] + bias[i_]) {                                                         snprintf(why, n, "%s: y[%d] = %g, want %g", what, i_, (double)y[i_],                               (double)(x[k][i_] + bias[i_]));                                                  fail = why;                                                                               goto done;                                                                              }
+#define CF_OK_OR(expr, what)                                                                do {                                                                                        kiln_status st_ = CF_CALL(expr);                                                          if (st_ != KILN_OK) {                                                                       snprintf(why, n, "%s: %s: %s", what, kiln_status_name(st_), cf_error_buf);                fail = why;                                                                               goto done;                                                                              }                                                                                       } while (0)
+  CF_OK_OR(a->graph_compile(p->dev, &g, &e), "graph_compile(y = x + b)");
+  uint32_t depth = a->exec_history(p->dev, e, 2);
+  CF_OK_OR(a->exec_write(p->dev, e, 1, bias, sizeof bias), "exec_write(b)");
+  for (int k = 0; k < 3; k++) {
+    CF_OK_OR(a->exec_write(p->dev, e, 0, x[k], sizeof x[k]), "exec_write(x)");
+    CF_OK_OR(a->graph_run(p->dev, e), "graph_run");
+    if (k > 0 && depth >= 2) {
+      CF_OK_OR(a->exec_read(p->dev, e, 2, 1, y, sizeof y), "exec_read(y, back 1)");
+      CF_EXPECT_Y(k - 1, "exec_read(y, back 1) after the next run");
+    }
+  }
+  CF_OK_OR(a->exec_read(p->dev, e, 2, 0, y, sizeof y), "exec_read(y, back 0)");
+  CF_EXPECT_Y(2, "exec_read(y, back 0)");
+  for (int r = 0; r < 3; r++) {
+    CF_OK_OR(a->graph_run(p->dev, e), "graph_run without new inputs");
+    CF_OK_OR(a->exec_read(p->dev, e, 2, 0, y, sizeof y), "exec_read(y, back 0)");
+    CF_EXPECT_Y(2, "a run without new inputs");
+  }
+  const char *r = cf_expect_refusal(CF_CALL(a->exec_read(p->dev, e, 0, 0, y, sizeof y)),
+                                    "exec_read(an input tensor)", why, n);
+  if (!r) r = cf_expect_refusal(CF_CALL(a->exec_write(p->dev, e, 0, x[0], 4)),
+                                "exec_write(4 bytes into a 148-byte input)", why, n);
+  if (!r) r = cf_expect_refusal(CF_CALL(a->exec_read(p->dev, e, 2, depth, y, sizeof y)),
+                                "exec_read(back = exec_history)", why, n);
+  fail = r;
+  if (!fail) snprintf(cf_error_buf, sizeof cf_error_buf, "history %u", depth);
+#undef CF_EXPECT_Y
+#undef CF_OK_OR
+done:
+  if (e) a->graph_free(p->dev, e);
+  a->buffer_free(p->dev, b);
+  return fail;
+}
+
 static const struct cf_probe {
   const char *name;
   cf_probe_fn fn;
@@ -527,6 +619,7 @@ static const struct cf_probe {
     {"graph_compile mismatched shapes", probe_compile_bad_shapes},
     {"graph_compile unknown dtype", probe_compile_bad_dtype},
     {"graph_run NULL executable", probe_run_null},
+    {"exec_write/exec_read (ABI 1.1)", probe_exec_io},
 };
 
 static void cf_phase_probe(const char *path, int device, const struct cf_probe *pr) {
