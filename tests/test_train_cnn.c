@@ -637,3 +637,94 @@ Test(cli, bad_flags_are_usage_errors) {
   cr_assert_eq(run_capture(cmd, out, sizeof out), 1, "%s", out);
   cr_assert(strstr(out, "kiln fetch mnist"), "a missing dataset must say how to get it: %s", out);
 }
+
+/* ---- the reference CNN on Vulkan tracks the CPU ---------------------------- */
+
+/* Every batch's running mean loss and the step it belongs to, as the
+ * progress callback reports them. */
+typedef struct loss_curve {
+  int n;
+  int64_t batch[16], step[16], samples[16];
+  double loss[16];
+} loss_curve;
+
+static void record_progress(const kiln_progress *p, void *user) {
+  loss_curve *c = user;
+  if (c->n < 16) {
+    c->batch[c->n] = p->batch;
+    c->step[c->n] = p->step;
+    c->samples[c->n] = p->samples;
+    c->loss[c->n] = p->loss;
+  }
+  c->n++;
+}
+
+/* Trains the CNN (seed 1, Adam, batch 64) for one epoch of `ds` on
+ * `backend`, recording the progress; fills the epoch's and a test
+ * evaluation's stats. Returns 0 (after cr_skip_test) without the device. */
+static int cnn_epoch_on(const char *backend, const kiln_dataset *ds, const kiln_dataset *te,
+                        loss_curve *curve, kiln_epoch_stats *ts, kiln_epoch_stats *es) {
+  kiln_context *ctx;
+  kiln_device *dev;
+  OK(kiln_context_create(NULL, &ctx));
+  kiln_status st = kiln_device_open(ctx, backend, -1, &dev);
+  if (st != KILN_OK) {
+    kiln_context_destroy(ctx);
+    cr_skip_test("no %s device on this machine (%s)", backend, kiln_last_error());
+    return 0;
+  }
+  kiln_model *m;
+  kiln_optimizer_config adam;
+  kiln_trainer *t;
+  OK(kiln_model_mnist_cnn(dev, 1, &m));
+  OK(kiln_optimizer_defaults(KILN_OPTIM_ADAM, &adam));
+  OK(kiln_trainer_create(m, &adam, 64, 1, &t));
+  memset(curve, 0, sizeof *curve);
+  OK(kiln_trainer_fit_epoch(t, ds, record_progress, curve, ts));
+  OK(kiln_trainer_evaluate(t, te, es));
+  kiln_trainer_destroy(t);
+  kiln_model_destroy(m);
+  kiln_device_close(dev);
+  kiln_context_destroy(ctx);
+  return 1;
+}
+
+/* 200 images: three full batches and a tail of 8 (the tail graph), one
+ * epoch on each backend. On Vulkan the trainer keeps a batch in flight
+ * (it reads batch b after submitting b+1), so this also checks that the
+ * progress arrives once per batch, in order, with the right step and
+ * samples, and that the loss curve tracks the CPU's: same data order,
+ * same seed, float sums in another order. */
+Test(nn_train, vulkan_loss_curve_tracks_cpu, .timeout = 900) {
+  kiln_mnist train, test;
+  OK(kiln_mnist_load(tu_data_path("mnist"), 1, 200, &train));
+  OK(kiln_mnist_load(tu_data_path("mnist"), 0, 100, &test));
+  kiln_dataset tr = dataset(&train), te = dataset(&test);
+  loss_curve cc, vc;
+  kiln_epoch_stats cts, ces, vts, ves;
+  cnn_epoch_on("cpu", &tr, &te, &cc, &cts, &ces);
+  if (cnn_epoch_on("vulkan", &tr, &te, &vc, &vts, &ves)) {
+    cr_assert_eq(vc.n, 4, "progress calls: %d, want 4 (one per batch)", vc.n);
+    cr_assert_eq(cc.n, 4);
+    static const int64_t samples[4] = {64, 128, 192, 200};
+    for (int i = 0; i < 4; i++) {
+      cr_assert_eq(vc.batch[i], i + 1, "call %d reports batch %lld", i, (long long)vc.batch[i]);
+      cr_assert_eq(vc.step[i], i + 1, "call %d reports step %lld", i, (long long)vc.step[i]);
+      cr_assert_eq(vc.samples[i], samples[i]);
+      double d = fabs(vc.loss[i] - cc.loss[i]);
+      cr_log_info("batch %d: mean loss cpu %.6f vulkan %.6f", i + 1, cc.loss[i], vc.loss[i]);
+      cr_assert_leq(d, 1e-3 * fabs(cc.loss[i]) + 1e-4,
+                    "batch %d: running loss cpu %.6f vs vulkan %.6f", i + 1, cc.loss[i],
+                    vc.loss[i]);
+    }
+    cr_assert_eq(vts.samples, 200);
+    cr_assert_leq(fabs(vts.loss - cts.loss), 1e-3 * cts.loss, "epoch loss %.6f vs %.6f",
+                  vts.loss, cts.loss);
+    cr_assert_leq(fabs(ves.loss - ces.loss), 2e-3 * ces.loss + 1e-4, "test loss %.6f vs %.6f",
+                  ves.loss, ces.loss);
+    cr_assert_leq(fabs(ves.accuracy - ces.accuracy), 0.02, "test accuracy %.3f vs %.3f",
+                  ves.accuracy, ces.accuracy);
+  }
+  kiln_mnist_free(&train);
+  kiln_mnist_free(&test);
+}
