@@ -722,6 +722,41 @@ Test(pool, maxpool_propagates_nan) {
   close_plugin();
 }
 
+/* 2x2 stride-2 backward over rows wide enough for the 4-window vector loop
+ * and its scalar tail (W 19: OW 9 = 2 vectors + 1, a last odd column; H 9:
+ * a last odd row), with ties (values from {0, 1, 2}), NaNs at every window
+ * position and -0 gradients: bit for bit what the first-maximum rule gives
+ * (the gradient to the first NaN, else the first maximum; -0 + 0 is +0). */
+Test(pool, maxpool_2x2_backward_vector_rows) {
+  open_plugin(3);
+  const int64_t N = 2, C = 3, H = 9, W = 19, OH = 4, OW = 9;
+  int64_t ip[8] = {2, 2, 2, 2, 0, 0, 0, 0};
+  tdesc xd = T4(N, C, H, W), yd = T4(N, C, OH, OW);
+  int64_t nx = tnumel(&xd), ny = tnumel(&yd);
+  float *x = random_floats(nx, 901), *dy = random_floats(ny, 902);
+  float *dx = malloc((size_t)nx * sizeof(float)), *want = calloc((size_t)nx, sizeof(float));
+  cr_assert(dx && want);
+  for (int64_t i = 0; i < nx; i++) x[i] = floorf((x[i] + 1.0f) * 1.5f);
+  for (int64_t i = 0; i < nx; i += 7) x[i] = NAN;
+  for (int64_t i = 0; i < ny; i += 5) dy[i] = -0.0f;
+  run_node(KILN_OP_MAXPOOL2D_BACKWARD, 2, (tdesc[]){yd, xd}, (const float *[]){dy, x}, &xd, dx, ip);
+  for (int64_t p = 0; p < N * C; p++)
+    for (int64_t oh = 0; oh < OH; oh++)
+      for (int64_t ow = 0; ow < OW; ow++) {
+        int64_t best = -1;
+        for (int64_t k = 0; k < 4; k++) {
+          int64_t i = p * H * W + (2 * oh + k / 2) * W + 2 * ow + k % 2;
+          if (best < 0 || (!isnan(x[best]) && (isnan(x[i]) || x[i] > x[best]))) best = i;
+        }
+        want[best] = 0.0f + dy[(p * OH + oh) * OW + ow];
+      }
+  for (int64_t i = 0; i < nx; i++)
+    cr_assert(memcmp(&dx[i], &want[i], sizeof(float)) == 0, "dx[%lld] is %g, expected %g",
+              (long long)i, dx[i], want[i]);
+  free(x), free(dy), free(dx), free(want);
+  close_plugin();
+}
+
 /* Finite differences of the double forward. Max pooling uses well separated
  * distinct values so no step changes a window's maximum. */
 Test(pool, backward_matches_finite_differences) {
