@@ -74,6 +74,8 @@ static const conv_case conv_cases[] = {
     {2, 64, 12, 12, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0},   /* K = 576: two pixel tiles per image */
     {1, 6, 12, 11, 4, 1, 1, 1, 1, 0, 0, 1, 1, 2, 1},    /* pointwise, one image per GEMM */
     {3, 2, 17, 15, 3, 2, 4, 2, 1, 1, 0, 2, 2, 1, 1},    /* even kernel, mixed params */
+    {1, 1, 66, 66, 5, 3, 3, 1, 1, 0, 0, 1, 1, 1, 1},    /* 4096 pixels: two packed-B panels */
+    {1, 2, 60, 60, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0},    /* 3600 padded pixels, two panels */
 };
 #define N_CONV_CASES (sizeof conv_cases / sizeof conv_cases[0])
 

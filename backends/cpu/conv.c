@@ -116,77 +116,145 @@ static void conv_valid_range(int64_t off, int64_t stride, int64_t limit, int64_t
   *hi = h;
 }
 
-/* ---- im2col / col2im ----------------------------------------------------- */
+/* ---- im2col through offset tables ----------------------------------------
+ * Column p of a block (pixel (oh, ow) of image n0 + i) and row t = (c, kh,
+ * kw) of cols meet at one element of x: with ih0 = oh*sh - ph and iw0 =
+ * ow*sw - pw, it is xg[pix[p] + tap[t]] where
+ *
+ *   pix[p] = i*C*H*W + ih0*W + iw0         (per block: pixel table)
+ *   tap[t] = c*H*W + kh*dh*W + kw*dw       (per geometry: tap table)
+ *
+ * and it is padding (zero) unless ih0 + kh*dh is in [0, H) and iw0 + kw*dw
+ * in [0, W) (pih/piw and tkh/tkw hold the parts). Without padding every
+ * element is inside. So im2col is a gather by pix[p] + tap[t], which can
+ * write each element straight where the GEMM's packed B wants it (the
+ * forward pass: op(B) = cols, slivers of nr pixels; the weight gradient:
+ * op(B) = cols^T, slivers of nr taps) instead of filling cols and then
+ * packing it (the two passes were 20% of a CNN step, most of it in per-row
+ * memcpy calls of 11 floats), and col2im a scatter-add in the same order
+ * as col2im_tile (tap by tap, pixels in order), hence the same bits. */
 
-/* cols [K, pt] (leading dimension ld) = the im2col columns p0 .. p0+pt-1
- * of xg [Cg, H, W]. */
-static void im2col_tile(const conv_geom *g, const float *xg, int64_t p0, int64_t pt, float *cols,
-                        int64_t ld) {
-  int64_t oh_first = p0 / g->OW, ow_first = p0 % g->OW;
-  for (int64_t c = 0; c < g->Cg; c++) {
-    const float *xc = xg + c * g->H * g->W;
-    for (int64_t kh = 0; kh < g->KH; kh++) {
-      int64_t ih_off = kh * g->dh - g->ph;
-      for (int64_t kw = 0; kw < g->KW; kw++) {
-        int64_t iw_off = kw * g->dw - g->pw, lo, hi;
-        conv_valid_range(iw_off, g->sw, g->W, g->OW, &lo, &hi);
-        float *row = cols + ((c * g->KH + kh) * g->KW + kw) * ld;
-        /* Segments of one output row each: pixels p .. p + ow1 - ow0 - 1. */
-        for (int64_t p = p0, oh = oh_first, ow0 = ow_first; p < p0 + pt; oh++, ow0 = 0) {
-          int64_t ow1 = g->OW < ow0 + (p0 + pt - p) ? g->OW : ow0 + (p0 + pt - p);
-          float *dst = row + (p - p0); /* dst[ow - ow0] for ow in [ow0, ow1) */
-          int64_t ih = oh * g->sh + ih_off;
-          /* [ow0, a) and [b, ow1) read padding, [a, b) reads row ih. */
-          int64_t a = lo < ow0 ? ow0 : lo > ow1 ? ow1 : lo;
-          int64_t b = hi < a ? a : hi > ow1 ? ow1 : hi;
-          if (ih < 0 || ih >= g->H) a = b = ow1;
-          for (int64_t ow = ow0; ow < a; ow++) dst[ow - ow0] = 0.0f;
-          if (b > a) {
-            const float *src = xc + ih * g->W + a * g->sw + iw_off;
-            float *d = dst + (a - ow0);
-            if (g->sw == 1) memcpy(d, src, (size_t)(b - a) * sizeof(float));
-            else for (int64_t i = 0; i < b - a; i++) d[i] = src[i * g->sw];
-          }
-          for (int64_t ow = b; ow < ow1; ow++) dst[ow - ow0] = 0.0f;
-          p += ow1 - ow0;
-        }
+typedef struct conv_tab {
+  int64_t *pix, *pih, *piw;   /* [ncols] */
+  int64_t *tap, *tkh, *tkw;   /* [K] */
+  int padded;
+} conv_tab;
+
+/* Floats of scratch for a block of ncols columns: cols [K, ncols] or its
+ * packed form either way round, then (nb > 1) a staging matrix [Og, ncols],
+ * then the tables (int64, counted as two floats each). */
+static int64_t conv_round16(int64_t n) { return (n + 15) / 16 * 16; }
+
+static int64_t conv_cols_floats(const conv_geom *g, int64_t ncols) {
+  int64_t nr = kcpu_sgemm_nr();
+  int64_t a = g->K * ncols, b = (ncols + nr - 1) / nr * nr * g->K, c = (g->K + nr - 1) / nr * nr * ncols;
+  int64_t m = a > b ? a : b;
+  return conv_round16(m > c ? m : c);
+}
+
+static int64_t conv_stage_floats(const conv_geom *g, int64_t ncols) {
+  return g->nb > 1 ? conv_round16(g->Og * ncols) : 0;
+}
+
+static int64_t conv_scratch_floats(const conv_geom *g) {
+  int64_t ncols = g->nb * g->pt;
+  return conv_cols_floats(g, ncols) + conv_stage_floats(g, ncols) + 2 * 3 * (ncols + g->K);
+}
+
+/* The tables inside scratch; the tap table is filled by conv_tab_taps. */
+static conv_tab conv_tab_of(const conv_geom *g, float *scratch) {
+  int64_t ncols = g->nb * g->pt;
+  int64_t *t = (int64_t *)(scratch + conv_cols_floats(g, ncols) + conv_stage_floats(g, ncols));
+  conv_tab tb = {.pix = t, .pih = t + ncols, .piw = t + 2 * ncols, .tap = t + 3 * ncols,
+                 .tkh = t + 3 * ncols + g->K, .tkw = t + 3 * ncols + 2 * g->K,
+                 .padded = g->ph > 0 || g->pw > 0};
+  return tb;
+}
+
+static void conv_tab_taps(const conv_geom *g, const conv_tab *tb) {
+  for (int64_t c = 0, t = 0; c < g->Cg; c++)
+    for (int64_t kh = 0; kh < g->KH; kh++)
+      for (int64_t kw = 0; kw < g->KW; kw++, t++) {
+        tb->tkh[t] = kh * g->dh, tb->tkw[t] = kw * g->dw;
+        tb->tap[t] = c * g->H * g->W + tb->tkh[t] * g->W + tb->tkw[t];
+      }
+}
+
+/* The pixel table of a block: nb images from n0 (whole, pt == P) or pixels
+ * [p0, p0 + pt) of one. */
+static void conv_tab_pixels(const conv_geom *g, const conv_tab *tb, int64_t nb, int64_t p0,
+                            int64_t pt) {
+  for (int64_t i = 0, q = 0; i < nb; i++)
+    for (int64_t p = p0; p < p0 + pt; p++, q++) {
+      int64_t oh = p / g->OW, ow = p % g->OW;
+      tb->pih[q] = oh * g->sh - g->ph, tb->piw[q] = ow * g->sw - g->pw;
+      tb->pix[q] = i * g->C * g->H * g->W + tb->pih[q] * g->W + tb->piw[q];
+    }
+}
+
+/* Element (tap t, column q) of cols, or 0 in the padding. */
+static inline float conv_tab_at(const conv_geom *g, const conv_tab *tb, const float *xg, int64_t t,
+                                int64_t q) {
+  int64_t ih = tb->pih[q] + tb->tkh[t], iw = tb->piw[q] + tb->tkw[t];
+  return (uint64_t)ih < (uint64_t)g->H && (uint64_t)iw < (uint64_t)g->W ? xg[tb->pix[q] + tb->tap[t]]
+                                                                        : 0.0f;
+}
+
+/* Bp = kcpu_sgemm_pack_b of cols [K, ncols] (the forward pass's op(B)). */
+static void conv_pack_cols(const conv_geom *g, const conv_tab *tb, const float *xg, int64_t ncols,
+                           float *Bp) {
+  const int nr = kcpu_sgemm_nr();
+  for (int64_t j0 = 0; j0 < ncols; j0 += nr) {
+    int n = (int)(ncols - j0 < nr ? ncols - j0 : nr);
+    const int64_t *pix = tb->pix + j0;
+    for (int64_t k = 0, k_end; k < g->K;) {
+      float *d = Bp + kcpu_sgemm_packed_b_sliver(ncols, g->K, k, j0, &k_end);
+      for (; k < k_end; k++, d += nr) {
+        const float *xs = xg + tb->tap[k];
+        int i = 0;
+        if (!tb->padded)
+          for (; i < n; i++) d[i] = xs[pix[i]];
+        else
+          for (; i < n; i++) d[i] = conv_tab_at(g, tb, xg, k, j0 + i);
+        for (; i < nr; i++) d[i] = 0.0f;
       }
     }
   }
 }
 
-/* dxg [Cg, H, W] += col2im of cols [K, pt] (leading dimension ld) holding
- * columns p0 .. p0+pt-1. */
-static void col2im_tile(const conv_geom *g, const float *cols, int64_t p0, int64_t pt, int64_t ld,
-                        float *dxg) {
-  int64_t oh_first = p0 / g->OW, ow_first = p0 % g->OW;
-  for (int64_t c = 0; c < g->Cg; c++) {
-    float *dxc = dxg + c * g->H * g->W;
-    for (int64_t kh = 0; kh < g->KH; kh++) {
-      int64_t ih_off = kh * g->dh - g->ph;
-      for (int64_t kw = 0; kw < g->KW; kw++) {
-        int64_t iw_off = kw * g->dw - g->pw, lo, hi;
-        conv_valid_range(iw_off, g->sw, g->W, g->OW, &lo, &hi);
-        const float *row = cols + ((c * g->KH + kh) * g->KW + kw) * ld;
-        /* Segments of one output row each: pixels p .. p + ow1 - ow0 - 1. */
-        for (int64_t p = p0, oh = oh_first, ow0 = ow_first; p < p0 + pt; oh++, ow0 = 0) {
-          int64_t ow1 = g->OW < ow0 + (p0 + pt - p) ? g->OW : ow0 + (p0 + pt - p);
-          int64_t ih = oh * g->sh + ih_off;
-          if (ih >= 0 && ih < g->H) {
-            const float *src = row + (p - p0); /* src[ow - ow0] for ow in [ow0, ow1) */
-            int64_t a = lo > ow0 ? lo : ow0, b = hi < ow1 ? hi : ow1;
-            if (b > a) {
-              float *d = dxc + ih * g->W + a * g->sw + iw_off;
-              const float *s = src + (a - ow0);
-              if (g->sw == 1) {
-                for (int64_t i = 0; i < b - a; i++) d[i] += s[i];
-              } else {
-                for (int64_t i = 0; i < b - a; i++) d[i * g->sw] += s[i];
-              }
-            }
-          }
-          p += ow1 - ow0;
-        }
+/* Bp = kcpu_sgemm_pack_b of cols^T [ncols, K] (the weight gradient's op(B)). */
+static void conv_pack_cols_t(const conv_geom *g, const conv_tab *tb, const float *xg,
+                             int64_t ncols, float *Bp) {
+  const int nr = kcpu_sgemm_nr();
+  for (int64_t t0 = 0; t0 < g->K; t0 += nr) {
+    int n = (int)(g->K - t0 < nr ? g->K - t0 : nr);
+    const int64_t *tap = tb->tap + t0;
+    for (int64_t q = 0, q_end; q < ncols;) {
+      float *d = Bp + kcpu_sgemm_packed_b_sliver(g->K, ncols, q, t0, &q_end);
+      for (; q < q_end; q++, d += nr) {
+        int i = 0;
+        if (!tb->padded) /* pix[q] >= 0 without padding */
+          for (const float *xs = xg + tb->pix[q]; i < n; i++) d[i] = xs[tap[i]];
+        else
+          for (; i < n; i++) d[i] = conv_tab_at(g, tb, xg, t0 + i, q);
+        for (; i < nr; i++) d[i] = 0.0f;
+      }
+    }
+  }
+}
+
+/* dxg += col2im of cols [K, ncols] (leading dimension ld), tap by tap. */
+static void conv_col2im(const conv_geom *g, const conv_tab *tb, const float *cols, int64_t ld,
+                        int64_t ncols, float *dxg) {
+  for (int64_t t = 0; t < g->K; t++) {
+    const float *row = cols + t * ld;
+    float *ds = dxg + tb->tap[t];
+    if (!tb->padded) {
+      for (int64_t q = 0; q < ncols; q++) ds[tb->pix[q]] += row[q];
+    } else {
+      for (int64_t q = 0; q < ncols; q++) {
+        int64_t ih = tb->pih[q] + tb->tkh[t], iw = tb->piw[q] + tb->tkw[t];
+        if ((uint64_t)ih < (uint64_t)g->H && (uint64_t)iw < (uint64_t)g->W) ds[tb->pix[q]] += row[q];
       }
     }
   }
@@ -355,31 +423,44 @@ static void conv_gemm_w(const conv_job *j, kcpu_pool *gp, int64_t grp, int trans
  * P), column i*P + p holding pixel p of image n0+i. Scratch holds the block's
  * cols [K, nb*pt] and, for nb > 1, a staging matrix [Og, nb*pt] for y or dy. */
 
+/* C [Og, N] = w of group grp @ op(B), op(B) = cols packed in Bp. */
+static void conv_gemm_w_packed(const conv_job *j, kcpu_pool *gp, int64_t grp, int64_t N,
+                               const float *Bp, float *C, int64_t ldc) {
+  const conv_geom *g = &j->g;
+  if (j->wp)
+    kcpu_sgemm_abpacked(gp, g->Og, N, g->K, 1.0f, j->wp + grp * j->wp_group, Bp, 0.0f, C, ldc);
+  else
+    kcpu_sgemm_packed(gp, 0, g->Og, N, g->K, 1.0f, j->b + grp * g->Og * g->K, g->K, Bp, 0.0f, C,
+                      ldc);
+}
+
 /* y[n0 .. n0+nb), pixels [p0, p0+pt) = w @ cols + bias, group by group. */
 static void conv_forward_block(const conv_job *j, kcpu_pool *gp, float *acc, int64_t n0, int64_t nb,
                                int64_t p0, int64_t pt, float *scratch) {
   const conv_geom *g = &j->g;
   int64_t cols = nb * pt, HW = g->H * g->W;
-  float *stage = scratch ? scratch + g->K * cols : NULL; /* used only when nb > 1 */
   (void)acc;
-  for (int64_t grp = 0; grp < g->G; grp++) {
-    float *yg = j->out + (n0 * g->O + grp * g->Og) * g->P;
-    const float *xg = j->a + (n0 * g->C + grp * g->Cg) * HW;
-    if (nb == 1) {
-      const float *B = xg + p0; /* pointwise: x is cols, leading dimension P */
-      int64_t ldb = g->P;
-      if (!g->pointwise) {
-        im2col_tile(g, xg, p0, pt, scratch, pt);
-        B = scratch, ldb = pt;
+  if (g->pointwise && nb == 1) {
+    /* x is cols, leading dimension P */
+    for (int64_t grp = 0; grp < g->G; grp++)
+      conv_gemm_w(j, gp, grp, 0, pt, j->a + (n0 * g->C + grp * g->Cg) * HW + p0, g->P,
+                  j->out + (n0 * g->O + grp * g->Og) * g->P + p0, g->P);
+  } else {
+    float *stage = scratch + conv_cols_floats(g, cols); /* used only when nb > 1 */
+    conv_tab tb = conv_tab_of(g, scratch);
+    conv_tab_pixels(g, &tb, nb, p0, pt);
+    for (int64_t grp = 0; grp < g->G; grp++) {
+      float *yg = j->out + (n0 * g->O + grp * g->Og) * g->P;
+      conv_pack_cols(g, &tb, j->a + (n0 * g->C + grp * g->Cg) * HW, cols, scratch);
+      if (nb == 1) {
+        conv_gemm_w_packed(j, gp, grp, pt, scratch, yg + p0, g->P);
+        continue;
       }
-      conv_gemm_w(j, gp, grp, 0, pt, B, ldb, yg + p0, g->P);
-      continue;
+      conv_gemm_w_packed(j, gp, grp, cols, scratch, stage, cols);
+      for (int64_t i = 0; i < nb; i++)
+        for (int64_t o = 0; o < g->Og; o++)
+          memcpy(yg + (i * g->O + o) * g->P, stage + o * cols + i * pt, (size_t)pt * sizeof(float));
     }
-    for (int64_t i = 0; i < nb; i++) im2col_tile(g, xg + i * g->C * HW, 0, pt, scratch + i * pt, cols);
-    conv_gemm_w(j, gp, grp, 0, cols, scratch, cols, stage, cols);
-    for (int64_t i = 0; i < nb; i++)
-      for (int64_t o = 0; o < g->Og; o++)
-        memcpy(yg + (i * g->O + o) * g->P, stage + o * cols + i * pt, (size_t)pt * sizeof(float));
   }
   if (j->bias) {
     for (int64_t i = 0; i < nb; i++) {
@@ -397,27 +478,29 @@ static void conv_backward_input_block(const conv_job *j, kcpu_pool *gp, float *a
                                       int64_t nb, int64_t p0, int64_t pt, float *scratch) {
   const conv_geom *g = &j->g;
   int64_t cols = nb * pt, HW = g->H * g->W;
-  float *stage = scratch ? scratch + g->K * cols : NULL; /* used only when nb > 1 */
   (void)acc;
-  if (p0 == 0 && (!g->pointwise || nb > 1))
-    memset(j->out + n0 * g->C * HW, 0, (size_t)(nb * g->C * HW) * sizeof(float));
+  if (g->pointwise && nb == 1) {
+    for (int64_t grp = 0; grp < g->G; grp++)
+      conv_gemm_w(j, gp, grp, 1, pt, j->a + (n0 * g->O + grp * g->Og) * g->P + p0, g->P,
+                  j->out + (n0 * g->C + grp * g->Cg) * HW + p0, g->P);
+    return;
+  }
+  float *stage = scratch + conv_cols_floats(g, cols); /* used only when nb > 1 */
+  conv_tab tb = conv_tab_of(g, scratch);
+  conv_tab_pixels(g, &tb, nb, p0, pt);
+  if (p0 == 0) memset(j->out + n0 * g->C * HW, 0, (size_t)(nb * g->C * HW) * sizeof(float));
   for (int64_t grp = 0; grp < g->G; grp++) {
     const float *dyg = j->a + (n0 * g->O + grp * g->Og) * g->P;
     float *dxg = j->out + (n0 * g->C + grp * g->Cg) * HW;
     if (nb == 1) {
-      if (g->pointwise) {
-        conv_gemm_w(j, gp, grp, 1, pt, dyg + p0, g->P, dxg + p0, g->P);
-        continue;
-      }
       conv_gemm_w(j, gp, grp, 1, pt, dyg + p0, g->P, scratch, pt);
-      col2im_tile(g, scratch, p0, pt, pt, dxg);
-      continue;
+    } else {
+      for (int64_t i = 0; i < nb; i++)
+        for (int64_t o = 0; o < g->Og; o++)
+          memcpy(stage + o * cols + i * pt, dyg + (i * g->O + o) * g->P, (size_t)pt * sizeof(float));
+      conv_gemm_w(j, gp, grp, 1, cols, stage, cols, scratch, cols);
     }
-    for (int64_t i = 0; i < nb; i++)
-      for (int64_t o = 0; o < g->Og; o++)
-        memcpy(stage + o * cols + i * pt, dyg + (i * g->O + o) * g->P, (size_t)pt * sizeof(float));
-    conv_gemm_w(j, gp, grp, 1, cols, stage, cols, scratch, cols);
-    for (int64_t i = 0; i < nb; i++) col2im_tile(g, scratch + i * pt, 0, pt, cols, dxg + i * g->C * HW);
+    conv_col2im(g, &tb, scratch, cols, cols, dxg);
   }
 }
 
@@ -426,27 +509,28 @@ static void conv_backward_weight_block(const conv_job *j, kcpu_pool *gp, float *
                                        int64_t nb, int64_t p0, int64_t pt, float *scratch) {
   const conv_geom *g = &j->g;
   int64_t cols = nb * pt, HW = g->H * g->W;
-  float *stage = scratch ? scratch + g->K * cols : NULL; /* used only when nb > 1 */
+  if (g->pointwise && nb == 1) {
+    for (int64_t grp = 0; grp < g->G; grp++)
+      kcpu_sgemm(gp, 0, 1, g->Og, g->K, pt, 1.0f, j->b + (n0 * g->O + grp * g->Og) * g->P + p0,
+                 g->P, j->a + (n0 * g->C + grp * g->Cg) * HW + p0, g->P, 1.0f,
+                 acc + grp * g->Og * g->K, g->K);
+    return;
+  }
+  float *stage = scratch + conv_cols_floats(g, cols); /* used only when nb > 1 */
+  conv_tab tb = conv_tab_of(g, scratch);
+  conv_tab_pixels(g, &tb, nb, p0, pt);
   for (int64_t grp = 0; grp < g->G; grp++) {
     const float *dyg = j->b + (n0 * g->O + grp * g->Og) * g->P;
-    const float *xg = j->a + (n0 * g->C + grp * g->Cg) * HW;
     float *accg = acc + grp * g->Og * g->K;
+    conv_pack_cols_t(g, &tb, j->a + (n0 * g->C + grp * g->Cg) * HW, cols, scratch);
     if (nb == 1) {
-      const float *B = xg + p0;
-      int64_t ldb = g->P;
-      if (!g->pointwise) {
-        im2col_tile(g, xg, p0, pt, scratch, pt);
-        B = scratch, ldb = pt;
-      }
-      kcpu_sgemm(gp, 0, 1, g->Og, g->K, pt, 1.0f, dyg + p0, g->P, B, ldb, 1.0f, accg, g->K);
+      kcpu_sgemm_packed(gp, 0, g->Og, g->K, pt, 1.0f, dyg + p0, g->P, scratch, 1.0f, accg, g->K);
       continue;
     }
-    for (int64_t i = 0; i < nb; i++) {
-      im2col_tile(g, xg + i * g->C * HW, 0, pt, scratch + i * pt, cols);
+    for (int64_t i = 0; i < nb; i++)
       for (int64_t o = 0; o < g->Og; o++)
         memcpy(stage + o * cols + i * pt, dyg + (i * g->O + o) * g->P, (size_t)pt * sizeof(float));
-    }
-    kcpu_sgemm(gp, 0, 1, g->Og, g->K, cols, 1.0f, stage, cols, scratch, cols, 1.0f, accg, g->K);
+    kcpu_sgemm_packed(gp, 0, g->Og, g->K, cols, 1.0f, stage, cols, scratch, 1.0f, accg, g->K);
   }
 }
 
@@ -480,19 +564,22 @@ static void conv_parallel(kcpu_pool *pool, int64_t n, int64_t grain, kcpu_range_
   else kcpu_parallel_for(pool, n, grain, fn, arg);
 }
 
-/* Scratch for one block, or NULL when none is needed or none could be had
- * (*failed says which). */
+/* Scratch for one block (conv_scratch_floats, 64-byte aligned for the
+ * packed B, the tap table filled), or NULL when none is needed or none
+ * could be had (*failed says which). */
 static float *conv_scratch(const conv_geom *g, int *failed) {
   *failed = 0;
   if (g->pointwise && g->nb == 1) return NULL;
-  int64_t cols = g->nb * g->pt;
-  int64_t n = (g->K + (g->nb > 1 ? g->Og : 0)) * cols;
-  float *s = malloc((size_t)n * sizeof(float));
+  int64_t n = conv_scratch_floats(g);
+  float *s = aligned_alloc(64, (size_t)conv_round16(n) * sizeof(float));
   if (!s) {
     *failed = 1;
     kcpu_host->log(1, "cpu: conv2d: no memory for a %lld-float im2col block; using direct loops",
                    (long long)n);
+    return NULL;
   }
+  conv_tab tb = conv_tab_of(g, s);
+  conv_tab_taps(g, &tb);
   return s;
 }
 
