@@ -138,6 +138,9 @@ typedef struct conv_tab {
   int64_t *pix, *pih, *piw;   /* [ncols] */
   int64_t *tap, *tkh, *tkw;   /* [K] */
   int padded;
+  /* Stretches of consecutive pix: columns [run[r], run[r + 1]) for r <
+   * n_runs (an output row, or what of it the block holds). */
+  int64_t *run, n_runs;       /* [ncols + 1] */
 } conv_tab;
 
 /* Floats of scratch for a block of ncols columns: cols [K, ncols] or its
@@ -158,7 +161,7 @@ static int64_t conv_stage_floats(const conv_geom *g, int64_t ncols) {
 
 static int64_t conv_scratch_floats(const conv_geom *g) {
   int64_t ncols = g->nb * g->pt;
-  return conv_cols_floats(g, ncols) + conv_stage_floats(g, ncols) + 2 * 3 * (ncols + g->K);
+  return conv_cols_floats(g, ncols) + conv_stage_floats(g, ncols) + 2 * (4 * ncols + 1 + 3 * g->K);
 }
 
 /* The tables inside scratch; the tap table is filled by conv_tab_taps. */
@@ -167,7 +170,7 @@ static conv_tab conv_tab_of(const conv_geom *g, float *scratch) {
   int64_t *t = (int64_t *)(scratch + conv_cols_floats(g, ncols) + conv_stage_floats(g, ncols));
   conv_tab tb = {.pix = t, .pih = t + ncols, .piw = t + 2 * ncols, .tap = t + 3 * ncols,
                  .tkh = t + 3 * ncols + g->K, .tkw = t + 3 * ncols + 2 * g->K,
-                 .padded = g->ph > 0 || g->pw > 0};
+                 .padded = g->ph > 0 || g->pw > 0, .run = t + 3 * ncols + 3 * g->K};
   return tb;
 }
 
@@ -182,14 +185,16 @@ static void conv_tab_taps(const conv_geom *g, const conv_tab *tb) {
 
 /* The pixel table of a block: nb images from n0 (whole, pt == P) or pixels
  * [p0, p0 + pt) of one. */
-static void conv_tab_pixels(const conv_geom *g, const conv_tab *tb, int64_t nb, int64_t p0,
-                            int64_t pt) {
+static void conv_tab_pixels(const conv_geom *g, conv_tab *tb, int64_t nb, int64_t p0, int64_t pt) {
+  tb->n_runs = 0;
   for (int64_t i = 0, q = 0; i < nb; i++)
     for (int64_t p = p0; p < p0 + pt; p++, q++) {
       int64_t oh = p / g->OW, ow = p % g->OW;
       tb->pih[q] = oh * g->sh - g->ph, tb->piw[q] = ow * g->sw - g->pw;
       tb->pix[q] = i * g->C * g->H * g->W + tb->pih[q] * g->W + tb->piw[q];
+      if (q == 0 || tb->pix[q] != tb->pix[q - 1] + 1) tb->run[tb->n_runs++] = q;
     }
+  tb->run[tb->n_runs] = nb * pt;
 }
 
 /* Element (tap t, column q) of cols, or 0 in the padding. */
@@ -341,15 +346,33 @@ static void conv_pack_cols_t(const conv_geom *g, const conv_tab *tb, const float
   }
 }
 
-/* dxg += col2im of cols [K, ncols] (leading dimension ld), tap by tap. */
+/* d[i] += s[i] for i < n: vectorizes (d and s never overlap here). */
+static inline void conv_add_run(float *restrict d, const float *restrict s, int64_t n) {
+  for (int64_t i = 0; i < n; i++) d[i] += s[i];
+}
+
+/* dxg += col2im of cols [K, ncols] (leading dimension ld), tap by tap: each
+ * element of dx gets its terms in tap order, as col2im_tile gave them.
+ * Without padding a stretch of pixels adds to a stretch of dx, element-wise
+ * (no two columns of a tap share an element). The taps go (kh, kw) outer and
+ * channel inner: the order per element is the same (an element sees only
+ * its channel's taps), but consecutive stretches now land in different
+ * channels, where (kw, kw + 1) inner wrote one float apart and each load
+ * waited on the store before it (failed store forwarding). */
 static void conv_col2im(const conv_geom *g, const conv_tab *tb, const float *cols, int64_t ld,
                         int64_t ncols, float *dxg) {
-  for (int64_t t = 0; t < g->K; t++) {
-    const float *row = cols + t * ld;
-    float *ds = dxg + tb->tap[t];
-    if (!tb->padded) {
-      for (int64_t q = 0; q < ncols; q++) ds[tb->pix[q]] += row[q];
-    } else {
+  for (int64_t kk = 0; kk < g->KH * g->KW; kk++) {
+    for (int64_t c = 0; c < g->Cg; c++) {
+      int64_t t = c * g->KH * g->KW + kk;
+      const float *row = cols + t * ld;
+      float *ds = dxg + tb->tap[t];
+      if (!tb->padded) { /* pix >= 0 */
+        for (int64_t r = 0; r < tb->n_runs; r++) {
+          int64_t q0 = tb->run[r];
+          conv_add_run(ds + tb->pix[q0], row + q0, tb->run[r + 1] - q0);
+        }
+        continue;
+      }
       for (int64_t q = 0; q < ncols; q++) {
         int64_t ih = tb->pih[q] + tb->tkh[t], iw = tb->piw[q] + tb->tkw[t];
         if ((uint64_t)ih < (uint64_t)g->H && (uint64_t)iw < (uint64_t)g->W) ds[tb->pix[q]] += row[q];
