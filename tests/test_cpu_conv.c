@@ -389,6 +389,45 @@ Test(conv, backward_matches_finite_differences) {
 
 /* Two runs of the same graph give the same bits, with the batch split over
  * threads (forward, both backward passes). */
+/* The forward pass may add the bias inside the GEMM (a last column of the
+ * packed weights times a row of ones) instead of in a pass over y; either
+ * way y must be, bit for bit, conv2d without bias, then + bias[o]: shallow
+ * (fused), deep (K = 576: not fused), batched pointwise with a last
+ * single-image block, padded and strided, on 1 and 3 threads. */
+Test(conv, bias_adds_after_the_sum) {
+  static const conv_case cases[] = {
+      {5, 8, 13, 13, 16, 3, 3, 1, 1, 0, 0, 1, 1, 1, 1},   /* K 72: fused */
+      {3, 64, 5, 5, 8, 3, 3, 1, 1, 0, 0, 1, 1, 1, 1},     /* K 576: two K blocks */
+      {3, 3, 10, 9, 5, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1},     /* pointwise, blocks of 2 and 1 */
+      {3, 4, 9, 11, 4, 3, 5, 3, 2, 1, 2, 1, 1, 2, 1},     /* padded, strided, groups 2 */
+  };
+  for (int threads = 1; threads <= 3; threads += 2) {
+    open_plugin(threads);
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+      const conv_case *c = &cases[k];
+      int64_t ip[8];
+      conv_ip(c, ip);
+      tdesc xd = {4, {c->N, c->C, c->H, c->W}}, wd = {4, {c->O, c->C / c->G, c->KH, c->KW}};
+      tdesc bd = {1, {c->O}}, yd = {4, {c->N, c->O, conv_oh(c), conv_ow(c)}};
+      int64_t ny = tnumel(&yd), P = conv_oh(c) * conv_ow(c);
+      float *x = random_floats(tnumel(&xd), 60 + k), *w = random_floats(tnumel(&wd), 61 + k);
+      float *b = random_floats(c->O, 62 + k);
+      float *yb = malloc((size_t)ny * sizeof(float)), *y = malloc((size_t)ny * sizeof(float));
+      cr_assert(yb && y);
+      run_node(KILN_OP_CONV2D, 3, (tdesc[]){xd, wd, bd}, (const float *[]){x, w, b}, &yd, yb, ip);
+      run_node(KILN_OP_CONV2D, 2, (tdesc[]){xd, wd}, (const float *[]){x, w}, &yd, y, ip);
+      for (int64_t i = 0; i < ny; i++) {
+        float want = y[i] + b[(i / P) % c->O];
+        cr_assert(memcmp(&yb[i], &want, sizeof want) == 0,
+                  "%s, %d threads: y[%lld] is %.9g, conv2d without bias + bias is %.9g",
+                  conv_case_str(c), threads, (long long)i, (double)yb[i], (double)want);
+      }
+      free(x), free(w), free(b), free(yb), free(y);
+    }
+    close_plugin();
+  }
+}
+
 Test(conv, repeated_runs_are_bitwise_identical) {
   const conv_case c = {8, 8, 14, 14, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1};
   int64_t ip[8];

@@ -150,7 +150,8 @@ static int64_t conv_round16(int64_t n) { return (n + 15) / 16 * 16; }
 
 static int64_t conv_cols_floats(const conv_geom *g, int64_t ncols) {
   int64_t nr = kcpu_sgemm_nr();
-  int64_t a = g->K * ncols, b = (ncols + nr - 1) / nr * nr * g->K, c = (g->K + nr - 1) / nr * nr * ncols;
+  int64_t a = g->K * ncols, b = (ncols + nr - 1) / nr * nr * (g->K + 1); /* + 1: a fused bias */
+  int64_t c = (g->K + nr - 1) / nr * nr * ncols;
   int64_t m = a > b ? a : b;
   return conv_round16(m > c ? m : c);
 }
@@ -240,6 +241,16 @@ static void conv_lanes_of(const int64_t *idx, int n, int nr, conv_lanes *L) {
   L->ok = 1;
   L->lo = INT64_MAX, L->hi = INT64_MIN;
   for (int gi = 0; gi < L->groups; gi++) {
+    const int64_t *ix = idx + 4 * gi;
+    if (4 * gi + 4 <= n && ix[1] == ix[0] + 1 && ix[2] == ix[0] + 2 && ix[3] == ix[0] + 3) {
+      /* the common case, one stretch: one load (done twice) */
+      L->off[gi][0] = L->off[gi][1] = ix[0];
+      L->mask[gi][0] = (conv_v4i){-1, -1, -1, -1};
+      L->mask[gi][1] = (conv_v4i){0, 0, 0, 0};
+      if (ix[0] < L->lo) L->lo = ix[0];
+      if (ix[0] + 4 > L->hi) L->hi = ix[0] + 4;
+      continue;
+    }
     int used = 0;
     for (int e = 0; e < 2; e++) {
       L->off[gi][e] = 0;
@@ -277,9 +288,10 @@ static inline void conv_lanes_fill(const conv_lanes *L, const float *base, float
 static int conv_lanes_worth(const conv_lanes *L) { return L->ok; }
 
 /* Bp = kcpu_sgemm_pack_b of cols [K, ncols] (the forward pass's op(B)),
- * from x [xlen] whose group xoff on holds the block's first image. */
+ * from x [xlen] whose group xoff on holds the block's first image; with kb
+ * = K + 1 a last row of ones (the fused bias). */
 static void conv_pack_cols(const conv_geom *g, const conv_tab *tb, const float *x, int64_t xlen,
-                           int64_t xoff, int64_t ncols, float *Bp) {
+                           int64_t xoff, int64_t ncols, int64_t kb, float *Bp) {
   const int nr = kcpu_sgemm_nr();
   const float *xg = x + xoff;
   for (int64_t j0 = 0; j0 < ncols; j0 += nr) {
@@ -293,9 +305,13 @@ static void conv_pack_cols(const conv_geom *g, const conv_tab *tb, const float *
       conv_lanes_of(pix, n, nr, &L);
       lanes = conv_lanes_worth(&L) && xoff + L.lo >= 0 && xoff + tb->tap[g->K - 1] + L.hi <= xlen;
     }
-    for (int64_t k = 0, k_end; k < g->K;) {
-      float *d = Bp + kcpu_sgemm_packed_b_sliver(ncols, g->K, k, j0, &k_end);
+    for (int64_t k = 0, k_end; k < kb;) {
+      float *d = Bp + kcpu_sgemm_packed_b_sliver(ncols, kb, k, j0, &k_end);
       for (; k < k_end; k++, d += nr) {
+        if (k >= g->K) { /* the fused bias's row of ones */
+          for (int i = 0; i < nr; i++) d[i] = i < n ? 1.0f : 0.0f;
+          continue;
+        }
         if (lanes) {
           conv_lanes_fill(&L, xg + tb->tap[k], d);
           continue;
@@ -507,21 +523,50 @@ typedef struct conv_job {
   int64_t n_chunks;   /* backward weight: batch chunks */
   const float *wp;    /* forward, backward input: each group's weights packed once */
   int64_t wp_group;   /* (kcpu_sgemm_pack_a), wp_group floats apart; NULL: none */
+  int64_t kb;         /* forward: the GEMM's depth, K, or K + 1 with the bias fused */
 } conv_job;
 
 /* Packs each group's w [Og, K] (forward) or w^T [K, Og] (backward input,
  * trans 1) for kcpu_sgemm_apacked, so the blocks of a call do not pack the
  * same weights again (they did: 17% of conv2's forward pass). NULL without
- * memory; the blocks then pack as before, with the same results. */
-static float *conv_pack_weights(kcpu_pool *pool, const conv_geom *g, const float *w, int trans,
-                                int64_t *per_group) {
+ * memory; the blocks then pack as before, with the same results.
+ *
+ * With a bias (forward only) the packed matrix is [Og, K + 1], the bias its
+ * last column, and the packed cols get a last row of ones: the GEMM adds
+ * the bias as its last product, bias * 1 + sum, and the separate pass over
+ * y is gone (it re-read all of y: 5.5 MB for the CNN's conv1). That rounds
+ * as the pass did (sum + bias) when K + 1 is a single K block of the GEMM
+ * (up to 384); kcpu_conv2d fuses only then (deeper layers would split K + 1
+ * into blocks differently from K, and round differently). */
+static float *conv_pack_weights(kcpu_pool *pool, const conv_geom *g, const float *w,
+                                const float *bias, int trans, int64_t *per_group) {
   int64_t M = trans ? g->K : g->Og, K = trans ? g->Og : g->K;
-  *per_group = kcpu_sgemm_packed_a_floats(M, K);
+  int64_t Kb = bias ? K + 1 : K;
+  float *wb = NULL;
+  *per_group = kcpu_sgemm_packed_a_floats(M, Kb);
   size_t bytes = ((size_t)(g->G * *per_group) * sizeof(float) + 63) & ~(size_t)63;
   float *wp = aligned_alloc(64, bytes ? bytes : 64);
   if (!wp) return NULL;
-  for (int64_t grp = 0; grp < g->G; grp++)
-    kcpu_sgemm_pack_a(pool, trans, M, K, w + grp * g->Og * g->K, g->K, wp + grp * *per_group);
+  if (bias) {
+    wb = malloc((size_t)(g->Og * Kb) * sizeof(float));
+    if (!wb) {
+      free(wp);
+      return NULL;
+    }
+  }
+  for (int64_t grp = 0; grp < g->G; grp++) {
+    const float *wg = w + grp * g->Og * g->K;
+    if (bias) {
+      for (int64_t o = 0; o < g->Og; o++) {
+        memcpy(wb + o * Kb, wg + o * K, (size_t)K * sizeof(float));
+        wb[o * Kb + K] = bias[grp * g->Og + o];
+      }
+      kcpu_sgemm_pack_a(pool, 0, M, Kb, wb, Kb, wp + grp * *per_group);
+    } else {
+      kcpu_sgemm_pack_a(pool, trans, M, K, wg, g->K, wp + grp * *per_group);
+    }
+  }
+  free(wb);
   return wp;
 }
 
@@ -549,7 +594,7 @@ static void conv_gemm_w_packed(const conv_job *j, kcpu_pool *gp, int64_t grp, in
                                const float *Bp, float *C, int64_t ldc) {
   const conv_geom *g = &j->g;
   if (j->wp)
-    kcpu_sgemm_abpacked(gp, g->Og, N, g->K, 1.0f, j->wp + grp * j->wp_group, Bp, 0.0f, C, ldc);
+    kcpu_sgemm_abpacked(gp, g->Og, N, j->kb, 1.0f, j->wp + grp * j->wp_group, Bp, 0.0f, C, ldc);
   else
     kcpu_sgemm_packed(gp, 0, g->Og, N, g->K, 1.0f, j->b + grp * g->Og * g->K, g->K, Bp, 0.0f, C,
                       ldc);
@@ -561,8 +606,9 @@ static void conv_forward_block(const conv_job *j, kcpu_pool *gp, float *acc, int
   const conv_geom *g = &j->g;
   int64_t cols = nb * pt, HW = g->H * g->W;
   (void)acc;
-  if (g->pointwise && nb == 1) {
-    /* x is cols, leading dimension P */
+  if (g->pointwise && g->nb == 1) {
+    /* x is cols, leading dimension P (not for the last, single-image block
+     * of a batched geometry: its weights may hold the fused bias) */
     for (int64_t grp = 0; grp < g->G; grp++)
       conv_gemm_w(j, gp, grp, 0, pt, j->a + (n0 * g->C + grp * g->Cg) * HW + p0, g->P,
                   j->out + (n0 * g->O + grp * g->Og) * g->P + p0, g->P);
@@ -572,7 +618,8 @@ static void conv_forward_block(const conv_job *j, kcpu_pool *gp, float *acc, int
     conv_tab_pixels(g, &tb, nb, p0, pt);
     for (int64_t grp = 0; grp < g->G; grp++) {
       float *yg = j->out + (n0 * g->O + grp * g->Og) * g->P;
-      conv_pack_cols(g, &tb, j->a, g->N * g->C * HW, (n0 * g->C + grp * g->Cg) * HW, cols, scratch);
+      conv_pack_cols(g, &tb, j->a, g->N * g->C * HW, (n0 * g->C + grp * g->Cg) * HW, cols, j->kb,
+                     scratch);
       if (nb == 1) {
         conv_gemm_w_packed(j, gp, grp, pt, scratch, yg + p0, g->P);
         continue;
@@ -583,7 +630,7 @@ static void conv_forward_block(const conv_job *j, kcpu_pool *gp, float *acc, int
           memcpy(yg + (i * g->O + o) * g->P, stage + o * cols + i * pt, (size_t)pt * sizeof(float));
     }
   }
-  if (j->bias) {
+  if (j->bias && j->kb == g->K) { /* not fused */
     for (int64_t i = 0; i < nb; i++) {
       for (int64_t o = 0; o < g->O; o++) {
         float *yo = j->out + ((n0 + i) * g->O + o) * g->P + p0;
@@ -738,7 +785,13 @@ void kcpu_conv2d(kcpu_pool *pool, const kcpu_node *n) {
     conv_parallel(pool, g->N * g->O, 1, conv_forward_direct_range, &j);
     return;
   }
-  float *wp = conv_pack_weights(pool, g, j.b, 0, &j.wp_group);
+  /* The bias is fused where every block packs cols (not pointwise ones)
+   * and K + 1 is one K block of the GEMM, so the bits stay the same. */
+  int fuse = j.bias && !(g->pointwise && g->nb == 1) && kcpu_sgemm_k_block(g->K + 1) == g->K + 1;
+  float *wp = conv_pack_weights(pool, g, j.b, fuse ? j.bias : NULL, 0, &j.wp_group);
+  if (!wp && fuse) wp = conv_pack_weights(pool, g, j.b, NULL, 0, &j.wp_group);
+  else if (wp && fuse) j.kb = g->K + 1;
+  if (!j.kb) j.kb = g->K;
   j.wp = wp;
   if (g->N >= conv_threads(pool)) {
     conv_parallel(pool, g->N, g->nb, conv_forward_images_range, &j);
@@ -785,7 +838,7 @@ void kcpu_conv2d_backward_input(kcpu_pool *pool, const kcpu_node *n) {
     conv_parallel(pool, g->N * g->C, 1, conv_backward_input_direct_range, &j);
     return;
   }
-  float *wp = conv_pack_weights(pool, g, j.b, 1, &j.wp_group);
+  float *wp = conv_pack_weights(pool, g, j.b, NULL, 1, &j.wp_group);
   j.wp = wp;
   if (g->N >= conv_threads(pool)) {
     conv_parallel(pool, g->N, g->nb, conv_backward_input_images_range, &j);

@@ -208,6 +208,8 @@ void kcpu_sgemm_apacked(kcpu_pool *pool, int64_t M, int64_t N, int64_t K, float 
  * Bp must be 64-byte aligned, kcpu_sgemm_packed_b_floats(N, K) floats.
  * kcpu_sgemm_abpacked takes both operands packed (A by kcpu_sgemm_pack_a). */
 int kcpu_sgemm_nr(void);
+/* The depth of the GEMM's K blocks for depth K (K itself when K is one). */
+int64_t kcpu_sgemm_k_block(int64_t K);
 int64_t kcpu_sgemm_packed_b_sliver(int64_t N, int64_t K, int64_t k, int64_t j, int64_t *k_end);
 void kcpu_sgemm_abpacked(kcpu_pool *pool, int64_t M, int64_t N, int64_t K, float alpha,
                          const float *Ap, const float *Bp, float beta, float *C, int64_t ldc);

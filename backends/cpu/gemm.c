@@ -458,6 +458,11 @@ void kcpu_sgemm_packed(kcpu_pool *pool, int trans_a, int64_t M, int64_t N, int64
 
 int kcpu_sgemm_nr(void) { return kcpu_gemm_kernel_of(kcpu_isa_active)->nr; }
 
+int64_t kcpu_sgemm_k_block(int64_t K) {
+  int64_t k_blocks = (K + KC - 1) / KC;
+  return (K + k_blocks - 1) / k_blocks;
+}
+
 int64_t kcpu_sgemm_packed_b_sliver(int64_t N, int64_t K, int64_t k, int64_t j, int64_t *k_end) {
   const int nr = kcpu_gemm_kernel_of(kcpu_isa_active)->nr;
   int64_t k_blocks = (K + KC - 1) / KC;
