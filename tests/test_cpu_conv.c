@@ -763,11 +763,12 @@ Test(pool, maxpool_propagates_nan) {
   close_plugin();
 }
 
-/* 2x2 stride-2 backward over rows wide enough for the 4-window vector loop
- * and its scalar tail (W 19: OW 9 = 2 vectors + 1, a last odd column; H 9:
- * a last odd row), with ties (values from {0, 1, 2}), NaNs at every window
- * position and -0 gradients: bit for bit what the first-maximum rule gives
- * (the gradient to the first NaN, else the first maximum; -0 + 0 is +0). */
+/* 2x2 stride-2 pooling, backward and forward, over rows wide enough for the
+ * 4-window vector loops and their scalar tails (W 19: OW 9 = 2 vectors + 1,
+ * a last odd column; H 9: a last odd row), with ties (values from {0, 1,
+ * 2}), NaNs (each its own payload) at every window position and -0
+ * gradients: bit for bit what the first-maximum rule gives (the gradient
+ * to the first NaN, else the first maximum; -0 + 0 is +0). */
 Test(pool, maxpool_2x2_backward_vector_rows) {
   open_plugin(3);
   const int64_t N = 2, C = 3, H = 9, W = 19, OH = 4, OW = 9;
@@ -778,7 +779,10 @@ Test(pool, maxpool_2x2_backward_vector_rows) {
   float *dx = malloc((size_t)nx * sizeof(float)), *want = calloc((size_t)nx, sizeof(float));
   cr_assert(dx && want);
   for (int64_t i = 0; i < nx; i++) x[i] = floorf((x[i] + 1.0f) * 1.5f);
-  for (int64_t i = 0; i < nx; i += 7) x[i] = NAN;
+  for (int64_t i = 0; i < nx; i += 7) {
+    uint32_t u = 0x7fc00000u | (uint32_t)i;
+    memcpy(&x[i], &u, sizeof u);
+  }
   for (int64_t i = 0; i < ny; i += 5) dy[i] = -0.0f;
   run_node(KILN_OP_MAXPOOL2D_BACKWARD, 2, (tdesc[]){yd, xd}, (const float *[]){dy, x}, &xd, dx, ip);
   for (int64_t p = 0; p < N * C; p++)
@@ -794,7 +798,22 @@ Test(pool, maxpool_2x2_backward_vector_rows) {
   for (int64_t i = 0; i < nx; i++)
     cr_assert(memcmp(&dx[i], &want[i], sizeof(float)) == 0, "dx[%lld] is %g, expected %g",
               (long long)i, dx[i], want[i]);
-  free(x), free(dy), free(dx), free(want);
+  /* The forward pass on the same rows: the running maximum takes v when v >
+   * m or v is NaN (so the last NaN of a window), bit for bit. */
+  float *y = malloc((size_t)ny * sizeof(float));
+  cr_assert_not_null(y);
+  run_node(KILN_OP_MAXPOOL2D, 1, &xd, (const float *[]){x}, &yd, y, ip);
+  for (int64_t p = 0; p < N * C; p++)
+    for (int64_t oh = 0; oh < OH; oh++)
+      for (int64_t ow = 0; ow < OW; ow++) {
+        const float *r = x + p * H * W + 2 * oh * W + 2 * ow;
+        float m = r[0], v[3] = {r[1], r[W], r[W + 1]};
+        for (int k = 0; k < 3; k++) m = (v[k] > m || isnan(v[k])) ? v[k] : m;
+        int64_t i = (p * OH + oh) * OW + ow;
+        cr_assert(memcmp(&y[i], &m, sizeof m) == 0, "y[%lld] is %g, expected %g", (long long)i,
+                  y[i], m);
+      }
+  free(x), free(dy), free(dx), free(want), free(y);
   close_plugin();
 }
 

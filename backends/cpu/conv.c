@@ -189,11 +189,11 @@ static void conv_tab_taps(const conv_geom *g, const conv_tab *tb) {
 static void conv_tab_pixels(const conv_geom *g, conv_tab *tb, int64_t nb, int64_t p0, int64_t pt) {
   tb->n_runs = 0;
   for (int64_t i = 0, q = 0; i < nb; i++)
-    for (int64_t p = p0; p < p0 + pt; p++, q++) {
-      int64_t oh = p / g->OW, ow = p % g->OW;
+    for (int64_t p = p0, oh = p0 / g->OW, ow = p0 % g->OW; p < p0 + pt; p++, q++) {
       tb->pih[q] = oh * g->sh - g->ph, tb->piw[q] = ow * g->sw - g->pw;
       tb->pix[q] = i * g->C * g->H * g->W + tb->pih[q] * g->W + tb->piw[q];
       if (q == 0 || tb->pix[q] != tb->pix[q - 1] + 1) tb->run[tb->n_runs++] = q;
+      if (++ow == g->OW) ow = 0, oh++;
     }
   tb->run[tb->n_runs] = nb * pt;
 }

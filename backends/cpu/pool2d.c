@@ -186,27 +186,6 @@ static int pool_is_2x2(const pool_geom *g) {
   return g->KH == 2 && g->KW == 2 && g->sh == 2 && g->sw == 2 && g->ph == 0 && g->pw == 0;
 }
 
-KCPU_BODY void maxpool_2x2_range_body(void *arg, int64_t begin, int64_t end) {
-  const pool_job *j = arg;
-  const pool_geom *g = &j->g;
-  const int64_t W = g->W, OW = g->OW;
-  for (int64_t p = begin; p < end; p++) {
-    const float *xp = j->a + p * g->H * W;
-    float *yp = j->out + p * g->OH * OW;
-    for (int64_t oh = 0; oh < g->OH; oh++) {
-      const float *r0 = xp + 2 * oh * W, *r1 = r0 + W;
-      float *y = yp + oh * OW;
-      for (int64_t ow = 0; ow < OW; ow++) {
-        float m = r0[2 * ow], v;
-        v = r0[2 * ow + 1], m = ((v > m) | (v != v)) ? v : m;
-        v = r1[2 * ow], m = ((v > m) | (v != v)) ? v : m;
-        v = r1[2 * ow + 1], m = ((v > m) | (v != v)) ? v : m;
-        y[ow] = m;
-      }
-    }
-  }
-}
-KCPU_RANGE_VARIANTS(maxpool_2x2_range)
 
 /* The first maximum of a, b, c, d in that order (a NaN counts as the
  * maximum): its position 0..3. Branch-free: on real data the outcome is
@@ -244,10 +223,53 @@ typedef int32_t pool_v4i __attribute__((vector_size(16)));
 #define POOL_SHUF(a, b, i0, i1, i2, i3) __builtin_shuffle(a, b, (pool_v4i){i0, i1, i2, i3})
 #endif
 
-/* m where keep, v where not: as integer lanes. */
+/* v where t (all ones), m where t is 0: as integer lanes. */
 static inline __attribute__((always_inline)) pool_v4i pool_sel(pool_v4i t, pool_v4i v, pool_v4i m) {
   return (v & t) | (m & ~t);
 }
+
+/* y for one output row: the maximum of a, b, c, d in that order, a NaN
+ * taking over (v > m or v is NaN). Four windows at a time in vectors, as
+ * maxpool_2x2_backward_row below (same comparisons, exact selects: the
+ * scalar loop's bits); the scalar loop does the rest. */
+static inline __attribute__((always_inline)) void
+maxpool_2x2_row(const float *restrict r0, const float *restrict r1, float *restrict y, int64_t OW) {
+  int64_t ow = 0;
+  for (; ow + 4 <= OW; ow += 4) {
+    pool_v4 x00, x01, x10, x11;
+    memcpy(&x00, r0 + 2 * ow, 16), memcpy(&x01, r0 + 2 * ow + 4, 16);
+    memcpy(&x10, r1 + 2 * ow, 16), memcpy(&x11, r1 + 2 * ow + 4, 16);
+    pool_v4 m = POOL_SHUF(x00, x01, 0, 2, 4, 6), v = POOL_SHUF(x00, x01, 1, 3, 5, 7);
+    m = (pool_v4)pool_sel((v > m) | (v != v), (pool_v4i)v, (pool_v4i)m);
+    v = POOL_SHUF(x10, x11, 0, 2, 4, 6);
+    m = (pool_v4)pool_sel((v > m) | (v != v), (pool_v4i)v, (pool_v4i)m);
+    v = POOL_SHUF(x10, x11, 1, 3, 5, 7);
+    m = (pool_v4)pool_sel((v > m) | (v != v), (pool_v4i)v, (pool_v4i)m);
+    memcpy(y + ow, &m, 16);
+  }
+  for (; ow < OW; ow++) {
+    float m = r0[2 * ow], v;
+    v = r0[2 * ow + 1], m = ((v > m) | (v != v)) ? v : m;
+    v = r1[2 * ow], m = ((v > m) | (v != v)) ? v : m;
+    v = r1[2 * ow + 1], m = ((v > m) | (v != v)) ? v : m;
+    y[ow] = m;
+  }
+}
+
+KCPU_BODY void maxpool_2x2_range_body(void *arg, int64_t begin, int64_t end) {
+  const pool_job *j = arg;
+  const pool_geom *g = &j->g;
+  const int64_t W = g->W, OW = g->OW;
+  for (int64_t p = begin; p < end; p++) {
+    const float *xp = j->a + p * g->H * W;
+    float *yp = j->out + p * g->OH * OW;
+    for (int64_t oh = 0; oh < g->OH; oh++) {
+      const float *r0 = xp + 2 * oh * W;
+      maxpool_2x2_row(r0, r0 + W, yp + oh * OW, OW);
+    }
+  }
+}
+KCPU_RANGE_VARIANTS(maxpool_2x2_range)
 
 /* One output row of windows: r0, r1 the window rows of x, d0, d1 those of
  * dx, dy the row's OW gradients. */
