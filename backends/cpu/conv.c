@@ -141,6 +141,10 @@ typedef struct conv_tab {
   /* Stretches of consecutive pix: columns [run[r], run[r + 1]) for r <
    * n_runs (an output row, or what of it the block holds). */
   int64_t *run, n_runs;       /* [ncols + 1] */
+  /* The block the pixel table holds: nb, p0, pt and its n_runs. The table
+   * does not depend on the block's first image, so consecutive blocks of
+   * one shape (every image of the CNN's conv1) reuse it. */
+  int64_t *key;               /* [4] */
 } conv_tab;
 
 /* Floats of scratch for a block of ncols columns: cols [K, ncols] or its
@@ -162,7 +166,7 @@ static int64_t conv_stage_floats(const conv_geom *g, int64_t ncols) {
 
 static int64_t conv_scratch_floats(const conv_geom *g) {
   int64_t ncols = g->nb * g->pt;
-  return conv_cols_floats(g, ncols) + conv_stage_floats(g, ncols) + 2 * (4 * ncols + 1 + 3 * g->K);
+  return conv_cols_floats(g, ncols) + conv_stage_floats(g, ncols) + 2 * (4 * ncols + 5 + 3 * g->K);
 }
 
 /* The tables inside scratch; the tap table is filled by conv_tab_taps. */
@@ -171,7 +175,8 @@ static conv_tab conv_tab_of(const conv_geom *g, float *scratch) {
   int64_t *t = (int64_t *)(scratch + conv_cols_floats(g, ncols) + conv_stage_floats(g, ncols));
   conv_tab tb = {.pix = t, .pih = t + ncols, .piw = t + 2 * ncols, .tap = t + 3 * ncols,
                  .tkh = t + 3 * ncols + g->K, .tkw = t + 3 * ncols + 2 * g->K,
-                 .padded = g->ph > 0 || g->pw > 0, .run = t + 3 * ncols + 3 * g->K};
+                 .padded = g->ph > 0 || g->pw > 0, .run = t + 3 * ncols + 3 * g->K,
+                 .key = t + 4 * ncols + 1 + 3 * g->K};
   return tb;
 }
 
@@ -187,6 +192,10 @@ static void conv_tab_taps(const conv_geom *g, const conv_tab *tb) {
 /* The pixel table of a block: nb images from n0 (whole, pt == P) or pixels
  * [p0, p0 + pt) of one. */
 static void conv_tab_pixels(const conv_geom *g, conv_tab *tb, int64_t nb, int64_t p0, int64_t pt) {
+  if (tb->key[0] == nb && tb->key[1] == p0 && tb->key[2] == pt) {
+    tb->n_runs = tb->key[3];
+    return;
+  }
   tb->n_runs = 0;
   for (int64_t i = 0, q = 0; i < nb; i++)
     for (int64_t p = p0, oh = p0 / g->OW, ow = p0 % g->OW; p < p0 + pt; p++, q++) {
@@ -196,6 +205,7 @@ static void conv_tab_pixels(const conv_geom *g, conv_tab *tb, int64_t nb, int64_
       if (++ow == g->OW) ow = 0, oh++;
     }
   tb->run[tb->n_runs] = nb * pt;
+  tb->key[0] = nb, tb->key[1] = p0, tb->key[2] = pt, tb->key[3] = tb->n_runs;
 }
 
 /* Element (tap t, column q) of cols, or 0 in the padding. */
@@ -749,6 +759,7 @@ static float *conv_scratch(const conv_geom *g, int *failed) {
   }
   conv_tab tb = conv_tab_of(g, s);
   conv_tab_taps(g, &tb);
+  tb.key[0] = -1; /* no pixel table yet */
   return s;
 }
 
