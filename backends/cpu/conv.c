@@ -15,7 +15,12 @@
  * pixels when the image is large, so a block stays in L2, or several whole
  * images side by side when it is small (the CNN's last 3x3 layer has only
  * 9 output pixels), so a call has enough columns to be efficient. A 1x1,
- * stride-1, unpadded convolution reads x itself as cols.
+ * stride-1, unpadded convolution reads x itself as cols. Otherwise the
+ * forward pass and the weight gradient never store cols as a matrix: they
+ * gather it straight into the GEMM's packed B (cols, or cols^T), through
+ * offset tables; the backward input pass stores the GEMM's cols and adds
+ * them into dx (col2im). With a bias the forward GEMM adds it as its last
+ * product (see conv_pack_weights).
  *
  * Depthwise convolutions with one or two outputs per group gain nothing
  * from a GEMM with K = KH*KW and so few rows, and use direct loops; the
@@ -27,8 +32,9 @@
  * with a NULL pool); with fewer images the blocks run one after another
  * with pooled GEMMs. The weight gradient sums one partial per chunk of the
  * batch (a few chunks per thread, fixed by the batch size and the thread
- * count, never by timing) in chunk order. So nothing depends on scheduling: y and dx depend only on the
- * shapes, dw also on the thread count, and a run is bitwise reproducible.
+ * count, never by timing) in chunk order. So nothing depends on
+ * scheduling: y and dx depend only on the shapes, dw also on the thread
+ * count, and a run is bitwise reproducible.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -131,8 +137,8 @@ static void conv_valid_range(int64_t off, int64_t stride, int64_t limit, int64_t
  * forward pass: op(B) = cols, slivers of nr pixels; the weight gradient:
  * op(B) = cols^T, slivers of nr taps) instead of filling cols and then
  * packing it (the two passes were 20% of a CNN step, most of it in per-row
- * memcpy calls of 11 floats), and col2im a scatter-add in the same order
- * as col2im_tile (tap by tap, pixels in order), hence the same bits. */
+ * memcpy calls of 11 floats), and col2im a scatter-add in the order the
+ * matrix-based col2im used (per element: tap by tap), hence the same bits. */
 
 typedef struct conv_tab {
   int64_t *pix, *pih, *piw;   /* [ncols] */
@@ -378,7 +384,8 @@ static inline void conv_add_run(float *restrict d, const float *restrict s, int6
 }
 
 /* dxg += col2im of cols [K, ncols] (leading dimension ld), tap by tap: each
- * element of dx gets its terms in tap order, as col2im_tile gave them.
+ * element of dx gets its terms in tap order, as the matrix-based col2im
+ * gave them.
  * Without padding a stretch of pixels adds to a stretch of dx, element-wise
  * (no two columns of a tap share an element). The taps go (kh, kw) outer and
  * channel inner: the order per element is the same (an element sees only
@@ -597,7 +604,8 @@ static void conv_gemm_w(const conv_job *j, kcpu_pool *gp, int64_t grp, int trans
 /* A block is the set of GEMM columns done at once: pixels [p0, p0+pt) of
  * image n0 (nb == 1), or every pixel of images n0 .. n0+nb-1 (nb > 1, pt ==
  * P), column i*P + p holding pixel p of image n0+i. Scratch holds the block's
- * cols [K, nb*pt] and, for nb > 1, a staging matrix [Og, nb*pt] for y or dy. */
+ * cols [K, nb*pt] or its packed form, for nb > 1 a staging matrix [Og,
+ * nb*pt] for y or dy, and the offset tables (conv_scratch_floats). */
 
 /* C [Og, N] = w of group grp @ op(B), op(B) = cols packed in Bp. */
 static void conv_gemm_w_packed(const conv_job *j, kcpu_pool *gp, int64_t grp, int64_t N,
