@@ -385,13 +385,12 @@ static inline void conv_add_run(float *restrict d, const float *restrict s, int6
 
 /* dxg += col2im of cols [K, ncols] (leading dimension ld), tap by tap: each
  * element of dx gets its terms in tap order, as the matrix-based col2im
- * gave them.
- * Without padding a stretch of pixels adds to a stretch of dx, element-wise
- * (no two columns of a tap share an element). The taps go (kh, kw) outer and
- * channel inner: the order per element is the same (an element sees only
- * its channel's taps), but consecutive stretches now land in different
- * channels, where (kw, kw + 1) inner wrote one float apart and each load
- * waited on the store before it (failed store forwarding). */
+ * gave them. Without padding a stretch of pixels adds to a stretch of dx,
+ * element-wise (no two columns of a tap share an element). The taps go
+ * (kh, kw) outer and channel inner: the order per element is the same (an
+ * element sees only its channel's taps), but consecutive stretches now land
+ * in different channels, where (kw, kw + 1) inner wrote one float apart and
+ * each load waited on the store before it (failed store forwarding). */
 static void conv_col2im(const conv_geom *g, const conv_tab *tb, const float *cols, int64_t ld,
                         int64_t ncols, float *dxg) {
   for (int64_t kk = 0; kk < g->KH * g->KW; kk++) {
