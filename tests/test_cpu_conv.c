@@ -74,6 +74,8 @@ static const conv_case conv_cases[] = {
     {2, 64, 12, 12, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0},   /* K = 576: two pixel tiles per image */
     {1, 6, 12, 11, 4, 1, 1, 1, 1, 0, 0, 1, 1, 2, 1},    /* pointwise, one image per GEMM */
     {3, 2, 17, 15, 3, 2, 4, 2, 1, 1, 0, 2, 2, 1, 1},    /* even kernel, mixed params */
+    {1, 1, 66, 66, 5, 3, 3, 1, 1, 0, 0, 1, 1, 1, 1},    /* 4096 pixels: two packed-B panels */
+    {1, 2, 60, 60, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0},    /* 3600 padded pixels, two panels */
 };
 #define N_CONV_CASES (sizeof conv_cases / sizeof conv_cases[0])
 
@@ -387,6 +389,45 @@ Test(conv, backward_matches_finite_differences) {
 
 /* Two runs of the same graph give the same bits, with the batch split over
  * threads (forward, both backward passes). */
+/* The forward pass may add the bias inside the GEMM (a last column of the
+ * packed weights times a row of ones) instead of in a pass over y; either
+ * way y must be, bit for bit, conv2d without bias, then + bias[o]: shallow
+ * (fused), deep (K = 576: not fused), batched pointwise with a last
+ * single-image block, padded and strided, on 1 and 3 threads. */
+Test(conv, bias_adds_after_the_sum) {
+  static const conv_case cases[] = {
+      {5, 8, 13, 13, 16, 3, 3, 1, 1, 0, 0, 1, 1, 1, 1},   /* K 72: fused */
+      {3, 64, 5, 5, 8, 3, 3, 1, 1, 0, 0, 1, 1, 1, 1},     /* K 576: two K blocks */
+      {3, 3, 10, 9, 5, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1},     /* pointwise, blocks of 2 and 1 */
+      {3, 4, 9, 11, 4, 3, 5, 3, 2, 1, 2, 1, 1, 2, 1},     /* padded, strided, groups 2 */
+  };
+  for (int threads = 1; threads <= 3; threads += 2) {
+    open_plugin(threads);
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+      const conv_case *c = &cases[k];
+      int64_t ip[8];
+      conv_ip(c, ip);
+      tdesc xd = {4, {c->N, c->C, c->H, c->W}}, wd = {4, {c->O, c->C / c->G, c->KH, c->KW}};
+      tdesc bd = {1, {c->O}}, yd = {4, {c->N, c->O, conv_oh(c), conv_ow(c)}};
+      int64_t ny = tnumel(&yd), P = conv_oh(c) * conv_ow(c);
+      float *x = random_floats(tnumel(&xd), 60 + k), *w = random_floats(tnumel(&wd), 61 + k);
+      float *b = random_floats(c->O, 62 + k);
+      float *yb = malloc((size_t)ny * sizeof(float)), *y = malloc((size_t)ny * sizeof(float));
+      cr_assert(yb && y);
+      run_node(KILN_OP_CONV2D, 3, (tdesc[]){xd, wd, bd}, (const float *[]){x, w, b}, &yd, yb, ip);
+      run_node(KILN_OP_CONV2D, 2, (tdesc[]){xd, wd}, (const float *[]){x, w}, &yd, y, ip);
+      for (int64_t i = 0; i < ny; i++) {
+        float want = y[i] + b[(i / P) % c->O];
+        cr_assert(memcmp(&yb[i], &want, sizeof want) == 0,
+                  "%s, %d threads: y[%lld] is %.9g, conv2d without bias + bias is %.9g",
+                  conv_case_str(c), threads, (long long)i, (double)yb[i], (double)want);
+      }
+      free(x), free(w), free(b), free(yb), free(y);
+    }
+    close_plugin();
+  }
+}
+
 Test(conv, repeated_runs_are_bitwise_identical) {
   const conv_case c = {8, 8, 14, 14, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1};
   int64_t ip[8];
@@ -719,6 +760,60 @@ Test(pool, maxpool_propagates_nan) {
   want[1] = 1, want[7] = 2, want[13] = 3, want[14] = 4;
   for (int i = 0; i < 16; i++)
     cr_assert_eq(dx[i], want[i], "dx[%d] is %g, expected %g", i, dx[i], want[i]);
+  close_plugin();
+}
+
+/* 2x2 stride-2 pooling, backward and forward, over rows wide enough for the
+ * 4-window vector loops and their scalar tails (W 19: OW 9 = 2 vectors + 1,
+ * a last odd column; H 9: a last odd row), with ties (values from {0, 1,
+ * 2}), NaNs (each its own payload) at every window position and -0
+ * gradients: bit for bit what the first-maximum rule gives (the gradient
+ * to the first NaN, else the first maximum; -0 + 0 is +0). */
+Test(pool, maxpool_2x2_backward_vector_rows) {
+  open_plugin(3);
+  const int64_t N = 2, C = 3, H = 9, W = 19, OH = 4, OW = 9;
+  int64_t ip[8] = {2, 2, 2, 2, 0, 0, 0, 0};
+  tdesc xd = T4(N, C, H, W), yd = T4(N, C, OH, OW);
+  int64_t nx = tnumel(&xd), ny = tnumel(&yd);
+  float *x = random_floats(nx, 901), *dy = random_floats(ny, 902);
+  float *dx = malloc((size_t)nx * sizeof(float)), *want = calloc((size_t)nx, sizeof(float));
+  cr_assert(dx && want);
+  for (int64_t i = 0; i < nx; i++) x[i] = floorf((x[i] + 1.0f) * 1.5f);
+  for (int64_t i = 0; i < nx; i += 7) {
+    uint32_t u = 0x7fc00000u | (uint32_t)i;
+    memcpy(&x[i], &u, sizeof u);
+  }
+  for (int64_t i = 0; i < ny; i += 5) dy[i] = -0.0f;
+  run_node(KILN_OP_MAXPOOL2D_BACKWARD, 2, (tdesc[]){yd, xd}, (const float *[]){dy, x}, &xd, dx, ip);
+  for (int64_t p = 0; p < N * C; p++)
+    for (int64_t oh = 0; oh < OH; oh++)
+      for (int64_t ow = 0; ow < OW; ow++) {
+        int64_t best = -1;
+        for (int64_t k = 0; k < 4; k++) {
+          int64_t i = p * H * W + (2 * oh + k / 2) * W + 2 * ow + k % 2;
+          if (best < 0 || (!isnan(x[best]) && (isnan(x[i]) || x[i] > x[best]))) best = i;
+        }
+        want[best] = 0.0f + dy[(p * OH + oh) * OW + ow];
+      }
+  for (int64_t i = 0; i < nx; i++)
+    cr_assert(memcmp(&dx[i], &want[i], sizeof(float)) == 0, "dx[%lld] is %g, expected %g",
+              (long long)i, dx[i], want[i]);
+  /* The forward pass on the same rows: the running maximum takes v when v >
+   * m or v is NaN (so the last NaN of a window), bit for bit. */
+  float *y = malloc((size_t)ny * sizeof(float));
+  cr_assert_not_null(y);
+  run_node(KILN_OP_MAXPOOL2D, 1, &xd, (const float *[]){x}, &yd, y, ip);
+  for (int64_t p = 0; p < N * C; p++)
+    for (int64_t oh = 0; oh < OH; oh++)
+      for (int64_t ow = 0; ow < OW; ow++) {
+        const float *r = x + p * H * W + 2 * oh * W + 2 * ow;
+        float m = r[0], v[3] = {r[1], r[W], r[W + 1]};
+        for (int k = 0; k < 3; k++) m = (v[k] > m || isnan(v[k])) ? v[k] : m;
+        int64_t i = (p * OH + oh) * OW + ow;
+        cr_assert(memcmp(&y[i], &m, sizeof m) == 0, "y[%lld] is %g, expected %g", (long long)i,
+                  y[i], m);
+      }
+  free(x), free(dy), free(dx), free(want), free(y);
   close_plugin();
 }
 

@@ -15,7 +15,12 @@
  * pixels when the image is large, so a block stays in L2, or several whole
  * images side by side when it is small (the CNN's last 3x3 layer has only
  * 9 output pixels), so a call has enough columns to be efficient. A 1x1,
- * stride-1, unpadded convolution reads x itself as cols.
+ * stride-1, unpadded convolution reads x itself as cols. Otherwise the
+ * forward pass and the weight gradient never store cols as a matrix: they
+ * gather it straight into the GEMM's packed B (cols, or cols^T), through
+ * offset tables; the backward input pass stores the GEMM's cols and adds
+ * them into dx (col2im). With a bias the forward GEMM adds it as its last
+ * product (see conv_pack_weights).
  *
  * Depthwise convolutions with one or two outputs per group gain nothing
  * from a GEMM with K = KH*KW and so few rows, and use direct loops; the
@@ -27,8 +32,9 @@
  * with a NULL pool); with fewer images the blocks run one after another
  * with pooled GEMMs. The weight gradient sums one partial per chunk of the
  * batch (a few chunks per thread, fixed by the batch size and the thread
- * count, never by timing) in chunk order. So nothing depends on scheduling: y and dx depend only on the
- * shapes, dw also on the thread count, and a run is bitwise reproducible.
+ * count, never by timing) in chunk order. So nothing depends on
+ * scheduling: y and dx depend only on the shapes, dw also on the thread
+ * count, and a run is bitwise reproducible.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -116,77 +122,292 @@ static void conv_valid_range(int64_t off, int64_t stride, int64_t limit, int64_t
   *hi = h;
 }
 
-/* ---- im2col / col2im ----------------------------------------------------- */
+/* ---- im2col through offset tables ----------------------------------------
+ * Column p of a block (pixel (oh, ow) of image n0 + i) and row t = (c, kh,
+ * kw) of cols meet at one element of x: with ih0 = oh*sh - ph and iw0 =
+ * ow*sw - pw, it is xg[pix[p] + tap[t]] where
+ *
+ *   pix[p] = i*C*H*W + ih0*W + iw0         (per block: pixel table)
+ *   tap[t] = c*H*W + kh*dh*W + kw*dw       (per geometry: tap table)
+ *
+ * and it is padding (zero) unless ih0 + kh*dh is in [0, H) and iw0 + kw*dw
+ * in [0, W) (pih/piw and tkh/tkw hold the parts). Without padding every
+ * element is inside. So im2col is a gather by pix[p] + tap[t], which can
+ * write each element straight where the GEMM's packed B wants it (the
+ * forward pass: op(B) = cols, slivers of nr pixels; the weight gradient:
+ * op(B) = cols^T, slivers of nr taps) instead of filling cols and then
+ * packing it (the two passes were 20% of a CNN step, most of it in per-row
+ * memcpy calls of 11 floats), and col2im a scatter-add in the order the
+ * matrix-based col2im used (per element: tap by tap), hence the same bits. */
 
-/* cols [K, pt] (leading dimension ld) = the im2col columns p0 .. p0+pt-1
- * of xg [Cg, H, W]. */
-static void im2col_tile(const conv_geom *g, const float *xg, int64_t p0, int64_t pt, float *cols,
-                        int64_t ld) {
-  int64_t oh_first = p0 / g->OW, ow_first = p0 % g->OW;
-  for (int64_t c = 0; c < g->Cg; c++) {
-    const float *xc = xg + c * g->H * g->W;
-    for (int64_t kh = 0; kh < g->KH; kh++) {
-      int64_t ih_off = kh * g->dh - g->ph;
-      for (int64_t kw = 0; kw < g->KW; kw++) {
-        int64_t iw_off = kw * g->dw - g->pw, lo, hi;
-        conv_valid_range(iw_off, g->sw, g->W, g->OW, &lo, &hi);
-        float *row = cols + ((c * g->KH + kh) * g->KW + kw) * ld;
-        /* Segments of one output row each: pixels p .. p + ow1 - ow0 - 1. */
-        for (int64_t p = p0, oh = oh_first, ow0 = ow_first; p < p0 + pt; oh++, ow0 = 0) {
-          int64_t ow1 = g->OW < ow0 + (p0 + pt - p) ? g->OW : ow0 + (p0 + pt - p);
-          float *dst = row + (p - p0); /* dst[ow - ow0] for ow in [ow0, ow1) */
-          int64_t ih = oh * g->sh + ih_off;
-          /* [ow0, a) and [b, ow1) read padding, [a, b) reads row ih. */
-          int64_t a = lo < ow0 ? ow0 : lo > ow1 ? ow1 : lo;
-          int64_t b = hi < a ? a : hi > ow1 ? ow1 : hi;
-          if (ih < 0 || ih >= g->H) a = b = ow1;
-          for (int64_t ow = ow0; ow < a; ow++) dst[ow - ow0] = 0.0f;
-          if (b > a) {
-            const float *src = xc + ih * g->W + a * g->sw + iw_off;
-            float *d = dst + (a - ow0);
-            if (g->sw == 1) memcpy(d, src, (size_t)(b - a) * sizeof(float));
-            else for (int64_t i = 0; i < b - a; i++) d[i] = src[i * g->sw];
-          }
-          for (int64_t ow = b; ow < ow1; ow++) dst[ow - ow0] = 0.0f;
-          p += ow1 - ow0;
+typedef struct conv_tab {
+  int64_t *pix, *pih, *piw;   /* [ncols] */
+  int64_t *tap, *tkh, *tkw;   /* [K] */
+  int padded;
+  /* Stretches of consecutive pix: columns [run[r], run[r + 1]) for r <
+   * n_runs (an output row, or what of it the block holds). */
+  int64_t *run, n_runs;       /* [ncols + 1] */
+  /* The block the pixel table holds: nb, p0, pt and its n_runs. The table
+   * does not depend on the block's first image, so consecutive blocks of
+   * one shape (every image of the CNN's conv1) reuse it. */
+  int64_t *key;               /* [4] */
+} conv_tab;
+
+/* Floats of scratch for a block of ncols columns: cols [K, ncols] or its
+ * packed form either way round, then (nb > 1) a staging matrix [Og, ncols],
+ * then the tables (int64, counted as two floats each). */
+static int64_t conv_round16(int64_t n) { return (n + 15) / 16 * 16; }
+
+static int64_t conv_cols_floats(const conv_geom *g, int64_t ncols) {
+  int64_t nr = kcpu_sgemm_nr();
+  int64_t a = g->K * ncols, b = (ncols + nr - 1) / nr * nr * (g->K + 1); /* + 1: a fused bias */
+  int64_t c = (g->K + nr - 1) / nr * nr * ncols;
+  int64_t m = a > b ? a : b;
+  return conv_round16(m > c ? m : c);
+}
+
+static int64_t conv_stage_floats(const conv_geom *g, int64_t ncols) {
+  return g->nb > 1 ? conv_round16(g->Og * ncols) : 0;
+}
+
+static int64_t conv_scratch_floats(const conv_geom *g) {
+  int64_t ncols = g->nb * g->pt;
+  return conv_cols_floats(g, ncols) + conv_stage_floats(g, ncols) + 2 * (4 * ncols + 5 + 3 * g->K);
+}
+
+/* The tables inside scratch; the tap table is filled by conv_tab_taps. */
+static conv_tab conv_tab_of(const conv_geom *g, float *scratch) {
+  int64_t ncols = g->nb * g->pt;
+  int64_t *t = (int64_t *)(scratch + conv_cols_floats(g, ncols) + conv_stage_floats(g, ncols));
+  conv_tab tb = {.pix = t, .pih = t + ncols, .piw = t + 2 * ncols, .tap = t + 3 * ncols,
+                 .tkh = t + 3 * ncols + g->K, .tkw = t + 3 * ncols + 2 * g->K,
+                 .padded = g->ph > 0 || g->pw > 0, .run = t + 3 * ncols + 3 * g->K,
+                 .key = t + 4 * ncols + 1 + 3 * g->K};
+  return tb;
+}
+
+static void conv_tab_taps(const conv_geom *g, const conv_tab *tb) {
+  for (int64_t c = 0, t = 0; c < g->Cg; c++)
+    for (int64_t kh = 0; kh < g->KH; kh++)
+      for (int64_t kw = 0; kw < g->KW; kw++, t++) {
+        tb->tkh[t] = kh * g->dh, tb->tkw[t] = kw * g->dw;
+        tb->tap[t] = c * g->H * g->W + tb->tkh[t] * g->W + tb->tkw[t];
+      }
+}
+
+/* The pixel table of a block: nb images from n0 (whole, pt == P) or pixels
+ * [p0, p0 + pt) of one. */
+static void conv_tab_pixels(const conv_geom *g, conv_tab *tb, int64_t nb, int64_t p0, int64_t pt) {
+  if (tb->key[0] == nb && tb->key[1] == p0 && tb->key[2] == pt) {
+    tb->n_runs = tb->key[3];
+    return;
+  }
+  tb->n_runs = 0;
+  for (int64_t i = 0, q = 0; i < nb; i++)
+    for (int64_t p = p0, oh = p0 / g->OW, ow = p0 % g->OW; p < p0 + pt; p++, q++) {
+      tb->pih[q] = oh * g->sh - g->ph, tb->piw[q] = ow * g->sw - g->pw;
+      tb->pix[q] = i * g->C * g->H * g->W + tb->pih[q] * g->W + tb->piw[q];
+      if (q == 0 || tb->pix[q] != tb->pix[q - 1] + 1) tb->run[tb->n_runs++] = q;
+      if (++ow == g->OW) ow = 0, oh++;
+    }
+  tb->run[tb->n_runs] = nb * pt;
+  tb->key[0] = nb, tb->key[1] = p0, tb->key[2] = pt, tb->key[3] = tb->n_runs;
+}
+
+/* Element (tap t, column q) of cols, or 0 in the padding. */
+static inline float conv_tab_at(const conv_geom *g, const conv_tab *tb, const float *xg, int64_t t,
+                                int64_t q) {
+  int64_t ih = tb->pih[q] + tb->tkh[t], iw = tb->piw[q] + tb->tkw[t];
+  return (uint64_t)ih < (uint64_t)g->H && (uint64_t)iw < (uint64_t)g->W ? xg[tb->pix[q] + tb->tap[t]]
+                                                                        : 0.0f;
+}
+
+/* ---- filling a sliver row by 4-lane vector loads ---------------------------
+ * A row of a packed sliver is d[i] = base[idx[i]] for i < n and 0 for n <= i
+ * < nr, the idx fixed per sliver and the base changing row by row (the
+ * forward pass: idx = pixel offsets, base = x at a tap; the weight
+ * gradient: idx = tap offsets, base = x at a pixel). Without padding idx
+ * runs in consecutive stretches (an output row, a kernel row), so lane l of
+ * a group of 4 reads base + (idx[i] - l) + l: the lanes whose idx[i] - l
+ * agree come from one unaligned 4-float load, masked. A group of 4 lanes
+ * meets at most 2 stretches when they are 3 or more long (3x3 kernels,
+ * output rows of 3 and more pixels): 2 loads and one store instead of 4
+ * scalar loads of idx and x and 4 stores; the scalar gather was 20% of a
+ * CNN step. Loads read whole groups, so up to 3 floats beyond the ones
+ * used: the callers use this only where every such load stays inside x.
+ * The bits are copied (masks and ors), so the result is the scalar
+ * gather's. */
+
+typedef float conv_v4 __attribute__((vector_size(16)));
+typedef int32_t conv_v4i __attribute__((vector_size(16)));
+
+typedef struct conv_lanes {
+  int groups;                          /* nr / 4 */
+  int ok;                              /* no group needs more than 2 loads */
+  int64_t off[KCPU_NR_MAX / 4][2];     /* each group's 2 loads: offsets from base */
+  conv_v4i mask[KCPU_NR_MAX / 4][2];   /* and the lanes they fill (all ones) */
+  int64_t lo, hi;                      /* every load reads [base + lo, base + hi) */
+} conv_lanes;
+
+/* A group always does 2 loads (a second one with no lanes repeats the
+ * first), so filling has no data-dependent branches; a group that needs 3
+ * or 4 (strided idx) makes the pattern not ok, and the caller gathers. */
+static void conv_lanes_of(const int64_t *idx, int n, int nr, conv_lanes *L) {
+  L->groups = nr / 4;
+  L->ok = 1;
+  L->lo = INT64_MAX, L->hi = INT64_MIN;
+  for (int gi = 0; gi < L->groups; gi++) {
+    const int64_t *ix = idx + 4 * gi;
+    if (4 * gi + 4 <= n && ix[1] == ix[0] + 1 && ix[2] == ix[0] + 2 && ix[3] == ix[0] + 3) {
+      /* the common case, one stretch: one load (done twice) */
+      L->off[gi][0] = L->off[gi][1] = ix[0];
+      L->mask[gi][0] = (conv_v4i){-1, -1, -1, -1};
+      L->mask[gi][1] = (conv_v4i){0, 0, 0, 0};
+      if (ix[0] < L->lo) L->lo = ix[0];
+      if (ix[0] + 4 > L->hi) L->hi = ix[0] + 4;
+      continue;
+    }
+    int used = 0;
+    for (int e = 0; e < 2; e++) {
+      L->off[gi][e] = 0;
+      L->mask[gi][e] = (conv_v4i){0, 0, 0, 0};
+    }
+    for (int l = 0; l < 4 && 4 * gi + l < n; l++) {
+      int64_t off = idx[4 * gi + l] - l;
+      int e = 0;
+      while (e < used && L->off[gi][e] != off) e++;
+      if (e == 2) {
+        L->ok = 0;
+        return;
+      }
+      if (e == used) L->off[gi][used++] = off;
+      L->mask[gi][e][l] = -1;
+      if (off < L->lo) L->lo = off;
+      if (off + 4 > L->hi) L->hi = off + 4;
+    }
+    if (used < 2) L->off[gi][1] = L->off[gi][0];
+    if (used == 0) L->off[gi][0] = L->off[gi][1] = L->off[gi - 1][0]; /* pad lanes; gi > 0 */
+  }
+}
+
+/* d[0 .. nr) = the row at base (see above). */
+static inline void conv_lanes_fill(const conv_lanes *L, const float *base, float *d) {
+  for (int gi = 0; gi < L->groups; gi++) {
+    conv_v4 v0, v1;
+    memcpy(&v0, base + L->off[gi][0], sizeof v0);
+    memcpy(&v1, base + L->off[gi][1], sizeof v1);
+    conv_v4i acc = ((conv_v4i)v0 & L->mask[gi][0]) | ((conv_v4i)v1 & L->mask[gi][1]);
+    memcpy(d + 4 * gi, &acc, sizeof acc);
+  }
+}
+
+static int conv_lanes_worth(const conv_lanes *L) { return L->ok; }
+
+/* Bp = kcpu_sgemm_pack_b of cols [K, ncols] (the forward pass's op(B)),
+ * from x [xlen] whose group xoff on holds the block's first image; with kb
+ * = K + 1 a last row of ones (the fused bias). */
+static void conv_pack_cols(const conv_geom *g, const conv_tab *tb, const float *x, int64_t xlen,
+                           int64_t xoff, int64_t ncols, int64_t kb, float *Bp) {
+  const int nr = kcpu_sgemm_nr();
+  const float *xg = x + xoff;
+  for (int64_t j0 = 0; j0 < ncols; j0 += nr) {
+    int n = (int)(ncols - j0 < nr ? ncols - j0 : nr);
+    const int64_t *pix = tb->pix + j0;
+    /* Rows read from xg + tap[k] + [lo, hi), tap[0] = 0 the least and
+     * tap[K-1] the most. */
+    conv_lanes L;
+    int lanes = 0;
+    if (!tb->padded && nr % 4 == 0) {
+      conv_lanes_of(pix, n, nr, &L);
+      lanes = conv_lanes_worth(&L) && xoff + L.lo >= 0 && xoff + tb->tap[g->K - 1] + L.hi <= xlen;
+    }
+    for (int64_t k = 0, k_end; k < kb;) {
+      float *d = Bp + kcpu_sgemm_packed_b_sliver(ncols, kb, k, j0, &k_end);
+      for (; k < k_end; k++, d += nr) {
+        if (k >= g->K) { /* the fused bias's row of ones */
+          for (int i = 0; i < nr; i++) d[i] = i < n ? 1.0f : 0.0f;
+          continue;
         }
+        if (lanes) {
+          conv_lanes_fill(&L, xg + tb->tap[k], d);
+          continue;
+        }
+        int i = 0;
+        if (!tb->padded)
+          for (const float *xs = xg + tb->tap[k]; i < n; i++) d[i] = xs[pix[i]];
+        else
+          for (; i < n; i++) d[i] = conv_tab_at(g, tb, xg, k, j0 + i);
+        for (; i < nr; i++) d[i] = 0.0f;
       }
     }
   }
 }
 
-/* dxg [Cg, H, W] += col2im of cols [K, pt] (leading dimension ld) holding
- * columns p0 .. p0+pt-1. */
-static void col2im_tile(const conv_geom *g, const float *cols, int64_t p0, int64_t pt, int64_t ld,
-                        float *dxg) {
-  int64_t oh_first = p0 / g->OW, ow_first = p0 % g->OW;
-  for (int64_t c = 0; c < g->Cg; c++) {
-    float *dxc = dxg + c * g->H * g->W;
-    for (int64_t kh = 0; kh < g->KH; kh++) {
-      int64_t ih_off = kh * g->dh - g->ph;
-      for (int64_t kw = 0; kw < g->KW; kw++) {
-        int64_t iw_off = kw * g->dw - g->pw, lo, hi;
-        conv_valid_range(iw_off, g->sw, g->W, g->OW, &lo, &hi);
-        const float *row = cols + ((c * g->KH + kh) * g->KW + kw) * ld;
-        /* Segments of one output row each: pixels p .. p + ow1 - ow0 - 1. */
-        for (int64_t p = p0, oh = oh_first, ow0 = ow_first; p < p0 + pt; oh++, ow0 = 0) {
-          int64_t ow1 = g->OW < ow0 + (p0 + pt - p) ? g->OW : ow0 + (p0 + pt - p);
-          int64_t ih = oh * g->sh + ih_off;
-          if (ih >= 0 && ih < g->H) {
-            const float *src = row + (p - p0); /* src[ow - ow0] for ow in [ow0, ow1) */
-            int64_t a = lo > ow0 ? lo : ow0, b = hi < ow1 ? hi : ow1;
-            if (b > a) {
-              float *d = dxc + ih * g->W + a * g->sw + iw_off;
-              const float *s = src + (a - ow0);
-              if (g->sw == 1) {
-                for (int64_t i = 0; i < b - a; i++) d[i] += s[i];
-              } else {
-                for (int64_t i = 0; i < b - a; i++) d[i * g->sw] += s[i];
-              }
-            }
+/* Bp = kcpu_sgemm_pack_b of cols^T [ncols, K] (the weight gradient's op(B)),
+ * x, xlen and xoff as for conv_pack_cols. */
+static void conv_pack_cols_t(const conv_geom *g, const conv_tab *tb, const float *x, int64_t xlen,
+                             int64_t xoff, int64_t ncols, float *Bp) {
+  const int nr = kcpu_sgemm_nr();
+  const float *xg = x + xoff;
+  for (int64_t t0 = 0; t0 < g->K; t0 += nr) {
+    int n = (int)(g->K - t0 < nr ? g->K - t0 : nr);
+    const int64_t *tap = tb->tap + t0;
+    conv_lanes L;
+    int lanes = 0;
+    if (!tb->padded && nr % 4 == 0) {
+      conv_lanes_of(tap, n, nr, &L);
+      lanes = conv_lanes_worth(&L);
+    }
+    for (int64_t q = 0, q_end; q < ncols;) {
+      float *d = Bp + kcpu_sgemm_packed_b_sliver(g->K, ncols, q, t0, &q_end);
+      for (; q < q_end; q++, d += nr) {
+        int i = 0;
+        if (!tb->padded) { /* pix[q] >= 0 without padding */
+          int64_t at = xoff + tb->pix[q];
+          if (lanes && at + L.lo >= 0 && at + L.hi <= xlen) {
+            conv_lanes_fill(&L, x + at, d);
+            continue;
           }
-          p += ow1 - ow0;
+          for (const float *xs = x + at; i < n; i++) d[i] = xs[tap[i]];
+        } else {
+          for (; i < n; i++) d[i] = conv_tab_at(g, tb, xg, t0 + i, q);
         }
+        for (; i < nr; i++) d[i] = 0.0f;
+      }
+    }
+  }
+}
+
+/* d[i] += s[i] for i < n: vectorizes (d and s never overlap here). */
+static inline void conv_add_run(float *restrict d, const float *restrict s, int64_t n) {
+  for (int64_t i = 0; i < n; i++) d[i] += s[i];
+}
+
+/* dxg += col2im of cols [K, ncols] (leading dimension ld), tap by tap: each
+ * element of dx gets its terms in tap order, as the matrix-based col2im
+ * gave them. Without padding a stretch of pixels adds to a stretch of dx,
+ * element-wise (no two columns of a tap share an element). The taps go
+ * (kh, kw) outer and channel inner: the order per element is the same (an
+ * element sees only its channel's taps), but consecutive stretches now land
+ * in different channels, where (kw, kw + 1) inner wrote one float apart and
+ * each load waited on the store before it (failed store forwarding). */
+static void conv_col2im(const conv_geom *g, const conv_tab *tb, const float *cols, int64_t ld,
+                        int64_t ncols, float *dxg) {
+  for (int64_t kk = 0; kk < g->KH * g->KW; kk++) {
+    for (int64_t c = 0; c < g->Cg; c++) {
+      int64_t t = c * g->KH * g->KW + kk;
+      const float *row = cols + t * ld;
+      float *ds = dxg + tb->tap[t];
+      if (!tb->padded) { /* pix >= 0 */
+        for (int64_t r = 0; r < tb->n_runs; r++) {
+          int64_t q0 = tb->run[r];
+          conv_add_run(ds + tb->pix[q0], row + q0, tb->run[r + 1] - q0);
+        }
+        continue;
+      }
+      for (int64_t q = 0; q < ncols; q++) {
+        int64_t ih = tb->pih[q] + tb->tkh[t], iw = tb->piw[q] + tb->tkw[t];
+        if ((uint64_t)ih < (uint64_t)g->H && (uint64_t)iw < (uint64_t)g->W) ds[tb->pix[q]] += row[q];
       }
     }
   }
@@ -318,21 +539,50 @@ typedef struct conv_job {
   int64_t n_chunks;   /* backward weight: batch chunks */
   const float *wp;    /* forward, backward input: each group's weights packed once */
   int64_t wp_group;   /* (kcpu_sgemm_pack_a), wp_group floats apart; NULL: none */
+  int64_t kb;         /* forward: the GEMM's depth, K, or K + 1 with the bias fused */
 } conv_job;
 
 /* Packs each group's w [Og, K] (forward) or w^T [K, Og] (backward input,
  * trans 1) for kcpu_sgemm_apacked, so the blocks of a call do not pack the
  * same weights again (they did: 17% of conv2's forward pass). NULL without
- * memory; the blocks then pack as before, with the same results. */
-static float *conv_pack_weights(kcpu_pool *pool, const conv_geom *g, const float *w, int trans,
-                                int64_t *per_group) {
+ * memory; the blocks then pack as before, with the same results.
+ *
+ * With a bias (forward only) the packed matrix is [Og, K + 1], the bias its
+ * last column, and the packed cols get a last row of ones: the GEMM adds
+ * the bias as its last product, bias * 1 + sum, and the separate pass over
+ * y is gone (it re-read all of y: 5.5 MB for the CNN's conv1). That rounds
+ * as the pass did (sum + bias) when K + 1 is a single K block of the GEMM
+ * (up to 384); kcpu_conv2d fuses only then (deeper layers would split K + 1
+ * into blocks differently from K, and round differently). */
+static float *conv_pack_weights(kcpu_pool *pool, const conv_geom *g, const float *w,
+                                const float *bias, int trans, int64_t *per_group) {
   int64_t M = trans ? g->K : g->Og, K = trans ? g->Og : g->K;
-  *per_group = kcpu_sgemm_packed_a_floats(M, K);
+  int64_t Kb = bias ? K + 1 : K;
+  float *wb = NULL;
+  *per_group = kcpu_sgemm_packed_a_floats(M, Kb);
   size_t bytes = ((size_t)(g->G * *per_group) * sizeof(float) + 63) & ~(size_t)63;
   float *wp = aligned_alloc(64, bytes ? bytes : 64);
   if (!wp) return NULL;
-  for (int64_t grp = 0; grp < g->G; grp++)
-    kcpu_sgemm_pack_a(pool, trans, M, K, w + grp * g->Og * g->K, g->K, wp + grp * *per_group);
+  if (bias) {
+    wb = malloc((size_t)(g->Og * Kb) * sizeof(float));
+    if (!wb) {
+      free(wp);
+      return NULL;
+    }
+  }
+  for (int64_t grp = 0; grp < g->G; grp++) {
+    const float *wg = w + grp * g->Og * g->K;
+    if (bias) {
+      for (int64_t o = 0; o < g->Og; o++) {
+        memcpy(wb + o * Kb, wg + o * K, (size_t)K * sizeof(float));
+        wb[o * Kb + K] = bias[grp * g->Og + o];
+      }
+      kcpu_sgemm_pack_a(pool, 0, M, Kb, wb, Kb, wp + grp * *per_group);
+    } else {
+      kcpu_sgemm_pack_a(pool, trans, M, K, wg, g->K, wp + grp * *per_group);
+    }
+  }
+  free(wb);
   return wp;
 }
 
@@ -353,35 +603,51 @@ static void conv_gemm_w(const conv_job *j, kcpu_pool *gp, int64_t grp, int trans
 /* A block is the set of GEMM columns done at once: pixels [p0, p0+pt) of
  * image n0 (nb == 1), or every pixel of images n0 .. n0+nb-1 (nb > 1, pt ==
  * P), column i*P + p holding pixel p of image n0+i. Scratch holds the block's
- * cols [K, nb*pt] and, for nb > 1, a staging matrix [Og, nb*pt] for y or dy. */
+ * cols [K, nb*pt] or its packed form, for nb > 1 a staging matrix [Og,
+ * nb*pt] for y or dy, and the offset tables (conv_scratch_floats). */
+
+/* C [Og, N] = w of group grp @ op(B), op(B) = cols packed in Bp. */
+static void conv_gemm_w_packed(const conv_job *j, kcpu_pool *gp, int64_t grp, int64_t N,
+                               const float *Bp, float *C, int64_t ldc) {
+  const conv_geom *g = &j->g;
+  if (j->wp)
+    kcpu_sgemm_abpacked(gp, g->Og, N, j->kb, 1.0f, j->wp + grp * j->wp_group, Bp, 0.0f, C, ldc);
+  else
+    kcpu_sgemm_packed(gp, 0, g->Og, N, g->K, 1.0f, j->b + grp * g->Og * g->K, g->K, Bp, 0.0f, C,
+                      ldc);
+}
 
 /* y[n0 .. n0+nb), pixels [p0, p0+pt) = w @ cols + bias, group by group. */
 static void conv_forward_block(const conv_job *j, kcpu_pool *gp, float *acc, int64_t n0, int64_t nb,
                                int64_t p0, int64_t pt, float *scratch) {
   const conv_geom *g = &j->g;
   int64_t cols = nb * pt, HW = g->H * g->W;
-  float *stage = scratch ? scratch + g->K * cols : NULL; /* used only when nb > 1 */
   (void)acc;
-  for (int64_t grp = 0; grp < g->G; grp++) {
-    float *yg = j->out + (n0 * g->O + grp * g->Og) * g->P;
-    const float *xg = j->a + (n0 * g->C + grp * g->Cg) * HW;
-    if (nb == 1) {
-      const float *B = xg + p0; /* pointwise: x is cols, leading dimension P */
-      int64_t ldb = g->P;
-      if (!g->pointwise) {
-        im2col_tile(g, xg, p0, pt, scratch, pt);
-        B = scratch, ldb = pt;
+  if (g->pointwise && g->nb == 1) {
+    /* x is cols, leading dimension P (not for the last, single-image block
+     * of a batched geometry: its weights may hold the fused bias) */
+    for (int64_t grp = 0; grp < g->G; grp++)
+      conv_gemm_w(j, gp, grp, 0, pt, j->a + (n0 * g->C + grp * g->Cg) * HW + p0, g->P,
+                  j->out + (n0 * g->O + grp * g->Og) * g->P + p0, g->P);
+  } else {
+    float *stage = scratch + conv_cols_floats(g, cols); /* used only when nb > 1 */
+    conv_tab tb = conv_tab_of(g, scratch);
+    conv_tab_pixels(g, &tb, nb, p0, pt);
+    for (int64_t grp = 0; grp < g->G; grp++) {
+      float *yg = j->out + (n0 * g->O + grp * g->Og) * g->P;
+      conv_pack_cols(g, &tb, j->a, g->N * g->C * HW, (n0 * g->C + grp * g->Cg) * HW, cols, j->kb,
+                     scratch);
+      if (nb == 1) {
+        conv_gemm_w_packed(j, gp, grp, pt, scratch, yg + p0, g->P);
+        continue;
       }
-      conv_gemm_w(j, gp, grp, 0, pt, B, ldb, yg + p0, g->P);
-      continue;
+      conv_gemm_w_packed(j, gp, grp, cols, scratch, stage, cols);
+      for (int64_t i = 0; i < nb; i++)
+        for (int64_t o = 0; o < g->Og; o++)
+          memcpy(yg + (i * g->O + o) * g->P, stage + o * cols + i * pt, (size_t)pt * sizeof(float));
     }
-    for (int64_t i = 0; i < nb; i++) im2col_tile(g, xg + i * g->C * HW, 0, pt, scratch + i * pt, cols);
-    conv_gemm_w(j, gp, grp, 0, cols, scratch, cols, stage, cols);
-    for (int64_t i = 0; i < nb; i++)
-      for (int64_t o = 0; o < g->Og; o++)
-        memcpy(yg + (i * g->O + o) * g->P, stage + o * cols + i * pt, (size_t)pt * sizeof(float));
   }
-  if (j->bias) {
+  if (j->bias && j->kb == g->K) { /* not fused */
     for (int64_t i = 0; i < nb; i++) {
       for (int64_t o = 0; o < g->O; o++) {
         float *yo = j->out + ((n0 + i) * g->O + o) * g->P + p0;
@@ -397,27 +663,29 @@ static void conv_backward_input_block(const conv_job *j, kcpu_pool *gp, float *a
                                       int64_t nb, int64_t p0, int64_t pt, float *scratch) {
   const conv_geom *g = &j->g;
   int64_t cols = nb * pt, HW = g->H * g->W;
-  float *stage = scratch ? scratch + g->K * cols : NULL; /* used only when nb > 1 */
   (void)acc;
-  if (p0 == 0 && (!g->pointwise || nb > 1))
-    memset(j->out + n0 * g->C * HW, 0, (size_t)(nb * g->C * HW) * sizeof(float));
+  if (g->pointwise && nb == 1) {
+    for (int64_t grp = 0; grp < g->G; grp++)
+      conv_gemm_w(j, gp, grp, 1, pt, j->a + (n0 * g->O + grp * g->Og) * g->P + p0, g->P,
+                  j->out + (n0 * g->C + grp * g->Cg) * HW + p0, g->P);
+    return;
+  }
+  float *stage = scratch + conv_cols_floats(g, cols); /* used only when nb > 1 */
+  conv_tab tb = conv_tab_of(g, scratch);
+  conv_tab_pixels(g, &tb, nb, p0, pt);
+  if (p0 == 0) memset(j->out + n0 * g->C * HW, 0, (size_t)(nb * g->C * HW) * sizeof(float));
   for (int64_t grp = 0; grp < g->G; grp++) {
     const float *dyg = j->a + (n0 * g->O + grp * g->Og) * g->P;
     float *dxg = j->out + (n0 * g->C + grp * g->Cg) * HW;
     if (nb == 1) {
-      if (g->pointwise) {
-        conv_gemm_w(j, gp, grp, 1, pt, dyg + p0, g->P, dxg + p0, g->P);
-        continue;
-      }
       conv_gemm_w(j, gp, grp, 1, pt, dyg + p0, g->P, scratch, pt);
-      col2im_tile(g, scratch, p0, pt, pt, dxg);
-      continue;
+    } else {
+      for (int64_t i = 0; i < nb; i++)
+        for (int64_t o = 0; o < g->Og; o++)
+          memcpy(stage + o * cols + i * pt, dyg + (i * g->O + o) * g->P, (size_t)pt * sizeof(float));
+      conv_gemm_w(j, gp, grp, 1, cols, stage, cols, scratch, cols);
     }
-    for (int64_t i = 0; i < nb; i++)
-      for (int64_t o = 0; o < g->Og; o++)
-        memcpy(stage + o * cols + i * pt, dyg + (i * g->O + o) * g->P, (size_t)pt * sizeof(float));
-    conv_gemm_w(j, gp, grp, 1, cols, stage, cols, scratch, cols);
-    for (int64_t i = 0; i < nb; i++) col2im_tile(g, scratch + i * pt, 0, pt, cols, dxg + i * g->C * HW);
+    conv_col2im(g, &tb, scratch, cols, cols, dxg);
   }
 }
 
@@ -426,27 +694,29 @@ static void conv_backward_weight_block(const conv_job *j, kcpu_pool *gp, float *
                                        int64_t nb, int64_t p0, int64_t pt, float *scratch) {
   const conv_geom *g = &j->g;
   int64_t cols = nb * pt, HW = g->H * g->W;
-  float *stage = scratch ? scratch + g->K * cols : NULL; /* used only when nb > 1 */
+  if (g->pointwise && nb == 1) {
+    for (int64_t grp = 0; grp < g->G; grp++)
+      kcpu_sgemm(gp, 0, 1, g->Og, g->K, pt, 1.0f, j->b + (n0 * g->O + grp * g->Og) * g->P + p0,
+                 g->P, j->a + (n0 * g->C + grp * g->Cg) * HW + p0, g->P, 1.0f,
+                 acc + grp * g->Og * g->K, g->K);
+    return;
+  }
+  float *stage = scratch + conv_cols_floats(g, cols); /* used only when nb > 1 */
+  conv_tab tb = conv_tab_of(g, scratch);
+  conv_tab_pixels(g, &tb, nb, p0, pt);
   for (int64_t grp = 0; grp < g->G; grp++) {
     const float *dyg = j->b + (n0 * g->O + grp * g->Og) * g->P;
-    const float *xg = j->a + (n0 * g->C + grp * g->Cg) * HW;
     float *accg = acc + grp * g->Og * g->K;
+    conv_pack_cols_t(g, &tb, j->a, g->N * g->C * HW, (n0 * g->C + grp * g->Cg) * HW, cols,
+                     scratch);
     if (nb == 1) {
-      const float *B = xg + p0;
-      int64_t ldb = g->P;
-      if (!g->pointwise) {
-        im2col_tile(g, xg, p0, pt, scratch, pt);
-        B = scratch, ldb = pt;
-      }
-      kcpu_sgemm(gp, 0, 1, g->Og, g->K, pt, 1.0f, dyg + p0, g->P, B, ldb, 1.0f, accg, g->K);
+      kcpu_sgemm_packed(gp, 0, g->Og, g->K, pt, 1.0f, dyg + p0, g->P, scratch, 1.0f, accg, g->K);
       continue;
     }
-    for (int64_t i = 0; i < nb; i++) {
-      im2col_tile(g, xg + i * g->C * HW, 0, pt, scratch + i * pt, cols);
+    for (int64_t i = 0; i < nb; i++)
       for (int64_t o = 0; o < g->Og; o++)
         memcpy(stage + o * cols + i * pt, dyg + (i * g->O + o) * g->P, (size_t)pt * sizeof(float));
-    }
-    kcpu_sgemm(gp, 0, 1, g->Og, g->K, cols, 1.0f, stage, cols, scratch, cols, 1.0f, accg, g->K);
+    kcpu_sgemm_packed(gp, 0, g->Og, g->K, cols, 1.0f, stage, cols, scratch, 1.0f, accg, g->K);
   }
 }
 
@@ -480,19 +750,23 @@ static void conv_parallel(kcpu_pool *pool, int64_t n, int64_t grain, kcpu_range_
   else kcpu_parallel_for(pool, n, grain, fn, arg);
 }
 
-/* Scratch for one block, or NULL when none is needed or none could be had
- * (*failed says which). */
+/* Scratch for one block (conv_scratch_floats, 64-byte aligned for the
+ * packed B, the tap table filled), or NULL when none is needed or none
+ * could be had (*failed says which). */
 static float *conv_scratch(const conv_geom *g, int *failed) {
   *failed = 0;
   if (g->pointwise && g->nb == 1) return NULL;
-  int64_t cols = g->nb * g->pt;
-  int64_t n = (g->K + (g->nb > 1 ? g->Og : 0)) * cols;
-  float *s = malloc((size_t)n * sizeof(float));
+  int64_t n = conv_scratch_floats(g);
+  float *s = aligned_alloc(64, (size_t)conv_round16(n) * sizeof(float));
   if (!s) {
     *failed = 1;
     kcpu_host->log(1, "cpu: conv2d: no memory for a %lld-float im2col block; using direct loops",
                    (long long)n);
+    return NULL;
   }
+  conv_tab tb = conv_tab_of(g, s);
+  conv_tab_taps(g, &tb);
+  tb.key[0] = -1; /* no pixel table yet */
   return s;
 }
 
@@ -529,7 +803,13 @@ void kcpu_conv2d(kcpu_pool *pool, const kcpu_node *n) {
     conv_parallel(pool, g->N * g->O, 1, conv_forward_direct_range, &j);
     return;
   }
-  float *wp = conv_pack_weights(pool, g, j.b, 0, &j.wp_group);
+  /* The bias is fused where every block packs cols (not pointwise ones)
+   * and K + 1 is one K block of the GEMM, so the bits stay the same. */
+  int fuse = j.bias && !(g->pointwise && g->nb == 1) && kcpu_sgemm_k_block(g->K + 1) == g->K + 1;
+  float *wp = conv_pack_weights(pool, g, j.b, fuse ? j.bias : NULL, 0, &j.wp_group);
+  if (!wp && fuse) wp = conv_pack_weights(pool, g, j.b, NULL, 0, &j.wp_group);
+  else if (wp && fuse) j.kb = g->K + 1;
+  if (!j.kb) j.kb = g->K;
   j.wp = wp;
   if (g->N >= conv_threads(pool)) {
     conv_parallel(pool, g->N, g->nb, conv_forward_images_range, &j);
@@ -576,7 +856,7 @@ void kcpu_conv2d_backward_input(kcpu_pool *pool, const kcpu_node *n) {
     conv_parallel(pool, g->N * g->C, 1, conv_backward_input_direct_range, &j);
     return;
   }
-  float *wp = conv_pack_weights(pool, g, j.b, 1, &j.wp_group);
+  float *wp = conv_pack_weights(pool, g, j.b, NULL, 1, &j.wp_group);
   j.wp = wp;
   if (g->N >= conv_threads(pool)) {
     conv_parallel(pool, g->N, g->nb, conv_backward_input_images_range, &j);

@@ -199,6 +199,20 @@ void kcpu_sgemm_pack_a(kcpu_pool *pool, int trans_a, int64_t M, int64_t K, const
 void kcpu_sgemm_apacked(kcpu_pool *pool, int64_t M, int64_t N, int64_t K, float alpha,
                         const float *Ap, int trans_b, const float *B, int64_t ldb, float beta,
                         float *C, int64_t ldc);
+/* Packing op(B) [K, N] in place of kcpu_sgemm_pack_b (conv.c writes its
+ * im2col columns there directly). kcpu_sgemm_nr is the sliver width of the
+ * active kernel. Element (k, j) of op(B), j a multiple of nr, lies at Bp +
+ * kcpu_sgemm_packed_b_sliver(N, K, k, j, &k_end); elements (k, j + i) for
+ * i < nr follow it, and rows k + 1 .. k_end - 1 of the same sliver follow
+ * at nr floats apart. Pad columns j >= N of the last sliver must be zero.
+ * Bp must be 64-byte aligned, kcpu_sgemm_packed_b_floats(N, K) floats.
+ * kcpu_sgemm_abpacked takes both operands packed (A by kcpu_sgemm_pack_a). */
+int kcpu_sgemm_nr(void);
+/* The depth of the GEMM's K blocks for depth K (K itself when K is one). */
+int64_t kcpu_sgemm_k_block(int64_t K);
+int64_t kcpu_sgemm_packed_b_sliver(int64_t N, int64_t K, int64_t k, int64_t j, int64_t *k_end);
+void kcpu_sgemm_abpacked(kcpu_pool *pool, int64_t M, int64_t N, int64_t K, float alpha,
+                         const float *Ap, const float *Bp, float beta, float *C, int64_t ldc);
 
 /* ---- convolution and pooling (conv.c, pool2d.c) --------------------------
  * Shapes and parameters as documented in kiln/ops.h. Validation functions

@@ -447,3 +447,36 @@ void kcpu_sgemm_packed(kcpu_pool *pool, int trans_a, int64_t M, int64_t N, int64
   kcpu_sgemm_with(kcpu_gemm_kernel_of(kcpu_isa_active), pool, trans_a, 0, M, N, K, alpha, A, lda,
                   NULL, 0, Bp, beta, C, ldc);
 }
+
+/* ---- packing done by the caller ------------------------------------------
+ * For callers that produce op(B) themselves (a convolution's im2col) and can
+ * write it straight into the packed layout instead of into a matrix that is
+ * then packed: the layout is kcpu_sgemm_pack_b_with's (panels of NC columns,
+ * each cut into the K blocks, each block into slivers of nr columns, rows nr
+ * floats apart), and kcpu_sgemm_packed / kcpu_sgemm_abpacked compute what
+ * kcpu_sgemm would from the same op(B), bit for bit. */
+
+int kcpu_sgemm_nr(void) { return kcpu_gemm_kernel_of(kcpu_isa_active)->nr; }
+
+int64_t kcpu_sgemm_k_block(int64_t K) {
+  int64_t k_blocks = (K + KC - 1) / KC;
+  return (K + k_blocks - 1) / k_blocks;
+}
+
+int64_t kcpu_sgemm_packed_b_sliver(int64_t N, int64_t K, int64_t k, int64_t j, int64_t *k_end) {
+  const int nr = kcpu_gemm_kernel_of(kcpu_isa_active)->nr;
+  int64_t k_blocks = (K + KC - 1) / KC;
+  int64_t kc_max = (K + k_blocks - 1) / k_blocks;
+  int64_t nc_blk = N < NC ? (N + nr - 1) / nr * nr : NC;
+  int64_t jc = j / nc_blk * nc_blk, nc = N - jc < nc_blk ? N - jc : nc_blk;
+  int64_t pc = k / kc_max * kc_max, kc = K - pc < kc_max ? K - pc : kc_max;
+  int64_t slivers_b = (nc + nr - 1) / nr;
+  *k_end = pc + kc;
+  return jc * K + pc * slivers_b * nr + (j - jc) / nr * nr * kc + (k - pc) * nr + (j - jc) % nr;
+}
+
+void kcpu_sgemm_abpacked(kcpu_pool *pool, int64_t M, int64_t N, int64_t K, float alpha,
+                         const float *Ap, const float *Bp, float beta, float *C, int64_t ldc) {
+  sgemm_core(kcpu_gemm_kernel_of(kcpu_isa_active), pool, 0, 0, M, N, K, alpha, NULL, 0, Ap, NULL,
+             0, Bp, beta, C, ldc);
+}
