@@ -219,7 +219,12 @@ KILN_API void kiln_trainer_destroy(kiln_trainer *t);
 
 /** Trains one epoch (number kiln_trainer_epoch(t)) over ds in its shuffled
  *  order, calling progress (may be NULL) after each batch, then advances
- *  the epoch counter. stats may be NULL. */
+ *  the epoch counter. stats may be NULL. On a device that keeps two runs of
+ *  a graph's outputs (Vulkan: kiln_compiled_output_depth), batch b+1 is
+ *  submitted before batch b's loss is read, so the device never waits for
+ *  the host; progress for batch b then comes after step b+1 was started,
+ *  and the parameters read inside the callback may already include it.
+ *  When the call returns, every step has finished and been counted. */
 KILN_API kiln_status kiln_trainer_fit_epoch(kiln_trainer *t, const kiln_dataset *ds,
                                             kiln_progress_fn progress, void *user,
                                             kiln_epoch_stats *stats);
