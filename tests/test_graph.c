@@ -456,6 +456,31 @@ Test(compiled, io_size_errors) {
   kiln_compiled_destroy(c);
 }
 
+/* kiln_compiled_get_output_back: the CPU plugin keeps one run (its runs
+ * finish before they return), so back 0 reads and back 1 is refused with
+ * the depth; a node that is no output is named. (The Vulkan plugin's two
+ * runs are tested in test_vulkan_ops and by the trainer in test_train_cnn.) */
+Test(compiled, output_history_on_the_cpu) {
+  kiln_node *x = kiln_input(g, "x", KILN_F32, 1, (int64_t[]){3});
+  kiln_node *y = kiln_relu(g, x);
+  kiln_graph_output(g, y);
+  kiln_compiled *c = compile();
+  cr_assert_eq(kiln_compiled_output_depth(c, y), 1);
+  cr_assert_eq(kiln_compiled_output_depth(c, x), 1, "not an output: depth 1");
+  float in[3] = {-1, 2, -3}, out[3];
+  cr_assert_eq(kiln_compiled_set_input(c, x, in, sizeof in), KILN_OK, "%s", kiln_last_error());
+  cr_assert_eq(kiln_compiled_run(c), KILN_OK, "%s", kiln_last_error());
+  cr_assert_eq(kiln_compiled_get_output_back(c, y, 0, out, sizeof out), KILN_OK, "%s",
+               kiln_last_error());
+  cr_assert(out[0] == 0 && out[1] == 2 && out[2] == 0, "%g %g %g", out[0], out[1], out[2]);
+  cr_assert_eq(kiln_compiled_get_output_back(c, y, 1, out, sizeof out), KILN_INVALID_ARGUMENT);
+  cr_assert(strstr(kiln_last_error(), "run 1 back is out of reach: this output keeps the last 1 run"),
+            "%s", kiln_last_error());
+  cr_assert_eq(kiln_compiled_get_output_back(c, x, 0, out, sizeof out), KILN_INVALID_ARGUMENT);
+  cr_assert(strstr(kiln_last_error(), "is not an output"), "%s", kiln_last_error());
+  kiln_compiled_destroy(c);
+}
+
 /* One SGD step with momentum, weight decay and nesterov on loss = sum(w*x):
  * grad = x, so the update can be written by hand. */
 Test(compiled, sgd_step_matches_hand_computation) {
