@@ -160,55 +160,6 @@ Test(gemm_kernels, every_kernel_matches_scalar_and_double_reference) {
 #endif
 }
 
-/* Kernels of one ISA and tile that do the same FMAs in the same order (the
- * avx2 kernel in intrinsics and gemm-kernel.h's "avx2 6x16 vector
- * extensions") give the same bits, at every case, transpose and alpha/beta:
- * the K unroll, prefetches and stores change speed, not one result. */
-Test(gemm_kernels, same_isa_and_tile_give_the_same_bits) {
-  int nk;
-  const kcpu_gemm_kernel *ks = kcpu_gemm_kernels(&nk);
-  int pairs = 0;
-  for (int k0 = 1; k0 < nk; k0++)
-    for (int k1 = k0 + 1; k1 < nk; k1++) {
-      const kcpu_gemm_kernel *g0 = &ks[k0], *g1 = &ks[k1];
-      if (g0->isa != g1->isa || g0->mr != g1->mr || g0->nr != g1->nr || !usable(g0)) continue;
-      pairs++;
-      for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
-        gemm_case c = cases[ci];
-        for (int t = 0; t < 4; t++) {
-          int ta = t & 1, tb = t >> 1;
-          int64_t lda = (ta ? c.M : c.K) + 3, ldb = (tb ? c.K : c.N) + 1, ldc = c.N + 2;
-          int64_t a_rows = ta ? c.K : c.M, b_rows = tb ? c.N : c.K;
-          float *A = malloc((size_t)(a_rows * lda) * sizeof *A);
-          float *B = malloc((size_t)(b_rows * ldb) * sizeof *B);
-          float *C0 = malloc((size_t)(c.M * ldc) * sizeof *C0);
-          cr_assert(A && B && C0);
-          tu_fill_uniform(A, a_rows * lda, 20 + ci * 4 + t, -1, 1);
-          tu_fill_uniform(B, b_rows * ldb, 200 + ci * 4 + t, -1, 1);
-          tu_fill_uniform(C0, c.M * ldc, 2000 + ci * 4 + t, -1, 1);
-          for (int ab = 0; ab < N_AB; ab++) {
-            float *C1 = run_kernel(g0, NULL, ta, tb, c, alphas[ab], A, lda, B, ldb, betas[ab], C0);
-            float *C2 = run_kernel(g1, NULL, ta, tb, c, alphas[ab], A, lda, B, ldb, betas[ab], C0);
-            for (int64_t i = 0; i < c.M * ldc; i++)
-              cr_assert(memcmp(&C1[i], &C2[i], sizeof(float)) == 0,
-                        "%s and %s differ: M %lld N %lld K %lld, trans %d%d, alpha %g beta %g, "
-                        "C[%lld, %lld] = %.9g vs %.9g",
-                        g0->name, g1->name, (long long)c.M, (long long)c.N, (long long)c.K, ta,
-                        tb, alphas[ab], betas[ab], (long long)(i / ldc), (long long)(i % ldc),
-                        C1[i], C2[i]);
-            free(C1), free(C2);
-          }
-          free(A), free(B), free(C0);
-        }
-      }
-    }
-#if defined(__x86_64__)
-  char why[160];
-  if (kcpu_isa_usable(KCPU_ISA_AVX2, why, sizeof why))
-    cr_assert(pairs > 0, "with AVX2 here, the two avx2 6x16 kernels must have been compared");
-#endif
-}
-
 /* The same bits with 3 threads as with none, and with B packed beforehand. */
 Test(gemm_kernels, threads_and_prepacked_a_or_b_give_the_same_bits) {
   int nk;

@@ -22,17 +22,13 @@
  * follow it:
  *
  *   scalar   4 x 8,   plain loops: the reference
- *   avx2     6 x 16,  12 ymm accumulators (AVX2 + FMA), in intrinsics
+ *   avx2     6 x 16,  12 ymm accumulators (AVX2 + FMA)
  *   avx512   12 x 32, 24 zmm accumulators (AVX-512F)
  *   neon     8 x 12,  24 q accumulators (aarch64)
  *
  * The SIMD ones are one source, gemm-kernel.h, instantiated per ISA with
  * its own vector width and tile. "avx512 tile on avx2" is the AVX-512 one
- * compiled for AVX2, for tests on machines without AVX-512. The avx2 one
- * that runs is written in intrinsics (K unrolled by 4, panels prefetched:
- * 1.2x the template's GFLOP/s on one core at 1024, docs/benchmarks.md);
- * the template's "avx2 6x16 vector extensions" stays as its check: the two
- * compute the same FMAs in the same order, so test_cpu_isa wants equal bits.
+ * compiled for AVX2, for tests on machines without AVX-512.
  *
  * A B that several GEMMs multiply (an RNN's weight, once per time step) can
  * be packed once, whole, by kcpu_sgemm_pack_b and passed to
@@ -109,87 +105,10 @@ static void micro_scalar(int64_t kc, const float *restrict Ap, const float *rest
 #include "gemm-kernel.h"
 #endif
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-
-/* The avx2 6x16 kernel in intrinsics: the same contract and the same
- * arithmetic as gemm-kernel.h's (each C element sums a*b over k in order,
- * one FMA each: bit for bit the vector-extension kernel under fp-contract),
- * but K unrolled by 4 and the packed panels prefetched: B a few rows ahead
- * (one 64-byte line a row), A a line every other row, and the C tile
- * before the loop so its store does not wait on memory. Ap [kc, 6],
- * Bp [kc, 16] 32-byte aligned, C [6, 16] rows ldc apart (any alignment). */
-#define AV_PF_B 8     /* B rows (= lines) prefetched ahead */
-#define AV_PF_A 32    /* A rows prefetched ahead (6 floats a row) */
-#define AV_ROW(p, q)                                                        \
-  do {                                                                      \
-    __m256 b0 = _mm256_load_ps(q), b1 = _mm256_load_ps((q) + 8), av_;         \
-    av_ = _mm256_broadcast_ss((p) + 0);                                       \
-    c00 = _mm256_fmadd_ps(av_, b0, c00); c01 = _mm256_fmadd_ps(av_, b1, c01);   \
-    av_ = _mm256_broadcast_ss((p) + 1);                                       \
-    c10 = _mm256_fmadd_ps(av_, b0, c10); c11 = _mm256_fmadd_ps(av_, b1, c11);   \
-    av_ = _mm256_broadcast_ss((p) + 2);                                       \
-    c20 = _mm256_fmadd_ps(av_, b0, c20); c21 = _mm256_fmadd_ps(av_, b1, c21);   \
-    av_ = _mm256_broadcast_ss((p) + 3);                                       \
-    c30 = _mm256_fmadd_ps(av_, b0, c30); c31 = _mm256_fmadd_ps(av_, b1, c31);   \
-    av_ = _mm256_broadcast_ss((p) + 4);                                       \
-    c40 = _mm256_fmadd_ps(av_, b0, c40); c41 = _mm256_fmadd_ps(av_, b1, c41);   \
-    av_ = _mm256_broadcast_ss((p) + 5);                                       \
-    c50 = _mm256_fmadd_ps(av_, b0, c50); c51 = _mm256_fmadd_ps(av_, b1, c51);   \
-  } while (0)
-
-__attribute__((target("avx2,fma"))) static void micro_avx2_fma(int64_t kc,
-                                                              const float *restrict Ap,
-                                                              const float *restrict Bp,
-                                                              float *restrict acc, int store,
-                                                              float *restrict C, int64_t ldc) {
-  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-  if (store)
-    for (int i = 0; i < 6; i++) {
-      _mm_prefetch((const char *)(C + i * ldc), _MM_HINT_T0);
-      _mm_prefetch((const char *)(C + i * ldc + 15), _MM_HINT_T0);
-    }
-  int64_t k = 0;
-  for (; k + 4 <= kc; k += 4) {
-    const float *a = Ap + k * 6, *b = Bp + k * 16;
-    _mm_prefetch((const char *)(b + AV_PF_B * 16), _MM_HINT_T0);
-    _mm_prefetch((const char *)(b + AV_PF_B * 16 + 16), _MM_HINT_T0);
-    AV_ROW(a, b);
-    AV_ROW(a + 6, b + 16);
-    _mm_prefetch((const char *)(b + AV_PF_B * 16 + 32), _MM_HINT_T0);
-    _mm_prefetch((const char *)(b + AV_PF_B * 16 + 48), _MM_HINT_T0);
-    _mm_prefetch((const char *)(a + AV_PF_A * 6), _MM_HINT_T0);
-    AV_ROW(a + 12, b + 32);
-    AV_ROW(a + 18, b + 48);
-  }
-  for (; k < kc; k++) AV_ROW(Ap + k * 6, Bp + k * 16);
-  __m256 r[12] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};
-  if (store == 0) {
-    for (int i = 0; i < 12; i++) _mm256_store_ps(acc + i * 8, r[i]);
-    return;
-  }
-  for (int i = 0; i < 6; i++) {
-    float *c = C + i * ldc;
-    __m256 x0 = r[2 * i], x1 = r[2 * i + 1];
-    if (store == 2) {
-      x0 = _mm256_add_ps(x0, _mm256_loadu_ps(c));
-      x1 = _mm256_add_ps(x1, _mm256_loadu_ps(c + 8));
-    }
-    _mm256_storeu_ps(c, x0);
-    _mm256_storeu_ps(c + 8, x1);
-  }
-}
-#undef AV_ROW
-#undef AV_PF_A
-#undef AV_PF_B
-#endif
-
 static const kcpu_gemm_kernel kernels[] = {
     {"scalar 4x8", KCPU_ISA_SCALAR, SC_MR, SC_NR, micro_scalar},
 #if defined(__x86_64__)
-    {"avx2 6x16", KCPU_ISA_AVX2, 6, 16, micro_avx2_fma},
-    {"avx2 6x16 vector extensions", KCPU_ISA_AVX2, 6, 16, micro_avx2},
+    {"avx2 6x16", KCPU_ISA_AVX2, 6, 16, micro_avx2},
     {"avx512 12x32", KCPU_ISA_AVX512, 12, 32, micro_avx512},
     {"avx512 tile on avx2 12x32", KCPU_ISA_AVX2, 12, 32, micro_avx512_on_avx2},
 #endif
@@ -287,8 +206,8 @@ static void pack_a(void *arg, int64_t s0, int64_t s1) {
   }
 }
 
-/* Packs columns [jc + s*nr, +nr) of op(B)[pc:pc+kc, :] for slivers [s0, s1). */
-/* An untransposed B is read row by row, k outermost, each row once across
+/* Packs columns [jc + s*nr, +nr) of op(B)[pc:pc+kc, :] for slivers [s0, s1).
+ * An untransposed B is read row by row, k outermost, each row once across
  * all the slivers: sliver by sliver, the reads were 64 bytes from each of
  * kc rows ldb apart (at N = 1024 every read another page and the same L1
  * set), about 1 GB/s and 10% of an sgemm 1024. */
