@@ -34,6 +34,16 @@ GK_ATTR static void GK_NAME(int64_t kc, const float *restrict Ap, const float *r
   GK_V c[GK_MR][GK_NV];
   for (int i = 0; i < GK_MR; i++)
     for (int v = 0; v < GK_NV; v++) c[i][v] = (GK_V){0};
+  /* The C tile's lines are fetched while the products are summed: without
+   * this its store (and store 2's load) waited on memory, and the kernel
+   * took ~1.2x as long at sgemm 1024 (perf, avx2 6x16; docs/benchmarks.md).
+   * One prefetch per 16 floats of a row and one at its end reach every
+   * line it touches, whatever C's alignment. */
+  if (store)
+    for (int i = 0; i < GK_MR; i++) {
+      for (int j = 0; j < GK_NR; j += 16) __builtin_prefetch(C + i * ldc + j, 1, 3);
+      __builtin_prefetch(C + i * ldc + GK_NR - 1, 1, 3);
+    }
   for (int64_t k = 0; k < kc; k++) {
     const float *restrict a = Ap + k * GK_MR;
     GK_V b[GK_NV];
