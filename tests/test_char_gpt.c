@@ -254,6 +254,19 @@ Test(cpu_vs_vulkan, char_gpt_same_losses, .timeout = 900) {
   unlink(data);
 }
 
+/* The JSON file kiln bench wrote at path, read into a static buffer; the
+ * file is removed. */
+static const char *take_json(const char *path) {
+  FILE *f = fopen(path, "r");
+  cr_assert_not_null(f, "no %s", path);
+  static char js[1 << 14];
+  size_t n = fread(js, 1, sizeof js - 1, f);
+  js[n] = '\0';
+  fclose(f);
+  remove(path);
+  return js;
+}
+
 /* `kiln bench --cases char-lstm,char-gpt` times both models' training
  * steps and writes them to its JSON (the figures are not checked: speed is
  * a benchmark's business, not a test's); an unknown case is refused. */
@@ -268,13 +281,7 @@ Test(bench_cli, token_cases_in_json, .timeout = 600) {
   cr_assert(strstr(out, "char-lstm step") && strstr(out, "char-gpt step") &&
                 strstr(out, "tokens/s"), "rows missing:\n%s", out);
   cr_assert(!strstr(out, "sgemm") && !strstr(out, "conv1"), "--cases ran more:\n%s", out);
-  FILE *f = fopen(json, "r");
-  cr_assert_not_null(f, "no %s", json);
-  static char js[1 << 14];
-  size_t n = fread(js, 1, sizeof js - 1, f);
-  js[n] = '\0';
-  fclose(f);
-  remove(json);
+  const char *js = take_json(json);
   cr_assert(strstr(js, "\"model\": \"char-lstm\"") && strstr(js, "\"model\": \"char-gpt\""),
             "json lacks the models:\n%s", js);
   const char *t = strstr(js, "\"tokens_per_s\": ");
@@ -297,13 +304,7 @@ Test(bench_cli, host_cases_in_json, .timeout = 600) {
   cr_assert_eq(rc, 0, "kiln %s failed (%d):\n%s", args, rc, out);
   cr_assert(strstr(out, "host floor") && strstr(out, "host cnn") && strstr(out, "host mlp-20") &&
                 strstr(out, "us cpu"), "rows missing:\n%s", out);
-  FILE *f = fopen(json, "r");
-  cr_assert_not_null(f, "no %s", json);
-  static char js[1 << 14];
-  size_t n = fread(js, 1, sizeof js - 1, f);
-  js[n] = '\0';
-  fclose(f);
-  remove(json);
+  const char *js = take_json(json);
   cr_assert(strstr(js, "\"model\": \"floor\""), "json lacks the floor:\n%s", js);
   const char *t = strstr(js, "\"host_us_per_step\": ");
   cr_assert(t && atof(t + 20) > 0, "json lacks a positive host_us_per_step:\n%s", js);

@@ -108,16 +108,6 @@ void kvk_io_free(kiln_plugin_device *dev, kiln_plugin_exec *exec) {
   exec->n_io = 0;
 }
 
-static void barrier(VkCommandBuffer cmd, VkPipelineStageFlags src_stage, VkAccessFlags src,
-                    VkPipelineStageFlags dst_stage, VkAccessFlags dst) {
-  VkMemoryBarrier mb = {
-      .sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
-      .srcAccessMask = src,
-      .dstAccessMask = dst,
-  };
-  vkCmdPipelineBarrier(cmd, src_stage, dst_stage, 0, 1, &mb, 0, NULL, 0, NULL);
-}
-
 kiln_status kvk_io_record_in(kiln_plugin_device *dev, kiln_plugin_exec *exec) {
   for (uint32_t f = 0; f < exec->n_frames; f++) {
     kiln_status st = kvk_frame_wait(dev, exec, f, "graph_run");
@@ -164,9 +154,9 @@ void kvk_io_record_out(const kiln_plugin_exec *exec, VkCommandBuffer cmd, uint32
   for (uint32_t i = 0; i < exec->n_io && !any; i++)
     any = exec->io[i].staged && (exec->io[i].flags & KILN_PTENSOR_OUTPUT);
   if (!any) return;
-  barrier(cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
-          VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT, VK_PIPELINE_STAGE_TRANSFER_BIT,
-          VK_ACCESS_TRANSFER_READ_BIT);
+  kvk_cmd_barrier(cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
+                  VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT,
+                  VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_READ_BIT);
   for (uint32_t i = 0; i < exec->n_io; i++) {
     const kvk_io *e = &exec->io[i];
     if (!e->staged || !(e->flags & KILN_PTENSOR_OUTPUT)) continue;
@@ -174,8 +164,8 @@ void kvk_io_record_out(const kiln_plugin_exec *exec, VkCommandBuffer cmd, uint32
         .srcOffset = e->offset, .dstOffset = f * exec->frame_bytes + e->at, .size = e->nbytes};
     vkCmdCopyBuffer(cmd, e->buffer->buf, exec->io_buf, 1, &c);
   }
-  barrier(cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_WRITE_BIT,
-          VK_PIPELINE_STAGE_HOST_BIT, VK_ACCESS_HOST_READ_BIT);
+  kvk_cmd_barrier(cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_WRITE_BIT,
+                  VK_PIPELINE_STAGE_HOST_BIT, VK_ACCESS_HOST_READ_BIT);
 }
 
 void kvk_io_refresh(kiln_plugin_exec *exec, uint32_t f) {

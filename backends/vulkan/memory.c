@@ -44,14 +44,20 @@ struct kvk_block {
   uint32_t n_live;          /* buffers bound to it */
 };
 
-void kvk_cmd_barrier_all(VkCommandBuffer cmd) {
+void kvk_cmd_barrier(VkCommandBuffer cmd, VkPipelineStageFlags src_stage, VkAccessFlags src,
+                     VkPipelineStageFlags dst_stage, VkAccessFlags dst) {
   VkMemoryBarrier mb = {
       .sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
-      .srcAccessMask = VK_ACCESS_MEMORY_WRITE_BIT,
-      .dstAccessMask = VK_ACCESS_MEMORY_READ_BIT | VK_ACCESS_MEMORY_WRITE_BIT,
+      .srcAccessMask = src,
+      .dstAccessMask = dst,
   };
-  vkCmdPipelineBarrier(cmd, VK_PIPELINE_STAGE_ALL_COMMANDS_BIT,
-                       VK_PIPELINE_STAGE_ALL_COMMANDS_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
+  vkCmdPipelineBarrier(cmd, src_stage, dst_stage, 0, 1, &mb, 0, NULL, 0, NULL);
+}
+
+void kvk_cmd_barrier_all(VkCommandBuffer cmd) {
+  kvk_cmd_barrier(cmd, VK_PIPELINE_STAGE_ALL_COMMANDS_BIT, VK_ACCESS_MEMORY_WRITE_BIT,
+                  VK_PIPELINE_STAGE_ALL_COMMANDS_BIT,
+                  VK_ACCESS_MEMORY_READ_BIT | VK_ACCESS_MEMORY_WRITE_BIT);
 }
 
 static int find_type(const VkPhysicalDeviceMemoryProperties *mp, uint32_t bits,
@@ -343,15 +349,9 @@ static kiln_status xfer_begin(kiln_plugin_device *dev, const char *call) {
 /* Ends, submits and waits for the transfer command buffer. host_read: the
  * transfer wrote the staging buffer, which the host reads next. */
 static kiln_status xfer_submit(kiln_plugin_device *dev, const char *call, int host_read) {
-  if (host_read) {
-    VkMemoryBarrier mb = {
-        .sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
-        .srcAccessMask = VK_ACCESS_TRANSFER_WRITE_BIT,
-        .dstAccessMask = VK_ACCESS_HOST_READ_BIT,
-    };
-    vkCmdPipelineBarrier(dev->xfer_cmd, VK_PIPELINE_STAGE_TRANSFER_BIT,
-                         VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
-  }
+  if (host_read)
+    kvk_cmd_barrier(dev->xfer_cmd, VK_PIPELINE_STAGE_TRANSFER_BIT, VK_ACCESS_TRANSFER_WRITE_BIT,
+                    VK_PIPELINE_STAGE_HOST_BIT, VK_ACCESS_HOST_READ_BIT);
   VkResult r = vkEndCommandBuffer(dev->xfer_cmd);
   if (r != VK_SUCCESS) return kvk_vk_error(call, "vkEndCommandBuffer", r);
   VkSubmitInfo si = {

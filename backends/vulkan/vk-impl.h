@@ -187,6 +187,9 @@ kiln_status kvk_host_buffer_create(kiln_plugin_device *dev, VkDeviceSize size, c
                                    void **map);
 /* Frees both (either may be VK_NULL_HANDLE); the memory's mapping goes with it. */
 void kvk_host_buffer_destroy(kiln_plugin_device *dev, VkBuffer buf, VkDeviceMemory mem);
+/* Records one memory barrier from (src_stage, src) to (dst_stage, dst). */
+void kvk_cmd_barrier(VkCommandBuffer cmd, VkPipelineStageFlags src_stage, VkAccessFlags src,
+                     VkPipelineStageFlags dst_stage, VkAccessFlags dst);
 /* Records the barrier every submitted command buffer starts with: all
  * earlier work on the queue (any stage, any write) happens before, and is
  * visible to, everything in this command buffer. */
