@@ -294,7 +294,7 @@ fail:
   return st;
 }
 
-kiln_status char_graph_run(char_graph *cg, const int32_t *x, const int32_t *y, float *loss) {
+kiln_status char_graph_submit(char_graph *cg, const int32_t *x, const int32_t *y) {
   char_err[0] = '\0';
   int B = cg->B, T = cg->T;
   int32_t col[4096];
@@ -309,8 +309,19 @@ kiln_status char_graph_run(char_graph *cg, const int32_t *x, const int32_t *y, f
     st = kiln_compiled_set_input(cg->c, cg->y[t], col, (size_t)B * sizeof *col);
   }
   if (st == KILN_OK) st = kiln_compiled_run(cg->c);
-  if (st == KILN_OK && loss && cg->loss) st = kiln_compiled_get_output(cg->c, cg->loss, loss, sizeof *loss);
   return lib(st);
+}
+
+kiln_status char_graph_loss(char_graph *cg, int back, float *loss) {
+  char_err[0] = '\0';
+  if (!cg->loss) return fail(KILN_INVALID_STATE, "char model: this graph has no loss (sampling)");
+  return lib(kiln_compiled_get_output_back(cg->c, cg->loss, back, loss, sizeof *loss));
+}
+
+kiln_status char_graph_run(char_graph *cg, const int32_t *x, const int32_t *y, float *loss) {
+  kiln_status st = char_graph_submit(cg, x, y);
+  if (st == KILN_OK && loss && cg->loss) st = char_graph_loss(cg, 0, loss);
+  return st;
 }
 
 /* ---- checkpoints ----------------------------------------------------------- */

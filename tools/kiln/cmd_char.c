@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "char_model.h"
+#include "loss_lag.h"
 #include "commands.h"
 #include "kiln/data.h"
 #include "kiln/text.h"
@@ -245,6 +246,9 @@ static double unigram_baseline(const kiln_text *t) {
   return loss / (double)(t->n - t->n_train);
 }
 
+/* loss_lag's view of a training graph. */
+static kiln_status read_loss(void *tg, int back, float *loss) { return char_graph_loss(tg, back, loss); }
+
 /* Mean loss over every validation stream batch, from a zero state. */
 static int validate(char_graph *eg, const kiln_text *t, int32_t *x, int32_t *y, double *loss) {
   int64_t nb = kiln_text_stream_batches(t, 1, eg->B, eg->T);
@@ -371,34 +375,42 @@ int kiln_cmd_train_char(int argc, char **argv) {
   double train_s = 0.0, val = NAN, run_loss = 0.0;
   int64_t tokens = 0, run_n = 0;
   int tty = isatty(STDOUT_FILENO);
+  loss_lag lag;
+  loss_lag_init(&lag, kiln_compiled_output_depth(tg->c, tg->loss));
   for (; iter < o.iters; iter++) {
-    int64_t k = iter % nb_train;
+    int64_t k = iter % nb_train, it = iter + 1;
     if (k == 0 && char_graph_reset_state(tg) != KILN_OK) goto fail_run;
     kiln_text_stream_batch(&text, 0, o.batch, o.seq, k, x, y);
+    int sync = (o.eval_every && it % o.eval_every == 0) || it == o.iters;
     double t0 = now_s();
-    float loss;
-    if (char_graph_run(tg, x, y, &loss) != KILN_OK) goto fail_run;
+    int64_t its[2];
+    float losses[2];
+    if (char_graph_submit(tg, x, y) != KILN_OK) goto fail_run;
+    int n_due = loss_lag_after(&lag, tg, read_loss, it, sync, its, losses);
+    if (n_due < 0) goto fail_run;
     train_s += now_s() - t0;
-    tokens += (int64_t)o.batch * o.seq;
-    if (!isfinite(loss)) {
-      fprintf(stderr, "kiln train %s: iteration %lld: the loss is %g (diverged; lower --lr or --clip)\n",
-              model, (long long)iter + 1, (double)loss);
-      goto done;
-    }
-    run_loss += loss;
-    run_n++;
-    int64_t done_it = iter + 1;
-    if (done_it % 10 == 0 || done_it == o.iters) {
-      printf("%siter %lld/%lld  train loss %.4f  %.0f tokens/s%s", tty ? "\r" : "", (long long)done_it,
-             (long long)o.iters, run_loss / (double)run_n, (double)tokens / train_s, tty ? "" : "\n");
-      fflush(stdout);
-      run_loss = 0.0;
-      run_n = 0;
-    }
-    if ((o.eval_every && done_it % o.eval_every == 0) || done_it == o.iters) {
-      if (!validate(eg, &text, x, y, &val)) goto fail_run;
-      printf("%siter %lld  val loss %.4f nats/char\n", tty ? "\n" : "", (long long)done_it, val);
-      fflush(stdout);
+    for (int j = 0; j < n_due; j++) {   /* steps whose loss came back, in order */
+      int64_t done_it = its[j];
+      tokens += (int64_t)o.batch * o.seq;
+      if (!isfinite(losses[j])) {
+        fprintf(stderr, "kiln train %s: iteration %lld: the loss is %g (diverged; lower --lr or --clip)\n",
+                model, (long long)done_it, (double)losses[j]);
+        goto done;
+      }
+      run_loss += losses[j];
+      run_n++;
+      if (done_it % 10 == 0 || done_it == o.iters) {
+        printf("%siter %lld/%lld  train loss %.4f  %.0f tokens/s%s", tty ? "\r" : "", (long long)done_it,
+               (long long)o.iters, run_loss / (double)run_n, (double)tokens / train_s, tty ? "" : "\n");
+        fflush(stdout);
+        run_loss = 0.0;
+        run_n = 0;
+      }
+      if ((o.eval_every && done_it % o.eval_every == 0) || done_it == o.iters) {
+        if (!validate(eg, &text, x, y, &val)) goto fail_run;
+        printf("%siter %lld  val loss %.4f nats/char\n", tty ? "\n" : "", (long long)done_it, val);
+        fflush(stdout);
+      }
     }
   }
   if (isnan(val) && !validate(eg, &text, x, y, &val)) goto fail_run;

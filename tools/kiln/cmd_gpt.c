@@ -30,6 +30,7 @@
 
 #include "commands.h"
 #include "gpt_model.h"
+#include "loss_lag.h"
 #include "kiln/data.h"
 #include "kiln/text.h"
 
@@ -270,6 +271,9 @@ static double unigram_baseline(const kiln_text *t) {
   return loss / (double)(t->n - t->n_train);
 }
 
+/* loss_lag's view of a training graph. */
+static kiln_status read_loss(void *tg, int back, float *loss) { return gpt_graph_loss(tg, back, loss); }
+
 /* char-lstm's protocol: the mean loss over every validation stream batch. */
 static int validate(gpt_graph *eg, const kiln_text *t, int32_t *x, int32_t *y, double *loss) {
   int64_t nb = kiln_text_stream_batches(t, 1, eg->B, eg->T);
@@ -412,35 +416,44 @@ int kiln_cmd_train_gpt(int argc, char **argv) {
   double train_s = 0.0, val = NAN, run_loss = 0.0;
   int64_t tokens = 0, run_n = 0, start_iter = iter;
   int tty = isatty(STDOUT_FILENO);
+  loss_lag lag;
+  loss_lag_init(&lag, kiln_compiled_output_depth(tg->c, tg->loss));
   for (; iter < o.iters; iter++) {
+    int64_t it = iter + 1;
     /* the draw is the iteration, so a resumed run reads the same batches */
     if (kiln_text_random_windows(&text, 0, o.batch, o.block, o.seed, (uint64_t)iter, x, y) != KILN_OK) goto fail_run;
+    int sync = (o.eval_every && it % o.eval_every == 0) || it == o.iters;
     double t0 = now_s();
-    float loss;
-    if (gpt_graph_run(tg, x, y, &loss) != KILN_OK) goto fail_run;
+    int64_t its[2];
+    float losses[2];
+    if (gpt_graph_submit(tg, x, y) != KILN_OK) goto fail_run;
+    int n_due = loss_lag_after(&lag, tg, read_loss, it, sync, its, losses);
+    if (n_due < 0) goto fail_run;
     train_s += now_s() - t0;
-    tokens += (int64_t)o.batch * o.block;
-    if (!isfinite(loss)) {
-      fprintf(stderr, "kiln train " MODEL ": iteration %lld: the loss is %g (diverged; lower --lr)\n",
-              (long long)iter + 1, (double)loss);
-      goto done;
-    }
-    run_loss += loss;
-    run_n++;
-    int64_t done_it = iter + 1;
-    if (done_it % 10 == 0 || done_it == o.iters) {
-      char eta[32];
-      fmt_eta(eta, sizeof eta, train_s / (double)(done_it - start_iter) * (double)(o.iters - done_it));
-      printf("%siter %lld/%lld  train loss %.4f  %.0f tokens/s  ETA %s%s", tty ? "\r" : "", (long long)done_it,
-             (long long)o.iters, run_loss / (double)run_n, (double)tokens / train_s, eta, tty ? "  " : "\n");
-      fflush(stdout);
-      run_loss = 0.0;
-      run_n = 0;
-    }
-    if ((o.eval_every && done_it % o.eval_every == 0) || done_it == o.iters) {
-      if (!validate(eg, &text, x, y, &val)) goto fail_run;
-      printf("%siter %lld  val loss %.4f nats/char\n", tty ? "\n" : "", (long long)done_it, val);
-      fflush(stdout);
+    for (int j = 0; j < n_due; j++) {   /* steps whose loss came back, in order */
+      int64_t done_it = its[j];
+      tokens += (int64_t)o.batch * o.block;
+      if (!isfinite(losses[j])) {
+        fprintf(stderr, "kiln train " MODEL ": iteration %lld: the loss is %g (diverged; lower --lr)\n",
+                (long long)done_it, (double)losses[j]);
+        goto done;
+      }
+      run_loss += losses[j];
+      run_n++;
+      if (done_it % 10 == 0 || done_it == o.iters) {
+        char eta[32];
+        fmt_eta(eta, sizeof eta, train_s / (double)(done_it - start_iter) * (double)(o.iters - done_it));
+        printf("%siter %lld/%lld  train loss %.4f  %.0f tokens/s  ETA %s%s", tty ? "\r" : "", (long long)done_it,
+               (long long)o.iters, run_loss / (double)run_n, (double)tokens / train_s, eta, tty ? "  " : "\n");
+        fflush(stdout);
+        run_loss = 0.0;
+        run_n = 0;
+      }
+      if ((o.eval_every && done_it % o.eval_every == 0) || done_it == o.iters) {
+        if (!validate(eg, &text, x, y, &val)) goto fail_run;
+        printf("%siter %lld  val loss %.4f nats/char\n", tty ? "\n" : "", (long long)done_it, val);
+        fflush(stdout);
+      }
     }
   }
   if (isnan(val) && !validate(eg, &text, x, y, &val)) goto fail_run;

@@ -274,7 +274,7 @@ fail:
   return st;
 }
 
-kiln_status gpt_graph_run(gpt_graph *gg, const int32_t *x, const int32_t *y, float *loss) {
+kiln_status gpt_graph_submit(gpt_graph *gg, const int32_t *x, const int32_t *y) {
   gpt_err[0] = '\0';
   int B = gg->B, T = gg->T;
   int32_t pos[GPT_MAX_BLOCK];
@@ -286,8 +286,19 @@ kiln_status gpt_graph_run(gpt_graph *gg, const int32_t *x, const int32_t *y, flo
     st = kiln_compiled_set_input(gg->c, gg->y, y, (size_t)B * T * sizeof *y);
   }
   if (st == KILN_OK) st = kiln_compiled_run(gg->c);
-  if (st == KILN_OK && loss && gg->loss) st = kiln_compiled_get_output(gg->c, gg->loss, loss, sizeof *loss);
   return lib(st);
+}
+
+kiln_status gpt_graph_loss(gpt_graph *gg, int back, float *loss) {
+  gpt_err[0] = '\0';
+  if (!gg->loss) return fail(KILN_INVALID_STATE, "char-gpt: this graph has no loss (sampling)");
+  return lib(kiln_compiled_get_output_back(gg->c, gg->loss, back, loss, sizeof *loss));
+}
+
+kiln_status gpt_graph_run(gpt_graph *gg, const int32_t *x, const int32_t *y, float *loss) {
+  kiln_status st = gpt_graph_submit(gg, x, y);
+  if (st == KILN_OK && loss && gg->loss) st = gpt_graph_loss(gg, 0, loss);
+  return st;
 }
 
 /* ---- checkpoints ----------------------------------------------------------- */

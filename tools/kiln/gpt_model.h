@@ -86,6 +86,9 @@ void gpt_graph_destroy(gpt_graph *gg);
 /* Runs one batch: x [B, T] and (with a loss) y [B, T] token ids; *loss gets
  * the mean cross-entropy in nats (may be NULL). */
 kiln_status gpt_graph_run(gpt_graph *gg, const int32_t *x, const int32_t *y, float *loss);
+/* gpt_graph_run in two halves, as char_graph_submit / char_graph_loss. */
+kiln_status gpt_graph_submit(gpt_graph *gg, const int32_t *x, const int32_t *y);
+kiln_status gpt_graph_loss(gpt_graph *gg, int back, float *loss);
 
 /* Saves params, AdamW's state (if tg trains) and the vocabulary ("vocab"
  * u8 [V]) with metadata (kiln.model = char-gpt, n_layer, n_head, n_embd,

@@ -1,0 +1,48 @@
+/*
+ * loss_lag.h - a training loop's per-step losses, read one step late.
+ *
+ * Where the device keeps the last two runs of a graph's loss
+ * (kiln_compiled_output_depth >= 2: Vulkan), the loop submits step i+1
+ * before it reads step i's loss, so the device always has the next step
+ * queued while the host reads, prints and prepares the next batch: no stall
+ * per step. Elsewhere (the CPU plugin, whose runs finish before they
+ * return) each loss is read right after its run. The losses, and the order
+ * they come in, are the same either way.
+ *
+ *   loss_lag q;
+ *   loss_lag_init(&q, depth);
+ *   for each step it = 1, 2, ...:
+ *     submit the step
+ *     n = loss_lag_after(&q, graph, read, it, sync, its, losses);
+ *     handle losses[0..n) of steps its[0..n), in order
+ *
+ * sync: read this step's loss now too, with nothing left unread. A loop
+ * syncs before anything that must see the parameters of exactly this step
+ * (an evaluation, a checkpoint) and at its last step.
+ */
+#ifndef KILN_CLI_LOSS_LAG_H
+#define KILN_CLI_LOSS_LAG_H
+
+#include <stdint.h>
+
+#include "kiln/kiln.h"
+
+/* Reads the loss of graph's run `back` runs before its latest (0 or 1). */
+typedef kiln_status (*loss_read_fn)(void *graph, int back, float *loss);
+
+typedef struct loss_lag {
+  int deep;          /* read one step late */
+  int pending;       /* a step was submitted whose loss is unread */
+  int64_t it;        /* that step */
+} loss_lag;
+
+/* depth: kiln_compiled_output_depth of the loss. */
+void loss_lag_init(loss_lag *q, int depth);
+
+/* After step `it` of graph was submitted: reads the losses that are due,
+ * oldest first, into its[] and losses[] (at most 2). Returns how many, or
+ * -1 when a read failed (read's own message stands). */
+int loss_lag_after(loss_lag *q, void *graph, loss_read_fn read, int64_t it, int sync,
+                   int64_t its[2], float losses[2]);
+
+#endif
