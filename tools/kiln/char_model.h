@@ -80,7 +80,7 @@ kiln_status char_graph_reset_state(char_graph *cg);
  * the mean cross-entropy in nats (may be NULL for sampling). */
 kiln_status char_graph_run(char_graph *cg, const int32_t *x, const int32_t *y, float *loss);
 /* char_graph_run in two halves, for loops that read each step's loss one
- * step late (see train_pipe in commands.h): submit starts the batch; loss
+ * step late (loss_lag.h): submit starts the batch; loss
  * reads the loss of the run `back` runs before the latest (0 or 1; 1 only
  * where kiln_compiled_output_depth(c, loss) >= 2). */
 kiln_status char_graph_submit(char_graph *cg, const int32_t *x, const int32_t *y);
