@@ -27,14 +27,20 @@
  * same loops are the fallback when scratch memory cannot be allocated (the
  * kernels return nothing, so they must not fail).
  *
+ * Convolutions with a small K (Cg*KH*KW <= CONV_SMALL_MAX_K: the CNN's
+ * first layer, K = 9) skip the GEMM for the forward pass and the weight
+ * gradient: direct vectorized loops over a gathered cols (see "small K"),
+ * with the GEMM path's bits for y.
+ *
  * Threads: with at least as many images as threads the batch is split
  * across the pool and each block runs a single-threaded GEMM (kcpu_sgemm
  * with a NULL pool); with fewer images the blocks run one after another
  * with pooled GEMMs. The weight gradient sums one partial per chunk of the
  * batch (a few chunks per thread, fixed by the batch size and the thread
- * count, never by timing) in chunk order. So nothing depends on
- * scheduling: y and dx depend only on the shapes, dw also on the thread
- * count, and a run is bitwise reproducible.
+ * count, never by timing; on the small-K path fixed by the batch size
+ * alone) in chunk order. So nothing depends on scheduling: y and dx depend
+ * only on the shapes, dw also on the thread count (not on the small-K
+ * path), and a run is bitwise reproducible.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,6 +62,9 @@
  * batch is cut into fewer chunks (wide layers on many threads). */
 #define CONV_PARTIALS_BYTES (64 << 20)
 #define CONV_CHUNKS_PER_THREAD 4
+/* Convolutions with K = Cg*KH*KW up to this use the small-K direct path
+ * (see "small K" below) instead of the GEMM. */
+#define CONV_SMALL_MAX_K 36
 
 /* ---- geometry ------------------------------------------------------------ */
 
@@ -69,7 +78,14 @@ typedef struct conv_geom {
   int64_t nb, pt;           /* a GEMM block: nb whole images, or pt pixels of one */
   int pointwise;            /* 1x1, stride 1, no padding: cols is x itself */
   int direct;               /* depthwise, few outputs per group: direct loops */
+  int small;                /* small K: the vectorized direct path (forward, dw) */
 } conv_geom;
+
+/* $KILN_CPU_CONV=gemm: no small-K path (A/B benchmarks, tests). */
+static int conv_small_off(void) {
+  const char *s = getenv("KILN_CPU_CONV");
+  return s && strcmp(s, "gemm") == 0;
+}
 
 static void conv_geom_init(conv_geom *g, const kcpu_node *n, const int64_t *xs, const int64_t *ws,
                            const int64_t *ys) {
@@ -102,6 +118,9 @@ static void conv_geom_init(conv_geom *g, const kcpu_node *n, const int64_t *xs, 
     pt = (pt + CONV_TILE_ALIGN - 1) / CONV_TILE_ALIGN * CONV_TILE_ALIGN;
     g->pt = pt < g->P ? pt : g->P;
   }
+  /* An image's cols must fit one block (the path gathers it whole). */
+  g->small = g->K <= CONV_SMALL_MAX_K && !g->pointwise && !g->direct && g->pt == g->P &&
+             !conv_small_off();
 }
 
 /* Output positions o in [0, n_out) whose input index o*stride + off lies in
@@ -540,6 +559,7 @@ typedef struct conv_job {
   const float *wp;    /* forward, backward input: each group's weights packed once */
   int64_t wp_group;   /* (kcpu_sgemm_pack_a), wp_group floats apart; NULL: none */
   int64_t kb;         /* forward: the GEMM's depth, K, or K + 1 with the bias fused */
+  int64_t ob;         /* small-K forward: outputs per work item */
 } conv_job;
 
 /* Packs each group's w [Og, K] (forward) or w^T [K, Og] (backward input,
@@ -770,6 +790,296 @@ static float *conv_scratch(const conv_geom *g, int *failed) {
   return s;
 }
 
+/* ---- small K: direct vectorized loops -------------------------------------
+ * With K = Cg*KH*KW small (the CNN's conv1: one channel, 3x3, K = 9) the
+ * GEMM is mostly overhead: each micro-tile zeroes its accumulators, does K
+ * products each and stores them, and the weight gradient's GEMM (N = K = 9
+ * of a 16-wide tile) packs all of dy as its A to make 9 columns. Here each
+ * image and group gathers its cols [K, P] once, through the offset tables,
+ * into rows ld = P rounded up to 16 apart (zero beyond P), and then:
+ *
+ *   forward          y[o, p] = sum over k of w[o, k] * cols[k, p] (+ bias[o])
+ *                    with 6 outputs x 16 pixels in registers. Each sum runs
+ *                    in k order from 0, products fused (FMA) exactly where
+ *                    the GEMM's micro-kernel fuses them, and the bias is
+ *                    added after it: the GEMM path's bits.
+ *   backward weight  dw[o, k] = sum over images and pixels of dy * cols
+ *                    with 4 outputs x 2 taps x 8 pixels in registers. The
+ *                    order: per image, lane l sums pixels p = l (mod 8) in
+ *                    increasing p (fused where the GEMM fuses), the lanes
+ *                    are summed ((0+1)+(2+3))+((4+5)+(6+7)), images are
+ *                    added from 0 in batch order within a chunk of
+ *                    CONV_SMALL_DW_IMAGES, and the chunks' partial sums in
+ *                    chunk order. Not the GEMM's order (it sums pixels
+ *                    across lanes in K blocks), so not its bits.
+ *
+ * Threads split the forward pass by image, group and block of outputs, and
+ * the weight gradient by chunk; neither split changes an element's sum, so
+ * y and dw are the same bits on any pool.
+ *
+ * Used where K <= CONV_SMALL_MAX_K and an image's cols fit one GEMM block;
+ * not for pointwise (cols is x itself) or the depthwise direct loops. The
+ * input gradient keeps the GEMM path (the CNN never computes conv1's dx).
+ * $KILN_CPU_CONV=gemm turns this path off (A/B benchmarks, tests). */
+#define CONV_SMALL_OT 6      /* forward: outputs per register tile (x 16 pixels) */
+#define CONV_SMALL_DW_OT 4   /* weight gradient: outputs x */
+#define CONV_SMALL_DW_KT 2   /* taps per register tile (x 8 pixel lanes) */
+#define CONV_SMALL_DW_IMAGES 4 /* weight gradient: images per partial sum */
+
+typedef float conv_v8 __attribute__((vector_size(32)));
+/* For unaligned loads and stores: memcpy into a conv_v8 went through the
+ * stack in 16-byte halves, and each load of it waited on both (failed
+ * store forwarding: the weight gradient took 1.3x the GEMM's time). */
+typedef float conv_v8u __attribute__((vector_size(32), aligned(4)));
+
+/* The variants: fused products for the ISAs whose GEMM kernel fuses (avx2,
+ * avx512, neon), plain ones for the scalar reference kernel. */
+#define CONV_INLINE static inline __attribute__((always_inline))
+#if defined(__x86_64__)
+#define CONV_FUSED __attribute__((target("avx2,fma") KCPU_FP_CONTRACT))
+static int conv_fused(void) { return kcpu_isa_x86_simd(); }
+#elif defined(__aarch64__)
+#define CONV_FUSED __attribute__((unused KCPU_FP_CONTRACT))
+static int conv_fused(void) { return kcpu_isa_active == KCPU_ISA_NEON; }
+#else
+#define CONV_FUSED
+static int conv_fused(void) { return 0; }
+#endif
+
+static int64_t conv_small_ld(const conv_geom *g) { return conv_round16(g->P); }
+
+/* cols [K, ld] of one image and group (xg: its first channel), zero for
+ * padding and for columns P .. ld-1. */
+static void conv_small_gather(const conv_geom *g, const conv_tab *tb, const float *xg, float *cols,
+                              int64_t ld) {
+  for (int64_t t = 0; t < g->K; t++) {
+    float *row = cols + t * ld;
+    if (!tb->padded) {
+      const float *xs = xg + tb->tap[t];
+      for (int64_t r = 0; r < tb->n_runs; r++) {
+        int64_t q0 = tb->run[r], n = tb->run[r + 1] - q0;
+        const float *s = xs + tb->pix[q0];
+        for (int64_t i = 0; i < n; i++) row[q0 + i] = s[i];
+      }
+    } else {
+      for (int64_t q = 0; q < g->P; q++) row[q] = conv_tab_at(g, tb, xg, t, q);
+    }
+    for (int64_t q = g->P; q < ld; q++) row[q] = 0.0f;
+  }
+}
+
+/* y [OT, P] (rows P apart) = w [OT, K] @ cols [K, ld] (+ bias [OT]); OT is
+ * a constant after inlining, so the tile lives in registers. */
+CONV_INLINE void conv_small_forward_tile(const float *cols, int64_t ld, int64_t K, int64_t P,
+                                         const float *w, const float *bias, float *y, int OT) {
+  for (int64_t p = 0; p < P; p += 16) {
+    conv_v8 acc[CONV_SMALL_OT][2];
+    for (int i = 0; i < OT; i++) acc[i][0] = acc[i][1] = (conv_v8){0};
+    for (int64_t k = 0; k < K; k++) {
+      conv_v8 b0 = *(const conv_v8 *)(cols + k * ld + p);
+      conv_v8 b1 = *(const conv_v8 *)(cols + k * ld + p + 8);
+      for (int i = 0; i < OT; i++) {
+        float s = w[i * K + k];
+        acc[i][0] += s * b0;
+        acc[i][1] += s * b1;
+      }
+    }
+    int64_t n = P - p < 16 ? P - p : 16;
+    for (int i = 0; i < OT; i++) {
+      if (bias) acc[i][0] += bias[i], acc[i][1] += bias[i];
+      float *yo = y + i * P + p;
+      if (n == 16) {
+        *(conv_v8u *)yo = acc[i][0];
+        *(conv_v8u *)(yo + 8) = acc[i][1];
+      } else {
+        float t[16];
+        memcpy(t, acc[i], sizeof t);
+        memcpy(yo, t, (size_t)n * sizeof(float));
+      }
+    }
+  }
+}
+
+/* Outputs [0, n_out) of one image and group: w, bias and y at the first. */
+CONV_INLINE void conv_small_forward_body(const float *cols, int64_t ld, int64_t K, int64_t P,
+                                         const float *w, const float *bias, float *y,
+                                         int64_t n_out) {
+  int64_t o = 0;
+  for (; o + CONV_SMALL_OT <= n_out; o += CONV_SMALL_OT)
+    conv_small_forward_tile(cols, ld, K, P, w + o * K, bias ? bias + o : NULL, y + o * P,
+                            CONV_SMALL_OT);
+  const float *wo = w + o * K, *bo = bias ? bias + o : NULL;
+  float *yo = y + o * P;
+  switch (n_out - o) {
+    case 5: conv_small_forward_tile(cols, ld, K, P, wo, bo, yo, 5); break;
+    case 4: conv_small_forward_tile(cols, ld, K, P, wo, bo, yo, 4); break;
+    case 3: conv_small_forward_tile(cols, ld, K, P, wo, bo, yo, 3); break;
+    case 2: conv_small_forward_tile(cols, ld, K, P, wo, bo, yo, 2); break;
+    case 1: conv_small_forward_tile(cols, ld, K, P, wo, bo, yo, 1); break;
+    default: break;
+  }
+}
+
+/* ((v0 + v1) + (v2 + v3)) + ((v4 + v5) + (v6 + v7)). */
+CONV_INLINE float conv_hsum8(const conv_v8 *v) {
+  return (((*v)[0] + (*v)[1]) + ((*v)[2] + (*v)[3])) + (((*v)[4] + (*v)[5]) + ((*v)[6] + (*v)[7]));
+}
+
+/* acc [OT, K] (rows K apart; at tap 0 of this tile) += dy [OT, P] (rows P
+ * apart) @ cols [KT, ld]^T for one image; OT and KT constants after
+ * inlining. */
+CONV_INLINE void conv_small_weight_tile(const float *cols, int64_t ld, int64_t P, const float *dy,
+                                        float *acc, int64_t K, int OT, int KT) {
+  conv_v8 s[CONV_SMALL_DW_OT][CONV_SMALL_DW_KT];
+  for (int i = 0; i < OT; i++)
+    for (int t = 0; t < KT; t++) s[i][t] = (conv_v8){0};
+  int64_t p = 0;
+  for (; p + 8 <= P; p += 8) {
+    conv_v8 d[CONV_SMALL_DW_OT];
+    for (int i = 0; i < OT; i++) d[i] = *(const conv_v8u *)(dy + i * P + p);
+    for (int t = 0; t < KT; t++) {
+      conv_v8 c = *(const conv_v8 *)(cols + t * ld + p);
+      for (int i = 0; i < OT; i++) s[i][t] += d[i] * c;
+    }
+  }
+  if (p < P) { /* the last pixels, dy padded with zeros (cols is) */
+    conv_v8 d[CONV_SMALL_DW_OT];
+    for (int i = 0; i < OT; i++) {
+      float tmp[8] = {0};
+      memcpy(tmp, dy + i * P + p, (size_t)(P - p) * sizeof(float));
+      memcpy(&d[i], tmp, sizeof d[i]);
+    }
+    for (int t = 0; t < KT; t++) {
+      conv_v8 c = *(const conv_v8 *)(cols + t * ld + p);
+      for (int i = 0; i < OT; i++) s[i][t] += d[i] * c;
+    }
+  }
+  for (int i = 0; i < OT; i++)
+    for (int t = 0; t < KT; t++) acc[i * K + t] += conv_hsum8(&s[i][t]);
+}
+
+#define CONV_SMALL_WT(OT, KT) conv_small_weight_tile(cols + k * ld, ld, P, dy + o * P, acc + o * K + k, K, OT, KT)
+
+/* acc [n_out, K] += dy [n_out, P] @ cols^T for one image and group. */
+CONV_INLINE void conv_small_weight_body(const float *cols, int64_t ld, int64_t K, int64_t P,
+                                        const float *dy, float *acc, int64_t n_out) {
+  for (int64_t o = 0; o < n_out; o += CONV_SMALL_DW_OT) {
+    int64_t k = 0;
+    if (n_out - o >= CONV_SMALL_DW_OT) {
+      for (; k + CONV_SMALL_DW_KT <= K; k += CONV_SMALL_DW_KT) CONV_SMALL_WT(4, 2);
+      if (k < K) CONV_SMALL_WT(4, 1);
+      continue;
+    }
+    for (; k < K; k++) {
+      switch (n_out - o) {
+        case 3: CONV_SMALL_WT(3, 1); break;
+        case 2: CONV_SMALL_WT(2, 1); break;
+        default: CONV_SMALL_WT(1, 1); break;
+      }
+    }
+  }
+}
+#undef CONV_SMALL_WT
+_Static_assert(CONV_SMALL_DW_OT == 4 && CONV_SMALL_DW_KT == 2, "conv_small_weight_body's tiles");
+
+CONV_FUSED static void conv_small_forward_fused(const float *cols, int64_t ld, int64_t K, int64_t P,
+                                                const float *w, const float *bias, float *y,
+                                                int64_t n_out) {
+  conv_small_forward_body(cols, ld, K, P, w, bias, y, n_out);
+}
+static void conv_small_forward_plain(const float *cols, int64_t ld, int64_t K, int64_t P,
+                                     const float *w, const float *bias, float *y, int64_t n_out) {
+  conv_small_forward_body(cols, ld, K, P, w, bias, y, n_out);
+}
+CONV_FUSED static void conv_small_weight_fused(const float *cols, int64_t ld, int64_t K, int64_t P,
+                                               const float *dy, float *acc, int64_t n_out) {
+  conv_small_weight_body(cols, ld, K, P, dy, acc, n_out);
+}
+static void conv_small_weight_plain(const float *cols, int64_t ld, int64_t K, int64_t P,
+                                    const float *dy, float *acc, int64_t n_out) {
+  conv_small_weight_body(cols, ld, K, P, dy, acc, n_out);
+}
+
+/* Scratch for the small path: the tables for one whole image (conv_scratch
+ * of the geometry with one image a block) and cols [K, ld] after them. NULL
+ * without memory. */
+static float *conv_small_scratch(const conv_geom *g, conv_geom *one, conv_tab *tb, float **cols) {
+  *one = *g;
+  one->nb = 1, one->pt = g->P;
+  int64_t before = conv_scratch_floats(one), ld = conv_small_ld(g);
+  float *s = aligned_alloc(64, (size_t)conv_round16(before + g->K * ld) * sizeof(float));
+  if (!s) {
+    kcpu_host->log(1, "cpu: conv2d: no memory for %lld floats of cols; using direct loops",
+                   (long long)(before + g->K * ld));
+    return NULL;
+  }
+  *tb = conv_tab_of(one, s);
+  conv_tab_taps(one, tb);
+  tb->key[0] = -1;
+  conv_tab_pixels(one, tb, 1, 0, g->P);
+  *cols = s + conv_round16(before);
+  return s;
+}
+
+/* Work items [begin, end) of the small-K forward pass: item i is outputs
+ * [b*ob, (b+1)*ob) of group grp of image n, i = (n*G + grp)*nob + b. An
+ * item's results do not depend on how the items are split. */
+static void conv_small_forward_range(void *arg, int64_t begin, int64_t end) {
+  const conv_job *j = arg;
+  const conv_geom *g = &j->g;
+  int64_t nob = (g->Og + j->ob - 1) / j->ob, HW = g->H * g->W, ld = conv_small_ld(g), have = -1;
+  conv_geom one;
+  conv_tab tb;
+  float *cols = NULL;
+  float *s = conv_small_scratch(g, &one, &tb, &cols);
+  int fused = conv_fused();
+  for (int64_t i = begin; i < end; i++) {
+    int64_t ng = i / nob, n = ng / g->G, grp = ng % g->G;
+    int64_t o0 = grp * g->Og + i % nob * j->ob, o1 = o0 + j->ob;
+    if (o1 > (grp + 1) * g->Og) o1 = (grp + 1) * g->Og;
+    if (!s) {
+      for (int64_t o = o0; o < o1; o++) conv_forward_direct_plane(g, j->a, j->b, j->bias, j->out, n, o);
+      continue;
+    }
+    if (ng != have) conv_small_gather(g, &tb, j->a + (n * g->C + grp * g->Cg) * HW, cols, ld);
+    have = ng;
+    const float *w = j->b + o0 * g->K, *bias = j->bias ? j->bias + o0 : NULL;
+    float *y = j->out + (n * g->O + o0) * g->P;
+    if (fused) conv_small_forward_fused(cols, ld, g->K, g->P, w, bias, y, o1 - o0);
+    else conv_small_forward_plain(cols, ld, g->K, g->P, w, bias, y, o1 - o0);
+  }
+  free(s);
+}
+
+/* acc [O, K] = the weight gradient of images [n0, n1) by the small-K path
+ * (direct loops without memory). */
+static void conv_small_weight_images(const conv_job *j, float *acc, int64_t n0, int64_t n1) {
+  const conv_geom *g = &j->g;
+  int64_t HW = g->H * g->W, ld = conv_small_ld(g);
+  conv_geom one;
+  conv_tab tb;
+  float *cols = NULL;
+  float *s = conv_small_scratch(g, &one, &tb, &cols);
+  if (!s) {
+    for (int64_t o = 0; o < g->O; o++)
+      conv_backward_weight_direct_row(g, j->b, j->a, acc + o * g->K, o, n0, n1);
+    return;
+  }
+  int fused = conv_fused();
+  memset(acc, 0, (size_t)(g->O * g->K) * sizeof(float));
+  for (int64_t n = n0; n < n1; n++) {
+    for (int64_t grp = 0; grp < g->G; grp++) {
+      conv_small_gather(g, &tb, j->a + (n * g->C + grp * g->Cg) * HW, cols, ld);
+      const float *dy = j->b + (n * g->O + grp * g->Og) * g->P;
+      float *accg = acc + grp * g->Og * g->K;
+      if (fused) conv_small_weight_fused(cols, ld, g->K, g->P, dy, accg, g->Og);
+      else conv_small_weight_plain(cols, ld, g->K, g->P, dy, accg, g->Og);
+    }
+  }
+  free(s);
+}
+
+
 static void conv_forward_direct_range(void *arg, int64_t begin, int64_t end) {
   const conv_job *j = arg;
   for (int64_t i = begin; i < end; i++)
@@ -801,6 +1111,16 @@ void kcpu_conv2d(kcpu_pool *pool, const kcpu_node *n) {
 
   if (g->direct) {
     conv_parallel(pool, g->N * g->O, 1, conv_forward_direct_range, &j);
+    return;
+  }
+  if (g->small) {
+    /* Whole groups of an image per item while there are a few items per
+     * thread; else blocks of whole register tiles. */
+    int64_t ng = g->N * g->G, want = 4 * (int64_t)conv_threads(pool);
+    int64_t split = ng >= want ? 1 : (want + ng - 1) / ng;
+    j.ob = (g->Og + split - 1) / split;
+    j.ob = (j.ob + CONV_SMALL_OT - 1) / CONV_SMALL_OT * CONV_SMALL_OT;
+    conv_parallel(pool, ng * ((g->Og + j.ob - 1) / j.ob), 1, conv_small_forward_range, &j);
     return;
   }
   /* The bias is fused where every block packs cols (not pointwise ones)
@@ -881,6 +1201,12 @@ static void conv_backward_weight_direct_range(void *arg, int64_t begin, int64_t 
 static void conv_backward_weight_chunks_range(void *arg, int64_t begin, int64_t end) {
   const conv_job *j = arg;
   const conv_geom *g = &j->g;
+  if (g->small) {
+    for (int64_t c = begin; c < end; c++)
+      conv_small_weight_images(j, j->out + c * g->O * g->K, c * g->N / j->n_chunks,
+                               (c + 1) * g->N / j->n_chunks);
+    return;
+  }
   int failed;
   float *scratch = conv_scratch(g, &failed);
   for (int64_t c = begin; c < end; c++) {
@@ -932,11 +1258,18 @@ void kcpu_conv2d_backward_weight(kcpu_pool *pool, const kcpu_node *n) {
   /* A few chunks per thread, so a thread that the OS delays does not hold
    * up the others for long. */
   int64_t n_chunks = conv_threads(pool) > 1 ? CONV_CHUNKS_PER_THREAD * conv_threads(pool) : 1;
+  /* The small-K path's chunks are fixed by the batch alone, so its dw does
+   * not depend on the thread count either. */
+  if (g->small) n_chunks = (g->N + CONV_SMALL_DW_IMAGES - 1) / CONV_SMALL_DW_IMAGES;
   if (n_chunks > g->N) n_chunks = g->N;
   int64_t fit = CONV_PARTIALS_BYTES / ((int64_t)sizeof(float) * OK);
   if (n_chunks > fit) n_chunks = fit;
   if (n_chunks <= 1) {
     /* One chunk: accumulate straight into dw, GEMMs on the whole pool. */
+    if (g->small) {
+      conv_small_weight_images(&j, dw, 0, g->N);
+      return;
+    }
     int failed;
     float *scratch = conv_scratch(g, &failed);
     if (failed) goto direct;
