@@ -27,10 +27,10 @@
  * same loops are the fallback when scratch memory cannot be allocated (the
  * kernels return nothing, so they must not fail).
  *
- * Convolutions with a small K (Cg*KH*KW <= CONV_SMALL_MAX_K: the CNN's
- * first layer, K = 9) skip the GEMM for the forward pass and the weight
- * gradient: direct vectorized loops over a gathered cols (see "small K"),
- * with the GEMM path's bits for y.
+ * Convolutions with a small K (Cg*KH*KW <= CONV_SMALL_MAX_K, 72, for the
+ * forward pass, <= 27 for the weight gradient: the CNN's first layer has
+ * K = 9) skip the GEMM there: direct vectorized loops over a gathered cols
+ * (see "small K"), with the GEMM path's bits for y.
  *
  * Threads: with at least as many images as threads the batch is split
  * across the pool and each block runs a single-threaded GEMM (kcpu_sgemm
@@ -62,9 +62,14 @@
  * batch is cut into fewer chunks (wide layers on many threads). */
 #define CONV_PARTIALS_BYTES (64 << 20)
 #define CONV_CHUNKS_PER_THREAD 4
-/* Convolutions with K = Cg*KH*KW up to this use the small-K direct path
- * (see "small K" below) instead of the GEMM. */
-#define CONV_SMALL_MAX_K 36
+/* Convolutions with K = Cg*KH*KW up to these use the small-K direct path
+ * (see "small K" below) instead of the GEMM: the forward pass, and the
+ * weight gradient. Measured on the CNN's conv1 shape with 1 to 32 input
+ * channels (docs/benchmarks.md): the forward pass is 1.2-2x the GEMM's
+ * speed up to K = 72 and even beyond; the weight gradient 2.5x at K = 9,
+ * even from K = 36 on. */
+#define CONV_SMALL_MAX_K 72
+#define CONV_SMALL_MAX_K_DW 27
 
 /* ---- geometry ------------------------------------------------------------ */
 
@@ -78,7 +83,7 @@ typedef struct conv_geom {
   int64_t nb, pt;           /* a GEMM block: nb whole images, or pt pixels of one */
   int pointwise;            /* 1x1, stride 1, no padding: cols is x itself */
   int direct;               /* depthwise, few outputs per group: direct loops */
-  int small;                /* small K: the vectorized direct path (forward, dw) */
+  int small, small_dw;      /* small K: the vectorized direct path (forward, dw) */
 } conv_geom;
 
 /* $KILN_CPU_CONV=gemm: no small-K path (A/B benchmarks, tests). */
@@ -121,6 +126,7 @@ static void conv_geom_init(conv_geom *g, const kcpu_node *n, const int64_t *xs, 
   /* An image's cols must fit one block (the path gathers it whole). */
   g->small = g->K <= CONV_SMALL_MAX_K && !g->pointwise && !g->direct && g->pt == g->P &&
              !conv_small_off();
+  g->small_dw = g->small && g->K <= CONV_SMALL_MAX_K_DW;
 }
 
 /* Output positions o in [0, n_out) whose input index o*stride + off lies in
@@ -817,7 +823,8 @@ static float *conv_scratch(const conv_geom *g, int *failed) {
  * the weight gradient by chunk; neither split changes an element's sum, so
  * y and dw are the same bits on any pool.
  *
- * Used where K <= CONV_SMALL_MAX_K and an image's cols fit one GEMM block;
+ * Used where K <= CONV_SMALL_MAX_K (the weight gradient: _DW) and an
+ * image's cols fit one GEMM block;
  * not for pointwise (cols is x itself) or the depthwise direct loops. The
  * input gradient keeps the GEMM path (the CNN never computes conv1's dx).
  * $KILN_CPU_CONV=gemm turns this path off (A/B benchmarks, tests). */
@@ -868,11 +875,20 @@ static void conv_small_gather(const conv_geom *g, const conv_tab *tb, const floa
   }
 }
 
-/* y [OT, P] (rows P apart) = w [OT, K] @ cols [K, ld] (+ bias [OT]); OT is
- * a constant after inlining, so the tile lives in registers. */
-CONV_INLINE void conv_small_forward_tile(const float *cols, int64_t ld, int64_t K, int64_t P,
-                                         const float *w, const float *bias, float *y, int OT) {
-  for (int64_t p = 0; p < P; p += 16) {
+/* Pixels per block of the kernels below: a block of cols [K, pb] stays in
+ * L1 (16 KiB) while every output tile passes over it; a multiple of 16. */
+static int64_t conv_small_pb(int64_t K) {
+  int64_t pb = 4096 / K / 16 * 16;
+  return pb < 16 ? 16 : pb;
+}
+
+/* y [OT, n] (rows ldy apart) = w [OT, K] @ cols [K, n] (rows ld apart) (+
+ * bias [OT]); OT is a constant after inlining, so the tile lives in
+ * registers. */
+CONV_INLINE void conv_small_forward_tile(const float *cols, int64_t ld, int64_t K, int64_t n,
+                                         const float *w, const float *bias, float *y, int64_t ldy,
+                                         int OT) {
+  for (int64_t p = 0; p < n; p += 16) {
     conv_v8 acc[CONV_SMALL_OT][2];
     for (int i = 0; i < OT; i++) acc[i][0] = acc[i][1] = (conv_v8){0};
     for (int64_t k = 0; k < K; k++) {
@@ -884,39 +900,45 @@ CONV_INLINE void conv_small_forward_tile(const float *cols, int64_t ld, int64_t 
         acc[i][1] += s * b1;
       }
     }
-    int64_t n = P - p < 16 ? P - p : 16;
+    int64_t m = n - p < 16 ? n - p : 16;
     for (int i = 0; i < OT; i++) {
       if (bias) acc[i][0] += bias[i], acc[i][1] += bias[i];
-      float *yo = y + i * P + p;
-      if (n == 16) {
+      float *yo = y + i * ldy + p;
+      if (m == 16) {
         *(conv_v8u *)yo = acc[i][0];
         *(conv_v8u *)(yo + 8) = acc[i][1];
       } else {
         float t[16];
         memcpy(t, acc[i], sizeof t);
-        memcpy(yo, t, (size_t)n * sizeof(float));
+        memcpy(yo, t, (size_t)m * sizeof(float));
       }
     }
   }
 }
 
-/* Outputs [0, n_out) of one image and group: w, bias and y at the first. */
+/* Outputs [0, n_out) of one image and group (w, bias and y at the first),
+ * block of pixels by block: each output's sum is within one pixel, so the
+ * blocks do not change it. */
 CONV_INLINE void conv_small_forward_body(const float *cols, int64_t ld, int64_t K, int64_t P,
                                          const float *w, const float *bias, float *y,
                                          int64_t n_out) {
-  int64_t o = 0;
-  for (; o + CONV_SMALL_OT <= n_out; o += CONV_SMALL_OT)
-    conv_small_forward_tile(cols, ld, K, P, w + o * K, bias ? bias + o : NULL, y + o * P,
-                            CONV_SMALL_OT);
-  const float *wo = w + o * K, *bo = bias ? bias + o : NULL;
-  float *yo = y + o * P;
-  switch (n_out - o) {
-    case 5: conv_small_forward_tile(cols, ld, K, P, wo, bo, yo, 5); break;
-    case 4: conv_small_forward_tile(cols, ld, K, P, wo, bo, yo, 4); break;
-    case 3: conv_small_forward_tile(cols, ld, K, P, wo, bo, yo, 3); break;
-    case 2: conv_small_forward_tile(cols, ld, K, P, wo, bo, yo, 2); break;
-    case 1: conv_small_forward_tile(cols, ld, K, P, wo, bo, yo, 1); break;
-    default: break;
+  int64_t pb = conv_small_pb(K);
+  for (int64_t p0 = 0; p0 < P; p0 += pb) {
+    int64_t n = P - p0 < pb ? P - p0 : pb, o = 0;
+    const float *cb = cols + p0;
+    for (; o + CONV_SMALL_OT <= n_out; o += CONV_SMALL_OT)
+      conv_small_forward_tile(cb, ld, K, n, w + o * K, bias ? bias + o : NULL, y + o * P + p0, P,
+                              CONV_SMALL_OT);
+    const float *wo = w + o * K, *bo = bias ? bias + o : NULL;
+    float *yo = y + o * P + p0;
+    switch (n_out - o) {
+      case 5: conv_small_forward_tile(cb, ld, K, n, wo, bo, yo, P, 5); break;
+      case 4: conv_small_forward_tile(cb, ld, K, n, wo, bo, yo, P, 4); break;
+      case 3: conv_small_forward_tile(cb, ld, K, n, wo, bo, yo, P, 3); break;
+      case 2: conv_small_forward_tile(cb, ld, K, n, wo, bo, yo, P, 2); break;
+      case 1: conv_small_forward_tile(cb, ld, K, n, wo, bo, yo, P, 1); break;
+      default: break;
+    }
   }
 }
 
@@ -925,28 +947,30 @@ CONV_INLINE float conv_hsum8(const conv_v8 *v) {
   return (((*v)[0] + (*v)[1]) + ((*v)[2] + (*v)[3])) + (((*v)[4] + (*v)[5]) + ((*v)[6] + (*v)[7]));
 }
 
-/* acc [OT, K] (rows K apart; at tap 0 of this tile) += dy [OT, P] (rows P
- * apart) @ cols [KT, ld]^T for one image; OT and KT constants after
- * inlining. */
-CONV_INLINE void conv_small_weight_tile(const float *cols, int64_t ld, int64_t P, const float *dy,
-                                        float *acc, int64_t K, int OT, int KT) {
+/* The lane sums part [OT, K] (rows K apart; at this tile's first tap) +=
+ * dy [OT, n] (rows ldy apart) times cols [KT, n] (rows ld apart), lane l
+ * summing pixels l, l + 8, ...; n is a multiple of 8 but for an image's
+ * last block, whose last pixels are read with dy padded by zeros (cols
+ * is). OT and KT are constants after inlining. */
+CONV_INLINE void conv_small_weight_tile(const float *cols, int64_t ld, int64_t n, const float *dy,
+                                        int64_t ldy, conv_v8 *part, int64_t K, int OT, int KT) {
   conv_v8 s[CONV_SMALL_DW_OT][CONV_SMALL_DW_KT];
   for (int i = 0; i < OT; i++)
-    for (int t = 0; t < KT; t++) s[i][t] = (conv_v8){0};
+    for (int t = 0; t < KT; t++) s[i][t] = part[i * K + t];
   int64_t p = 0;
-  for (; p + 8 <= P; p += 8) {
+  for (; p + 8 <= n; p += 8) {
     conv_v8 d[CONV_SMALL_DW_OT];
-    for (int i = 0; i < OT; i++) d[i] = *(const conv_v8u *)(dy + i * P + p);
+    for (int i = 0; i < OT; i++) d[i] = *(const conv_v8u *)(dy + i * ldy + p);
     for (int t = 0; t < KT; t++) {
       conv_v8 c = *(const conv_v8 *)(cols + t * ld + p);
       for (int i = 0; i < OT; i++) s[i][t] += d[i] * c;
     }
   }
-  if (p < P) { /* the last pixels, dy padded with zeros (cols is) */
+  if (p < n) {
     conv_v8 d[CONV_SMALL_DW_OT];
     for (int i = 0; i < OT; i++) {
       float tmp[8] = {0};
-      memcpy(tmp, dy + i * P + p, (size_t)(P - p) * sizeof(float));
+      memcpy(tmp, dy + i * ldy + p, (size_t)(n - p) * sizeof(float));
       memcpy(&d[i], tmp, sizeof d[i]);
     }
     for (int t = 0; t < KT; t++) {
@@ -955,29 +979,41 @@ CONV_INLINE void conv_small_weight_tile(const float *cols, int64_t ld, int64_t P
     }
   }
   for (int i = 0; i < OT; i++)
-    for (int t = 0; t < KT; t++) acc[i * K + t] += conv_hsum8(&s[i][t]);
+    for (int t = 0; t < KT; t++) part[i * K + t] = s[i][t];
 }
 
-#define CONV_SMALL_WT(OT, KT) conv_small_weight_tile(cols + k * ld, ld, P, dy + o * P, acc + o * K + k, K, OT, KT)
+#define CONV_SMALL_WT(OT, KT)                                                                  \
+  conv_small_weight_tile(cb + k * ld, ld, n, dy + o * P + p0, P, part + o * K + k, K, \
+                         OT, KT)
 
-/* acc [n_out, K] += dy [n_out, P] @ cols^T for one image and group. */
+/* acc [n_out, K] += dy [n_out, P] @ cols^T for one image and group, through
+ * the lane sums part [n_out, K] (zeroed here), block of pixels by block:
+ * the lane sums carry across blocks, so the blocks do not change them. */
 CONV_INLINE void conv_small_weight_body(const float *cols, int64_t ld, int64_t K, int64_t P,
-                                        const float *dy, float *acc, int64_t n_out) {
-  for (int64_t o = 0; o < n_out; o += CONV_SMALL_DW_OT) {
-    int64_t k = 0;
-    if (n_out - o >= CONV_SMALL_DW_OT) {
-      for (; k + CONV_SMALL_DW_KT <= K; k += CONV_SMALL_DW_KT) CONV_SMALL_WT(4, 2);
-      if (k < K) CONV_SMALL_WT(4, 1);
-      continue;
-    }
-    for (; k < K; k++) {
-      switch (n_out - o) {
-        case 3: CONV_SMALL_WT(3, 1); break;
-        case 2: CONV_SMALL_WT(2, 1); break;
-        default: CONV_SMALL_WT(1, 1); break;
+                                        const float *dy, float *acc, int64_t n_out,
+                                        conv_v8 *part) {
+  int64_t pb = conv_small_pb(K);
+  for (int64_t e = 0; e < n_out * K; e++) part[e] = (conv_v8){0};
+  for (int64_t p0 = 0; p0 < P; p0 += pb) {
+    int64_t n = P - p0 < pb ? P - p0 : pb;
+    const float *cb = cols + p0;
+    for (int64_t o = 0; o < n_out; o += CONV_SMALL_DW_OT) {
+      int64_t k = 0;
+      if (n_out - o >= CONV_SMALL_DW_OT) {
+        for (; k + CONV_SMALL_DW_KT <= K; k += CONV_SMALL_DW_KT) CONV_SMALL_WT(4, 2);
+        if (k < K) CONV_SMALL_WT(4, 1);
+        continue;
+      }
+      for (; k < K; k++) {
+        switch (n_out - o) {
+          case 3: CONV_SMALL_WT(3, 1); break;
+          case 2: CONV_SMALL_WT(2, 1); break;
+          default: CONV_SMALL_WT(1, 1); break;
+        }
       }
     }
   }
+  for (int64_t e = 0; e < n_out * K; e++) acc[e] += conv_hsum8(&part[e]);
 }
 #undef CONV_SMALL_WT
 _Static_assert(CONV_SMALL_DW_OT == 4 && CONV_SMALL_DW_KT == 2, "conv_small_weight_body's tiles");
@@ -992,32 +1028,34 @@ static void conv_small_forward_plain(const float *cols, int64_t ld, int64_t K, i
   conv_small_forward_body(cols, ld, K, P, w, bias, y, n_out);
 }
 CONV_FUSED static void conv_small_weight_fused(const float *cols, int64_t ld, int64_t K, int64_t P,
-                                               const float *dy, float *acc, int64_t n_out) {
-  conv_small_weight_body(cols, ld, K, P, dy, acc, n_out);
+                                               const float *dy, float *acc, int64_t n_out,
+                                               conv_v8 *part) {
+  conv_small_weight_body(cols, ld, K, P, dy, acc, n_out, part);
 }
 static void conv_small_weight_plain(const float *cols, int64_t ld, int64_t K, int64_t P,
-                                    const float *dy, float *acc, int64_t n_out) {
-  conv_small_weight_body(cols, ld, K, P, dy, acc, n_out);
+                                    const float *dy, float *acc, int64_t n_out, conv_v8 *part) {
+  conv_small_weight_body(cols, ld, K, P, dy, acc, n_out, part);
 }
 
 /* Scratch for the small path: the tables for one whole image (conv_scratch
- * of the geometry with one image a block) and cols [K, ld] after them. NULL
- * without memory. */
+ * of the geometry with one image a block), then cols [K, ld], then the
+ * weight gradient's lane sums [Og, K] of 8 floats. NULL without memory. */
 static float *conv_small_scratch(const conv_geom *g, conv_geom *one, conv_tab *tb, float **cols) {
   *one = *g;
   one->nb = 1, one->pt = g->P;
-  int64_t before = conv_scratch_floats(one), ld = conv_small_ld(g);
-  float *s = aligned_alloc(64, (size_t)conv_round16(before + g->K * ld) * sizeof(float));
+  int64_t before = conv_round16(conv_scratch_floats(one)), ld = conv_small_ld(g);
+  int64_t n = before + g->K * ld + 8 * g->Og * g->K;
+  float *s = aligned_alloc(64, (size_t)conv_round16(n) * sizeof(float));
   if (!s) {
     kcpu_host->log(1, "cpu: conv2d: no memory for %lld floats of cols; using direct loops",
-                   (long long)(before + g->K * ld));
+                   (long long)n);
     return NULL;
   }
   *tb = conv_tab_of(one, s);
   conv_tab_taps(one, tb);
   tb->key[0] = -1;
   conv_tab_pixels(one, tb, 1, 0, g->P);
-  *cols = s + conv_round16(before);
+  *cols = s + before;
   return s;
 }
 
@@ -1066,14 +1104,15 @@ static void conv_small_weight_images(const conv_job *j, float *acc, int64_t n0, 
     return;
   }
   int fused = conv_fused();
+  conv_v8 *part = (conv_v8 *)(cols + g->K * ld);
   memset(acc, 0, (size_t)(g->O * g->K) * sizeof(float));
   for (int64_t n = n0; n < n1; n++) {
     for (int64_t grp = 0; grp < g->G; grp++) {
       conv_small_gather(g, &tb, j->a + (n * g->C + grp * g->Cg) * HW, cols, ld);
       const float *dy = j->b + (n * g->O + grp * g->Og) * g->P;
       float *accg = acc + grp * g->Og * g->K;
-      if (fused) conv_small_weight_fused(cols, ld, g->K, g->P, dy, accg, g->Og);
-      else conv_small_weight_plain(cols, ld, g->K, g->P, dy, accg, g->Og);
+      if (fused) conv_small_weight_fused(cols, ld, g->K, g->P, dy, accg, g->Og, part);
+      else conv_small_weight_plain(cols, ld, g->K, g->P, dy, accg, g->Og, part);
     }
   }
   free(s);
@@ -1201,7 +1240,7 @@ static void conv_backward_weight_direct_range(void *arg, int64_t begin, int64_t 
 static void conv_backward_weight_chunks_range(void *arg, int64_t begin, int64_t end) {
   const conv_job *j = arg;
   const conv_geom *g = &j->g;
-  if (g->small) {
+  if (g->small_dw) {
     for (int64_t c = begin; c < end; c++)
       conv_small_weight_images(j, j->out + c * g->O * g->K, c * g->N / j->n_chunks,
                                (c + 1) * g->N / j->n_chunks);
@@ -1260,13 +1299,13 @@ void kcpu_conv2d_backward_weight(kcpu_pool *pool, const kcpu_node *n) {
   int64_t n_chunks = conv_threads(pool) > 1 ? CONV_CHUNKS_PER_THREAD * conv_threads(pool) : 1;
   /* The small-K path's chunks are fixed by the batch alone, so its dw does
    * not depend on the thread count either. */
-  if (g->small) n_chunks = (g->N + CONV_SMALL_DW_IMAGES - 1) / CONV_SMALL_DW_IMAGES;
+  if (g->small_dw) n_chunks = (g->N + CONV_SMALL_DW_IMAGES - 1) / CONV_SMALL_DW_IMAGES;
   if (n_chunks > g->N) n_chunks = g->N;
   int64_t fit = CONV_PARTIALS_BYTES / ((int64_t)sizeof(float) * OK);
   if (n_chunks > fit) n_chunks = fit;
   if (n_chunks <= 1) {
     /* One chunk: accumulate straight into dw, GEMMs on the whole pool. */
-    if (g->small) {
+    if (g->small_dw) {
       conv_small_weight_images(&j, dw, 0, g->N);
       return;
     }
