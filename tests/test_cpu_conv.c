@@ -76,6 +76,8 @@ static const conv_case conv_cases[] = {
     {3, 2, 17, 15, 3, 2, 4, 2, 1, 1, 0, 2, 2, 1, 1},    /* even kernel, mixed params */
     {1, 1, 66, 66, 5, 3, 3, 1, 1, 0, 0, 1, 1, 1, 1},    /* 4096 pixels: two packed-B panels */
     {1, 2, 60, 60, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0},    /* 3600 padded pixels, two panels */
+    {2, 6, 9, 16, 4, 3, 5, 2, 1, 0, 0, 2, 1, 2, 0},     /* dx rows of 16: stride, dilation in h */
+    {3, 4, 11, 6, 4, 4, 2, 3, 1, 0, 0, 2, 1, 1, 1},     /* dx rows of 6, kernel 4x2 */
 };
 #define N_CONV_CASES (sizeof conv_cases / sizeof conv_cases[0])
 

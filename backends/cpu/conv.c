@@ -403,21 +403,123 @@ static void conv_pack_cols_t(const conv_geom *g, const conv_tab *tb, const float
   }
 }
 
+/* ---- vectors ------------------------------------------------------------- */
+
+typedef float conv_v8 __attribute__((vector_size(32)));
+/* For unaligned loads and stores: memcpy into a conv_v8 went through the
+ * stack in 16-byte halves, and each load of it waited on both (failed
+ * store forwarding: the weight gradient took 1.3x the GEMM's time). */
+typedef float conv_v8u __attribute__((vector_size(32), aligned(4)));
+
+typedef int32_t conv_v8i __attribute__((vector_size(32)));
+
+/* The variants of the small-K kernels and the row col2im: fused products
+ * for the ISAs whose GEMM kernel fuses (avx2, avx512, neon), plain ones for
+ * the scalar reference kernel. (col2im only adds: the same bits either
+ * way.) */
+#define CONV_INLINE static inline __attribute__((always_inline))
+#if defined(__x86_64__)
+#define CONV_FUSED __attribute__((target("avx2,fma") KCPU_FP_CONTRACT))
+static int conv_fused(void) { return kcpu_isa_x86_simd(); }
+#elif defined(__aarch64__)
+#define CONV_FUSED __attribute__((unused KCPU_FP_CONTRACT))
+static int conv_fused(void) { return kcpu_isa_active == KCPU_ISA_NEON; }
+#else
+#define CONV_FUSED
+static int conv_fused(void) { return 0; }
+#endif
+
 /* d[i] += s[i] for i < n: vectorizes (d and s never overlap here). */
 static inline void conv_add_run(float *restrict d, const float *restrict s, int64_t n) {
   for (int64_t i = 0; i < n; i++) d[i] += s[i];
 }
 
-/* dxg += col2im of cols [K, ncols] (leading dimension ld), tap by tap: each
- * element of dx gets its terms in tap order, as the matrix-based col2im
- * gave them. Without padding a stretch of pixels adds to a stretch of dx,
- * element-wise (no two columns of a tap share an element). The taps go
+/* conv_col2im's narrow case: no padding, stride and dilation 1 along W, W
+ * <= 16, KH <= 16, whole images in the block (the CNN's conv2 and conv3).
+ * Tap by tap the runs were output rows of 11 or 3 floats, and their
+ * bookkeeping was most of col2im's time (18% of conv2's input gradient,
+ * 30% of conv3's, perf). Here a row of dx (16 floats, two vectors) takes
+ * all its taps in registers, kernel row kh by kh (the output row that
+ * reads it through kh), tap kw adding that row of cols shifted by kw, the
+ * lanes outside [kw, kw + OW) masked to +0. Each element still gets its
+ * terms in (kh, kw) order, and x + +0 is x for every x but -0, which dx
+ * never holds (it starts at +0, and a sum is -0 only if both terms are),
+ * so the bits are the tap-by-tap loop's. Lanes past W belong to the
+ * image's next rows (this thread's): they are stored back unchanged; a row
+ * whose 16 floats would pass the image's end goes element by element. The
+ * shifted loads reach at most KW floats before a tap's row and 16 past the
+ * last (inside scratch: the tables follow cols). */
+#define CONV_ROWS_MAX_KH 16
+CONV_INLINE void conv_col2im_rows_body(const conv_geom *g, const float *cols, int64_t ld,
+                                       int64_t ncols, float *dxg, int64_t grp) {
+  int64_t HW = g->H * g->W, CHW = g->C * HW, OW = g->OW, KW = g->KW;
+  conv_v8i lane0 = {0, 1, 2, 3, 4, 5, 6, 7}, lane1 = lane0 + 8;
+  conv_v8i m[16][2];
+  for (int64_t kw = 0; kw < KW; kw++) {
+    m[kw][0] = (lane0 >= (int32_t)kw) & (lane0 < (int32_t)(kw + OW));
+    m[kw][1] = (lane1 >= (int32_t)kw) & (lane1 < (int32_t)(kw + OW));
+  }
+  for (int64_t i = 0; i < ncols / g->P; i++) {
+    float *dxi = dxg + i * CHW;
+    const float *end = dxi + (g->C - grp * g->Cg) * HW;
+    for (int64_t c = 0; c < g->Cg; c++)
+      for (int64_t ih = 0; ih < g->H; ih++) {
+        /* the kernel rows kh (in order) whose output row oh reads ih */
+        const float *src[CONV_ROWS_MAX_KH];
+        int n = 0;
+        for (int64_t kh = 0; kh < g->KH; kh++) {
+          int64_t th = ih - kh * g->dh, oh = th / g->sh;
+          if (th < 0 || th % g->sh || oh >= g->OH) continue;
+          src[n++] = cols + (c * g->KH + kh) * KW * ld + i * g->P + oh * OW;
+        }
+        if (n == 0) continue;
+        float *d = dxi + c * HW + ih * g->W;
+        if (d + 16 > end) {
+          for (int r = 0; r < n; r++)
+            for (int64_t kw = 0; kw < KW; kw++)
+              for (int64_t ow = 0; ow < OW; ow++) d[kw + ow] += src[r][kw * ld + ow];
+          continue;
+        }
+        conv_v8 a0 = *(const conv_v8u *)d, a1 = *(const conv_v8u *)(d + 8);
+        for (int r = 0; r < n; r++)
+          for (int64_t kw = 0; kw < KW; kw++) {
+            const float *s = src[r] + kw * ld - kw;
+            conv_v8 b0 = *(const conv_v8u *)s, b1 = *(const conv_v8u *)(s + 8);
+            a0 += (conv_v8)((conv_v8i)b0 & m[kw][0]);
+            a1 += (conv_v8)((conv_v8i)b1 & m[kw][1]);
+          }
+        *(conv_v8u *)d = a0;
+        *(conv_v8u *)(d + 8) = a1;
+      }
+  }
+}
+
+CONV_FUSED static void conv_col2im_rows_simd(const conv_geom *g, const float *cols, int64_t ld,
+                                             int64_t ncols, float *dxg, int64_t grp) {
+  conv_col2im_rows_body(g, cols, ld, ncols, dxg, grp);
+}
+static void conv_col2im_rows_plain(const conv_geom *g, const float *cols, int64_t ld,
+                                   int64_t ncols, float *dxg, int64_t grp) {
+  conv_col2im_rows_body(g, cols, ld, ncols, dxg, grp);
+}
+
+/* dxg (group grp) += col2im of cols [K, ncols] (leading dimension ld),
+ * tap by tap: each element of dx gets its terms in tap order, as the
+ * matrix-based col2im gave them (narrow rows: see above). Without padding a
+ * stretch of pixels adds to a stretch of dx, element-wise (no two columns
+ * of a tap share an element). The taps go
  * (kh, kw) outer and channel inner: the order per element is the same (an
  * element sees only its channel's taps), but consecutive stretches now land
  * in different channels, where (kw, kw + 1) inner wrote one float apart and
  * each load waited on the store before it (failed store forwarding). */
 static void conv_col2im(const conv_geom *g, const conv_tab *tb, const float *cols, int64_t ld,
-                        int64_t ncols, float *dxg) {
+                        int64_t ncols, float *dxg, int64_t grp) {
+  if (!tb->padded && g->sw == 1 && g->dw == 1 && g->W <= 16 && g->KH <= CONV_ROWS_MAX_KH &&
+      g->pt == g->P) {
+    if (conv_fused()) conv_col2im_rows_simd(g, cols, ld, ncols, dxg, grp);
+    else conv_col2im_rows_plain(g, cols, ld, ncols, dxg, grp);
+    return;
+  }
   for (int64_t kk = 0; kk < g->KH * g->KW; kk++) {
     for (int64_t c = 0; c < g->Cg; c++) {
       int64_t t = c * g->KH * g->KW + kk;
@@ -711,7 +813,7 @@ static void conv_backward_input_block(const conv_job *j, kcpu_pool *gp, float *a
           memcpy(stage + o * cols + i * pt, dyg + (i * g->O + o) * g->P, (size_t)pt * sizeof(float));
       conv_gemm_w(j, gp, grp, 1, cols, stage, cols, scratch, cols);
     }
-    conv_col2im(g, &tb, scratch, cols, cols, dxg);
+    conv_col2im(g, &tb, scratch, cols, cols, dxg, grp);
   }
 }
 
@@ -824,34 +926,14 @@ static float *conv_scratch(const conv_geom *g, int *failed) {
  * y and dw are the same bits on any pool.
  *
  * Used where K <= CONV_SMALL_MAX_K (the weight gradient: _DW) and an
- * image's cols fit one GEMM block;
- * not for pointwise (cols is x itself) or the depthwise direct loops. The
- * input gradient keeps the GEMM path (the CNN never computes conv1's dx).
+ * image's cols fit one GEMM block; not for pointwise (cols is x itself) or
+ * the depthwise direct loops. The input gradient keeps the GEMM path (the
+ * CNN never computes conv1's dx).
  * $KILN_CPU_CONV=gemm turns this path off (A/B benchmarks, tests). */
 #define CONV_SMALL_OT 6      /* forward: outputs per register tile (x 16 pixels) */
 #define CONV_SMALL_DW_OT 4   /* weight gradient: outputs x */
 #define CONV_SMALL_DW_KT 2   /* taps per register tile (x 8 pixel lanes) */
 #define CONV_SMALL_DW_IMAGES 4 /* weight gradient: images per partial sum */
-
-typedef float conv_v8 __attribute__((vector_size(32)));
-/* For unaligned loads and stores: memcpy into a conv_v8 went through the
- * stack in 16-byte halves, and each load of it waited on both (failed
- * store forwarding: the weight gradient took 1.3x the GEMM's time). */
-typedef float conv_v8u __attribute__((vector_size(32), aligned(4)));
-
-/* The variants: fused products for the ISAs whose GEMM kernel fuses (avx2,
- * avx512, neon), plain ones for the scalar reference kernel. */
-#define CONV_INLINE static inline __attribute__((always_inline))
-#if defined(__x86_64__)
-#define CONV_FUSED __attribute__((target("avx2,fma") KCPU_FP_CONTRACT))
-static int conv_fused(void) { return kcpu_isa_x86_simd(); }
-#elif defined(__aarch64__)
-#define CONV_FUSED __attribute__((unused KCPU_FP_CONTRACT))
-static int conv_fused(void) { return kcpu_isa_active == KCPU_ISA_NEON; }
-#else
-#define CONV_FUSED
-static int conv_fused(void) { return 0; }
-#endif
 
 static int64_t conv_small_ld(const conv_geom *g) { return conv_round16(g->P); }
 
@@ -1076,7 +1158,8 @@ static void conv_small_forward_range(void *arg, int64_t begin, int64_t end) {
     int64_t o0 = grp * g->Og + i % nob * j->ob, o1 = o0 + j->ob;
     if (o1 > (grp + 1) * g->Og) o1 = (grp + 1) * g->Og;
     if (!s) {
-      for (int64_t o = o0; o < o1; o++) conv_forward_direct_plane(g, j->a, j->b, j->bias, j->out, n, o);
+      for (int64_t o = o0; o < o1; o++)
+        conv_forward_direct_plane(g, j->a, j->b, j->bias, j->out, n, o);
       continue;
     }
     if (ng != have) conv_small_gather(g, &tb, j->a + (n * g->C + grp * g->Cg) * HW, cols, ld);
