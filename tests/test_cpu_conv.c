@@ -76,6 +76,8 @@ static const conv_case conv_cases[] = {
     {3, 2, 17, 15, 3, 2, 4, 2, 1, 1, 0, 2, 2, 1, 1},    /* even kernel, mixed params */
     {1, 1, 66, 66, 5, 3, 3, 1, 1, 0, 0, 1, 1, 1, 1},    /* 4096 pixels: two packed-B panels */
     {1, 2, 60, 60, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 0},    /* 3600 padded pixels, two panels */
+    {2, 6, 9, 16, 4, 3, 5, 2, 1, 0, 0, 2, 1, 2, 0},     /* dx rows of 16: stride, dilation in h */
+    {3, 4, 11, 6, 4, 4, 2, 3, 1, 0, 0, 2, 1, 1, 1},     /* dx rows of 6, kernel 4x2 */
 };
 #define N_CONV_CASES (sizeof conv_cases / sizeof conv_cases[0])
 
@@ -488,6 +490,115 @@ Test(conv, forward_and_backward_input_do_not_depend_on_threads) {
     cr_assert(memcmp(out[0] + ny, out[1] + ny, (size_t)nx * sizeof(float)) == 0,
               "conv2d_backward_input (%s): 1 and 3 threads differ", conv_case_str(c));
     free(x), free(w), free(b), free(dy), free(out[0]), free(out[1]);
+  }
+}
+
+/* ---- the small-K path ------------------------------------------------------ */
+
+/* Convolutions with K = Cg*KH*KW <= 72 (neither pointwise nor depthwise with
+ * one or two outputs per group) take conv.c's small-K path for the forward
+ * pass, and with K <= 27 for the weight gradient too; $KILN_CPU_CONV=gemm
+ * sends them to the GEMM.
+ * N, C, H, W, O, KH, KW, sh, sw, ph, pw, dh, dw, groups, bias */
+#define SMALL_MAX_K_DW 27
+static const conv_case small_cases[] = {
+    {64, 1, 28, 28, 32, 3, 3, 1, 1, 0, 0, 1, 1, 1, 1},   /* the CNN's conv1, K 9 */
+    {1, 1, 28, 28, 32, 3, 3, 1, 1, 0, 0, 1, 1, 1, 0},    /* batch 1, no bias */
+    {3, 3, 9, 7, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},       /* "same" padding, K 27 */
+    {2, 3, 11, 13, 7, 3, 3, 2, 2, 1, 1, 1, 1, 1, 0},     /* stride 2, 7 outputs */
+    {2, 8, 9, 10, 11, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},     /* K 72: forward only */
+    {3, 5, 12, 11, 6, 3, 3, 1, 2, 0, 1, 2, 1, 1, 0},     /* K 45: forward only */
+    {3, 2, 17, 15, 3, 2, 4, 2, 1, 1, 0, 2, 2, 1, 1},     /* even kernel, dilation 2 */
+    {2, 6, 10, 10, 9, 3, 3, 1, 1, 1, 1, 1, 1, 3, 1},     /* groups 3 of 2 channels */
+    {3, 4, 7, 7, 12, 3, 3, 1, 1, 1, 1, 1, 1, 4, 1},      /* depthwise, multiplier 3 */
+    {1, 1, 5, 5, 5, 3, 3, 1, 1, 0, 0, 1, 1, 1, 1},       /* 9 pixels: one partial vector */
+    {5, 1, 33, 31, 13, 5, 5, 1, 1, 2, 2, 1, 1, 1, 1},    /* 5x5 pad 2, 1023 pixels */
+    {2, 2, 9, 12, 8, 3, 2, 3, 2, 0, 1, 2, 1, 2, 0},      /* stride 3x2, dilation 2x1, groups */
+    {9, 3, 8, 8, 16, 3, 3, 1, 1, 0, 0, 1, 1, 1, 1},      /* batch 9: a short last chunk */
+};
+#define N_SMALL_CASES (sizeof small_cases / sizeof small_cases[0])
+
+/* Against the double references on 1 and 3 threads (the input gradient,
+ * which stays on the GEMM, is checked with them). */
+Test(conv, small_k_reference) {
+  for (int threads = 1; threads <= 3; threads += 2) {
+    open_plugin(threads);
+    for (size_t i = 0; i < N_SMALL_CASES; i++) check_conv_case(&small_cases[i], 300 + 10 * i);
+    close_plugin();
+  }
+}
+
+/* y and dw of case c on `threads` threads, $KILN_CPU_CONV = path (NULL:
+ * unset), into y [N*O*OH*OW] and dw [O*Cg*KH*KW]. */
+static void run_small(const conv_case *c, int threads, const char *path, uint64_t seed, float *y,
+                      float *dw) {
+  int64_t ip[8];
+  conv_ip(c, ip);
+  tdesc xd = {4, {c->N, c->C, c->H, c->W}}, wd = {4, {c->O, c->C / c->G, c->KH, c->KW}};
+  tdesc bd = {1, {c->O}}, yd = {4, {c->N, c->O, conv_oh(c), conv_ow(c)}};
+  float *x = random_floats(tnumel(&xd), seed), *w = random_floats(tnumel(&wd), seed + 1);
+  float *b = random_floats(c->O, seed + 2), *dy = random_floats(tnumel(&yd), seed + 3);
+  if (path) setenv("KILN_CPU_CONV", path, 1);
+  else unsetenv("KILN_CPU_CONV");
+  open_plugin(threads);
+  run_node(KILN_OP_CONV2D, c->bias ? 3 : 2, (tdesc[]){xd, wd, bd}, (const float *[]){x, w, b}, &yd,
+           y, ip);
+  run_node(KILN_OP_CONV2D_BACKWARD_WEIGHT, 2, (tdesc[]){yd, xd}, (const float *[]){dy, x}, &wd, dw,
+           ip);
+  close_plugin();
+  unsetenv("KILN_CPU_CONV");
+  free(x), free(w), free(b), free(dy);
+}
+
+/* The forward pass sums each output in the GEMM's order (k by k from 0, FMA
+ * where its micro-kernel uses FMA, then the bias): the same bits as the
+ * GEMM path, with the default ISA's kernel and the scalar one. */
+Test(conv, small_k_forward_is_the_gemm_paths_bits) {
+  static const char *const isas[] = {NULL, "scalar"};
+  for (size_t s = 0; s < sizeof isas / sizeof isas[0]; s++) {
+    if (isas[s]) setenv("KILN_CPU_ISA", isas[s], 1);
+    for (size_t i = 0; i < N_SMALL_CASES; i++) {
+      const conv_case *c = &small_cases[i];
+      int64_t ny = c->N * c->O * conv_oh(c) * conv_ow(c), nw = c->O * (c->C / c->G) * c->KH * c->KW;
+      float *y0 = malloc((size_t)ny * sizeof(float)), *y1 = malloc((size_t)ny * sizeof(float));
+      float *dw = malloc((size_t)nw * sizeof(float));
+      cr_assert(y0 && y1 && dw);
+      int threads = i % 2 ? 3 : 1;
+      run_small(c, threads, NULL, 500 + i, y0, dw);
+      run_small(c, threads, "gemm", 500 + i, y1, dw);
+      for (int64_t e = 0; e < ny; e++)
+        cr_assert(memcmp(&y0[e], &y1[e], sizeof(float)) == 0,
+                  "%s, ISA %s, %d threads: y[%lld] is %.9g on the small-K path, %.9g on the GEMM's",
+                  conv_case_str(c), isas[s] ? isas[s] : "default", threads, (long long)e,
+                  (double)y0[e], (double)y1[e]);
+      free(y0), free(y1), free(dw);
+    }
+    unsetenv("KILN_CPU_ISA");
+  }
+}
+
+/* Neither y nor dw depends on the thread count on the small-K path (dw's
+ * chunks are fixed by the batch alone): 1, 2 and 3 threads, same bits (dw
+ * where it takes the path; the GEMM's dw depends on the thread count). */
+Test(conv, small_k_does_not_depend_on_threads) {
+  for (size_t i = 0; i < N_SMALL_CASES; i++) {
+    const conv_case *c = &small_cases[i];
+    int64_t ny = c->N * c->O * conv_oh(c) * conv_ow(c), nw = c->O * (c->C / c->G) * c->KH * c->KW;
+    float *y[3], *dw[3];
+    for (int t = 0; t < 3; t++) {
+      y[t] = malloc((size_t)ny * sizeof(float));
+      dw[t] = malloc((size_t)nw * sizeof(float));
+      cr_assert(y[t] && dw[t]);
+      run_small(c, t + 1, NULL, 700 + i, y[t], dw[t]);
+    }
+    for (int t = 1; t < 3; t++) {
+      cr_assert(memcmp(y[0], y[t], (size_t)ny * sizeof(float)) == 0,
+                "conv2d (%s): 1 and %d threads differ", conv_case_str(c), t + 1);
+      if ((c->C / c->G) * c->KH * c->KW <= SMALL_MAX_K_DW)
+        cr_assert(memcmp(dw[0], dw[t], (size_t)nw * sizeof(float)) == 0,
+                  "conv2d_backward_weight (%s): 1 and %d threads differ", conv_case_str(c), t + 1);
+    }
+    for (int t = 0; t < 3; t++) free(y[t]), free(dw[t]);
   }
 }
 

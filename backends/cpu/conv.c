@@ -27,14 +27,20 @@
  * same loops are the fallback when scratch memory cannot be allocated (the
  * kernels return nothing, so they must not fail).
  *
+ * Convolutions with a small K (Cg*KH*KW <= CONV_SMALL_MAX_K, 72, for the
+ * forward pass, <= 27 for the weight gradient: the CNN's first layer has
+ * K = 9) skip the GEMM there: direct vectorized loops over a gathered cols
+ * (see "small K"), with the GEMM path's bits for y.
+ *
  * Threads: with at least as many images as threads the batch is split
  * across the pool and each block runs a single-threaded GEMM (kcpu_sgemm
  * with a NULL pool); with fewer images the blocks run one after another
  * with pooled GEMMs. The weight gradient sums one partial per chunk of the
  * batch (a few chunks per thread, fixed by the batch size and the thread
- * count, never by timing) in chunk order. So nothing depends on
- * scheduling: y and dx depend only on the shapes, dw also on the thread
- * count, and a run is bitwise reproducible.
+ * count, never by timing; on the small-K path fixed by the batch size
+ * alone) in chunk order. So nothing depends on scheduling: y and dx depend
+ * only on the shapes, dw also on the thread count (not on the small-K
+ * path), and a run is bitwise reproducible.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,6 +62,14 @@
  * batch is cut into fewer chunks (wide layers on many threads). */
 #define CONV_PARTIALS_BYTES (64 << 20)
 #define CONV_CHUNKS_PER_THREAD 4
+/* Convolutions with K = Cg*KH*KW up to these use the small-K direct path
+ * (see "small K" below) instead of the GEMM: the forward pass, and the
+ * weight gradient. Measured on the CNN's conv1 shape with 1 to 32 input
+ * channels (docs/benchmarks.md): the forward pass is 1.2-2x the GEMM's
+ * speed up to K = 72 and even beyond; the weight gradient 2.5x at K = 9,
+ * even from K = 36 on. */
+#define CONV_SMALL_MAX_K 72
+#define CONV_SMALL_MAX_K_DW 27
 
 /* ---- geometry ------------------------------------------------------------ */
 
@@ -69,7 +83,14 @@ typedef struct conv_geom {
   int64_t nb, pt;           /* a GEMM block: nb whole images, or pt pixels of one */
   int pointwise;            /* 1x1, stride 1, no padding: cols is x itself */
   int direct;               /* depthwise, few outputs per group: direct loops */
+  int small, small_dw;      /* small K: the vectorized direct path (forward, dw) */
 } conv_geom;
+
+/* $KILN_CPU_CONV=gemm: no small-K path (A/B benchmarks, tests). */
+static int conv_small_off(void) {
+  const char *s = getenv("KILN_CPU_CONV");
+  return s && strcmp(s, "gemm") == 0;
+}
 
 static void conv_geom_init(conv_geom *g, const kcpu_node *n, const int64_t *xs, const int64_t *ws,
                            const int64_t *ys) {
@@ -102,6 +123,10 @@ static void conv_geom_init(conv_geom *g, const kcpu_node *n, const int64_t *xs, 
     pt = (pt + CONV_TILE_ALIGN - 1) / CONV_TILE_ALIGN * CONV_TILE_ALIGN;
     g->pt = pt < g->P ? pt : g->P;
   }
+  /* An image's cols must fit one block (the path gathers it whole). */
+  g->small = g->K <= CONV_SMALL_MAX_K && !g->pointwise && !g->direct && g->pt == g->P &&
+             !conv_small_off();
+  g->small_dw = g->small && g->K <= CONV_SMALL_MAX_K_DW;
 }
 
 /* Output positions o in [0, n_out) whose input index o*stride + off lies in
@@ -378,21 +403,123 @@ static void conv_pack_cols_t(const conv_geom *g, const conv_tab *tb, const float
   }
 }
 
+/* ---- vectors ------------------------------------------------------------- */
+
+typedef float conv_v8 __attribute__((vector_size(32)));
+/* For unaligned loads and stores: memcpy into a conv_v8 went through the
+ * stack in 16-byte halves, and each load of it waited on both (failed
+ * store forwarding: the weight gradient took 1.3x the GEMM's time). */
+typedef float conv_v8u __attribute__((vector_size(32), aligned(4)));
+
+typedef int32_t conv_v8i __attribute__((vector_size(32)));
+
+/* The variants of the small-K kernels and the row col2im: fused products
+ * for the ISAs whose GEMM kernel fuses (avx2, avx512, neon), plain ones for
+ * the scalar reference kernel. (col2im only adds: the same bits either
+ * way.) */
+#define CONV_INLINE static inline __attribute__((always_inline))
+#if defined(__x86_64__)
+#define CONV_FUSED __attribute__((target("avx2,fma") KCPU_FP_CONTRACT))
+static int conv_fused(void) { return kcpu_isa_x86_simd(); }
+#elif defined(__aarch64__)
+#define CONV_FUSED __attribute__((unused KCPU_FP_CONTRACT))
+static int conv_fused(void) { return kcpu_isa_active == KCPU_ISA_NEON; }
+#else
+#define CONV_FUSED
+static int conv_fused(void) { return 0; }
+#endif
+
 /* d[i] += s[i] for i < n: vectorizes (d and s never overlap here). */
 static inline void conv_add_run(float *restrict d, const float *restrict s, int64_t n) {
   for (int64_t i = 0; i < n; i++) d[i] += s[i];
 }
 
-/* dxg += col2im of cols [K, ncols] (leading dimension ld), tap by tap: each
- * element of dx gets its terms in tap order, as the matrix-based col2im
- * gave them. Without padding a stretch of pixels adds to a stretch of dx,
- * element-wise (no two columns of a tap share an element). The taps go
+/* conv_col2im's narrow case: no padding, stride and dilation 1 along W, W
+ * <= 16, KH <= 16, whole images in the block (the CNN's conv2 and conv3).
+ * Tap by tap the runs were output rows of 11 or 3 floats, and their
+ * bookkeeping was most of col2im's time (18% of conv2's input gradient,
+ * 30% of conv3's, perf). Here a row of dx (16 floats, two vectors) takes
+ * all its taps in registers, kernel row kh by kh (the output row that
+ * reads it through kh), tap kw adding that row of cols shifted by kw, the
+ * lanes outside [kw, kw + OW) masked to +0. Each element still gets its
+ * terms in (kh, kw) order, and x + +0 is x for every x but -0, which dx
+ * never holds (it starts at +0, and a sum is -0 only if both terms are),
+ * so the bits are the tap-by-tap loop's. Lanes past W belong to the
+ * image's next rows (this thread's): they are stored back unchanged; a row
+ * whose 16 floats would pass the image's end goes element by element. The
+ * shifted loads reach at most KW floats before a tap's row and 16 past the
+ * last (inside scratch: the tables follow cols). */
+#define CONV_ROWS_MAX_KH 16
+CONV_INLINE void conv_col2im_rows_body(const conv_geom *g, const float *cols, int64_t ld,
+                                       int64_t ncols, float *dxg, int64_t grp) {
+  int64_t HW = g->H * g->W, CHW = g->C * HW, OW = g->OW, KW = g->KW;
+  conv_v8i lane0 = {0, 1, 2, 3, 4, 5, 6, 7}, lane1 = lane0 + 8;
+  conv_v8i m[16][2];
+  for (int64_t kw = 0; kw < KW; kw++) {
+    m[kw][0] = (lane0 >= (int32_t)kw) & (lane0 < (int32_t)(kw + OW));
+    m[kw][1] = (lane1 >= (int32_t)kw) & (lane1 < (int32_t)(kw + OW));
+  }
+  for (int64_t i = 0; i < ncols / g->P; i++) {
+    float *dxi = dxg + i * CHW;
+    const float *end = dxi + (g->C - grp * g->Cg) * HW;
+    for (int64_t c = 0; c < g->Cg; c++)
+      for (int64_t ih = 0; ih < g->H; ih++) {
+        /* the kernel rows kh (in order) whose output row oh reads ih */
+        const float *src[CONV_ROWS_MAX_KH];
+        int n = 0;
+        for (int64_t kh = 0; kh < g->KH; kh++) {
+          int64_t th = ih - kh * g->dh, oh = th / g->sh;
+          if (th < 0 || th % g->sh || oh >= g->OH) continue;
+          src[n++] = cols + (c * g->KH + kh) * KW * ld + i * g->P + oh * OW;
+        }
+        if (n == 0) continue;
+        float *d = dxi + c * HW + ih * g->W;
+        if (d + 16 > end) {
+          for (int r = 0; r < n; r++)
+            for (int64_t kw = 0; kw < KW; kw++)
+              for (int64_t ow = 0; ow < OW; ow++) d[kw + ow] += src[r][kw * ld + ow];
+          continue;
+        }
+        conv_v8 a0 = *(const conv_v8u *)d, a1 = *(const conv_v8u *)(d + 8);
+        for (int r = 0; r < n; r++)
+          for (int64_t kw = 0; kw < KW; kw++) {
+            const float *s = src[r] + kw * ld - kw;
+            conv_v8 b0 = *(const conv_v8u *)s, b1 = *(const conv_v8u *)(s + 8);
+            a0 += (conv_v8)((conv_v8i)b0 & m[kw][0]);
+            a1 += (conv_v8)((conv_v8i)b1 & m[kw][1]);
+          }
+        *(conv_v8u *)d = a0;
+        *(conv_v8u *)(d + 8) = a1;
+      }
+  }
+}
+
+CONV_FUSED static void conv_col2im_rows_simd(const conv_geom *g, const float *cols, int64_t ld,
+                                             int64_t ncols, float *dxg, int64_t grp) {
+  conv_col2im_rows_body(g, cols, ld, ncols, dxg, grp);
+}
+static void conv_col2im_rows_plain(const conv_geom *g, const float *cols, int64_t ld,
+                                   int64_t ncols, float *dxg, int64_t grp) {
+  conv_col2im_rows_body(g, cols, ld, ncols, dxg, grp);
+}
+
+/* dxg (group grp) += col2im of cols [K, ncols] (leading dimension ld),
+ * tap by tap: each element of dx gets its terms in tap order, as the
+ * matrix-based col2im gave them (narrow rows: see above). Without padding a
+ * stretch of pixels adds to a stretch of dx, element-wise (no two columns
+ * of a tap share an element). The taps go
  * (kh, kw) outer and channel inner: the order per element is the same (an
  * element sees only its channel's taps), but consecutive stretches now land
  * in different channels, where (kw, kw + 1) inner wrote one float apart and
  * each load waited on the store before it (failed store forwarding). */
 static void conv_col2im(const conv_geom *g, const conv_tab *tb, const float *cols, int64_t ld,
-                        int64_t ncols, float *dxg) {
+                        int64_t ncols, float *dxg, int64_t grp) {
+  if (!tb->padded && g->sw == 1 && g->dw == 1 && g->W <= 16 && g->KH <= CONV_ROWS_MAX_KH &&
+      g->pt == g->P) {
+    if (conv_fused()) conv_col2im_rows_simd(g, cols, ld, ncols, dxg, grp);
+    else conv_col2im_rows_plain(g, cols, ld, ncols, dxg, grp);
+    return;
+  }
   for (int64_t kk = 0; kk < g->KH * g->KW; kk++) {
     for (int64_t c = 0; c < g->Cg; c++) {
       int64_t t = c * g->KH * g->KW + kk;
@@ -540,6 +667,7 @@ typedef struct conv_job {
   const float *wp;    /* forward, backward input: each group's weights packed once */
   int64_t wp_group;   /* (kcpu_sgemm_pack_a), wp_group floats apart; NULL: none */
   int64_t kb;         /* forward: the GEMM's depth, K, or K + 1 with the bias fused */
+  int64_t ob;         /* small-K forward: outputs per work item */
 } conv_job;
 
 /* Packs each group's w [Og, K] (forward) or w^T [K, Og] (backward input,
@@ -685,7 +813,7 @@ static void conv_backward_input_block(const conv_job *j, kcpu_pool *gp, float *a
           memcpy(stage + o * cols + i * pt, dyg + (i * g->O + o) * g->P, (size_t)pt * sizeof(float));
       conv_gemm_w(j, gp, grp, 1, cols, stage, cols, scratch, cols);
     }
-    conv_col2im(g, &tb, scratch, cols, cols, dxg);
+    conv_col2im(g, &tb, scratch, cols, cols, dxg, grp);
   }
 }
 
@@ -770,6 +898,310 @@ static float *conv_scratch(const conv_geom *g, int *failed) {
   return s;
 }
 
+/* ---- small K: direct vectorized loops -------------------------------------
+ * With K = Cg*KH*KW small (the CNN's conv1: one channel, 3x3, K = 9) the
+ * GEMM is mostly overhead: each micro-tile zeroes its accumulators, does K
+ * products each and stores them, and the weight gradient's GEMM (N = K = 9
+ * of a 16-wide tile) packs all of dy as its A to make 9 columns. Here each
+ * image and group gathers its cols [K, P] once, through the offset tables,
+ * into rows ld = P rounded up to 16 apart (zero beyond P), and then:
+ *
+ *   forward          y[o, p] = sum over k of w[o, k] * cols[k, p] (+ bias[o])
+ *                    with 6 outputs x 16 pixels in registers. Each sum runs
+ *                    in k order from 0, products fused (FMA) exactly where
+ *                    the GEMM's micro-kernel fuses them, and the bias is
+ *                    added after it: the GEMM path's bits.
+ *   backward weight  dw[o, k] = sum over images and pixels of dy * cols
+ *                    with 4 outputs x 2 taps x 8 pixels in registers. The
+ *                    order: per image, lane l sums pixels p = l (mod 8) in
+ *                    increasing p (fused where the GEMM fuses), the lanes
+ *                    are summed ((0+1)+(2+3))+((4+5)+(6+7)), images are
+ *                    added from 0 in batch order within a chunk of
+ *                    CONV_SMALL_DW_IMAGES, and the chunks' partial sums in
+ *                    chunk order. Not the GEMM's order (it sums pixels
+ *                    across lanes in K blocks), so not its bits.
+ *
+ * Threads split the forward pass by image, group and block of outputs, and
+ * the weight gradient by chunk; neither split changes an element's sum, so
+ * y and dw are the same bits on any pool.
+ *
+ * Used where K <= CONV_SMALL_MAX_K (the weight gradient: _DW) and an
+ * image's cols fit one GEMM block; not for pointwise (cols is x itself) or
+ * the depthwise direct loops. The input gradient keeps the GEMM path (the
+ * CNN never computes conv1's dx).
+ * $KILN_CPU_CONV=gemm turns this path off (A/B benchmarks, tests). */
+#define CONV_SMALL_OT 6      /* forward: outputs per register tile (x 16 pixels) */
+#define CONV_SMALL_DW_OT 4   /* weight gradient: outputs x */
+#define CONV_SMALL_DW_KT 2   /* taps per register tile (x 8 pixel lanes) */
+#define CONV_SMALL_DW_IMAGES 4 /* weight gradient: images per partial sum */
+
+static int64_t conv_small_ld(const conv_geom *g) { return conv_round16(g->P); }
+
+/* cols [K, ld] of one image and group (xg: its first channel), zero for
+ * padding and for columns P .. ld-1. */
+static void conv_small_gather(const conv_geom *g, const conv_tab *tb, const float *xg, float *cols,
+                              int64_t ld) {
+  for (int64_t t = 0; t < g->K; t++) {
+    float *row = cols + t * ld;
+    if (!tb->padded) {
+      const float *xs = xg + tb->tap[t];
+      for (int64_t r = 0; r < tb->n_runs; r++) {
+        int64_t q0 = tb->run[r], n = tb->run[r + 1] - q0;
+        const float *s = xs + tb->pix[q0];
+        for (int64_t i = 0; i < n; i++) row[q0 + i] = s[i];
+      }
+    } else {
+      for (int64_t q = 0; q < g->P; q++) row[q] = conv_tab_at(g, tb, xg, t, q);
+    }
+    for (int64_t q = g->P; q < ld; q++) row[q] = 0.0f;
+  }
+}
+
+/* Pixels per block of the kernels below: a block of cols [K, pb] stays in
+ * L1 (16 KiB) while every output tile passes over it; a multiple of 16. */
+static int64_t conv_small_pb(int64_t K) {
+  int64_t pb = 4096 / K / 16 * 16;
+  return pb < 16 ? 16 : pb;
+}
+
+/* y [OT, n] (rows ldy apart) = w [OT, K] @ cols [K, n] (rows ld apart) (+
+ * bias [OT]); OT is a constant after inlining, so the tile lives in
+ * registers. */
+CONV_INLINE void conv_small_forward_tile(const float *cols, int64_t ld, int64_t K, int64_t n,
+                                         const float *w, const float *bias, float *y, int64_t ldy,
+                                         int OT) {
+  for (int64_t p = 0; p < n; p += 16) {
+    conv_v8 acc[CONV_SMALL_OT][2];
+    for (int i = 0; i < OT; i++) acc[i][0] = acc[i][1] = (conv_v8){0};
+    for (int64_t k = 0; k < K; k++) {
+      conv_v8 b0 = *(const conv_v8 *)(cols + k * ld + p);
+      conv_v8 b1 = *(const conv_v8 *)(cols + k * ld + p + 8);
+      for (int i = 0; i < OT; i++) {
+        float s = w[i * K + k];
+        acc[i][0] += s * b0;
+        acc[i][1] += s * b1;
+      }
+    }
+    int64_t m = n - p < 16 ? n - p : 16;
+    for (int i = 0; i < OT; i++) {
+      if (bias) acc[i][0] += bias[i], acc[i][1] += bias[i];
+      float *yo = y + i * ldy + p;
+      if (m == 16) {
+        *(conv_v8u *)yo = acc[i][0];
+        *(conv_v8u *)(yo + 8) = acc[i][1];
+      } else {
+        float t[16];
+        memcpy(t, acc[i], sizeof t);
+        memcpy(yo, t, (size_t)m * sizeof(float));
+      }
+    }
+  }
+}
+
+/* Outputs [0, n_out) of one image and group (w, bias and y at the first),
+ * block of pixels by block: each output's sum is within one pixel, so the
+ * blocks do not change it. */
+CONV_INLINE void conv_small_forward_body(const float *cols, int64_t ld, int64_t K, int64_t P,
+                                         const float *w, const float *bias, float *y,
+                                         int64_t n_out) {
+  int64_t pb = conv_small_pb(K);
+  for (int64_t p0 = 0; p0 < P; p0 += pb) {
+    int64_t n = P - p0 < pb ? P - p0 : pb, o = 0;
+    const float *cb = cols + p0;
+    for (; o + CONV_SMALL_OT <= n_out; o += CONV_SMALL_OT)
+      conv_small_forward_tile(cb, ld, K, n, w + o * K, bias ? bias + o : NULL, y + o * P + p0, P,
+                              CONV_SMALL_OT);
+    const float *wo = w + o * K, *bo = bias ? bias + o : NULL;
+    float *yo = y + o * P + p0;
+    switch (n_out - o) {
+      case 5: conv_small_forward_tile(cb, ld, K, n, wo, bo, yo, P, 5); break;
+      case 4: conv_small_forward_tile(cb, ld, K, n, wo, bo, yo, P, 4); break;
+      case 3: conv_small_forward_tile(cb, ld, K, n, wo, bo, yo, P, 3); break;
+      case 2: conv_small_forward_tile(cb, ld, K, n, wo, bo, yo, P, 2); break;
+      case 1: conv_small_forward_tile(cb, ld, K, n, wo, bo, yo, P, 1); break;
+      default: break;
+    }
+  }
+}
+
+/* ((v0 + v1) + (v2 + v3)) + ((v4 + v5) + (v6 + v7)). */
+CONV_INLINE float conv_hsum8(const conv_v8 *v) {
+  return (((*v)[0] + (*v)[1]) + ((*v)[2] + (*v)[3])) + (((*v)[4] + (*v)[5]) + ((*v)[6] + (*v)[7]));
+}
+
+/* The lane sums part [OT, K] (rows K apart; at this tile's first tap) +=
+ * dy [OT, n] (rows ldy apart) times cols [KT, n] (rows ld apart), lane l
+ * summing pixels l, l + 8, ...; n is a multiple of 8 but for an image's
+ * last block, whose last pixels are read with dy padded by zeros (cols
+ * is). OT and KT are constants after inlining. */
+CONV_INLINE void conv_small_weight_tile(const float *cols, int64_t ld, int64_t n, const float *dy,
+                                        int64_t ldy, conv_v8 *part, int64_t K, int OT, int KT) {
+  conv_v8 s[CONV_SMALL_DW_OT][CONV_SMALL_DW_KT];
+  for (int i = 0; i < OT; i++)
+    for (int t = 0; t < KT; t++) s[i][t] = part[i * K + t];
+  int64_t p = 0;
+  for (; p + 8 <= n; p += 8) {
+    conv_v8 d[CONV_SMALL_DW_OT];
+    for (int i = 0; i < OT; i++) d[i] = *(const conv_v8u *)(dy + i * ldy + p);
+    for (int t = 0; t < KT; t++) {
+      conv_v8 c = *(const conv_v8 *)(cols + t * ld + p);
+      for (int i = 0; i < OT; i++) s[i][t] += d[i] * c;
+    }
+  }
+  if (p < n) {
+    conv_v8 d[CONV_SMALL_DW_OT];
+    for (int i = 0; i < OT; i++) {
+      float tmp[8] = {0};
+      memcpy(tmp, dy + i * ldy + p, (size_t)(n - p) * sizeof(float));
+      memcpy(&d[i], tmp, sizeof d[i]);
+    }
+    for (int t = 0; t < KT; t++) {
+      conv_v8 c = *(const conv_v8 *)(cols + t * ld + p);
+      for (int i = 0; i < OT; i++) s[i][t] += d[i] * c;
+    }
+  }
+  for (int i = 0; i < OT; i++)
+    for (int t = 0; t < KT; t++) part[i * K + t] = s[i][t];
+}
+
+#define CONV_SMALL_WT(OT, KT)                                                                  \
+  conv_small_weight_tile(cb + k * ld, ld, n, dy + o * P + p0, P, part + o * K + k, K, \
+                         OT, KT)
+
+/* acc [n_out, K] += dy [n_out, P] @ cols^T for one image and group, through
+ * the lane sums part [n_out, K] (zeroed here), block of pixels by block:
+ * the lane sums carry across blocks, so the blocks do not change them. */
+CONV_INLINE void conv_small_weight_body(const float *cols, int64_t ld, int64_t K, int64_t P,
+                                        const float *dy, float *acc, int64_t n_out,
+                                        conv_v8 *part) {
+  int64_t pb = conv_small_pb(K);
+  for (int64_t e = 0; e < n_out * K; e++) part[e] = (conv_v8){0};
+  for (int64_t p0 = 0; p0 < P; p0 += pb) {
+    int64_t n = P - p0 < pb ? P - p0 : pb;
+    const float *cb = cols + p0;
+    for (int64_t o = 0; o < n_out; o += CONV_SMALL_DW_OT) {
+      int64_t k = 0;
+      if (n_out - o >= CONV_SMALL_DW_OT) {
+        for (; k + CONV_SMALL_DW_KT <= K; k += CONV_SMALL_DW_KT) CONV_SMALL_WT(4, 2);
+        if (k < K) CONV_SMALL_WT(4, 1);
+        continue;
+      }
+      for (; k < K; k++) {
+        switch (n_out - o) {
+          case 3: CONV_SMALL_WT(3, 1); break;
+          case 2: CONV_SMALL_WT(2, 1); break;
+          default: CONV_SMALL_WT(1, 1); break;
+        }
+      }
+    }
+  }
+  for (int64_t e = 0; e < n_out * K; e++) acc[e] += conv_hsum8(&part[e]);
+}
+#undef CONV_SMALL_WT
+_Static_assert(CONV_SMALL_DW_OT == 4 && CONV_SMALL_DW_KT == 2, "conv_small_weight_body's tiles");
+
+CONV_FUSED static void conv_small_forward_fused(const float *cols, int64_t ld, int64_t K, int64_t P,
+                                                const float *w, const float *bias, float *y,
+                                                int64_t n_out) {
+  conv_small_forward_body(cols, ld, K, P, w, bias, y, n_out);
+}
+static void conv_small_forward_plain(const float *cols, int64_t ld, int64_t K, int64_t P,
+                                     const float *w, const float *bias, float *y, int64_t n_out) {
+  conv_small_forward_body(cols, ld, K, P, w, bias, y, n_out);
+}
+CONV_FUSED static void conv_small_weight_fused(const float *cols, int64_t ld, int64_t K, int64_t P,
+                                               const float *dy, float *acc, int64_t n_out,
+                                               conv_v8 *part) {
+  conv_small_weight_body(cols, ld, K, P, dy, acc, n_out, part);
+}
+static void conv_small_weight_plain(const float *cols, int64_t ld, int64_t K, int64_t P,
+                                    const float *dy, float *acc, int64_t n_out, conv_v8 *part) {
+  conv_small_weight_body(cols, ld, K, P, dy, acc, n_out, part);
+}
+
+/* Scratch for the small path: the tables for one whole image (conv_scratch
+ * of the geometry with one image a block), then cols [K, ld], then the
+ * weight gradient's lane sums [Og, K] of 8 floats. NULL without memory. */
+static float *conv_small_scratch(const conv_geom *g, conv_geom *one, conv_tab *tb, float **cols) {
+  *one = *g;
+  one->nb = 1, one->pt = g->P;
+  int64_t before = conv_round16(conv_scratch_floats(one)), ld = conv_small_ld(g);
+  int64_t n = before + g->K * ld + 8 * g->Og * g->K;
+  float *s = aligned_alloc(64, (size_t)conv_round16(n) * sizeof(float));
+  if (!s) {
+    kcpu_host->log(1, "cpu: conv2d: no memory for %lld floats of cols; using direct loops",
+                   (long long)n);
+    return NULL;
+  }
+  *tb = conv_tab_of(one, s);
+  conv_tab_taps(one, tb);
+  tb->key[0] = -1;
+  conv_tab_pixels(one, tb, 1, 0, g->P);
+  *cols = s + before;
+  return s;
+}
+
+/* Work items [begin, end) of the small-K forward pass: item i is outputs
+ * [b*ob, (b+1)*ob) of group grp of image n, i = (n*G + grp)*nob + b. An
+ * item's results do not depend on how the items are split. */
+static void conv_small_forward_range(void *arg, int64_t begin, int64_t end) {
+  const conv_job *j = arg;
+  const conv_geom *g = &j->g;
+  int64_t nob = (g->Og + j->ob - 1) / j->ob, HW = g->H * g->W, ld = conv_small_ld(g), have = -1;
+  conv_geom one;
+  conv_tab tb;
+  float *cols = NULL;
+  float *s = conv_small_scratch(g, &one, &tb, &cols);
+  int fused = conv_fused();
+  for (int64_t i = begin; i < end; i++) {
+    int64_t ng = i / nob, n = ng / g->G, grp = ng % g->G;
+    int64_t o0 = grp * g->Og + i % nob * j->ob, o1 = o0 + j->ob;
+    if (o1 > (grp + 1) * g->Og) o1 = (grp + 1) * g->Og;
+    if (!s) {
+      for (int64_t o = o0; o < o1; o++)
+        conv_forward_direct_plane(g, j->a, j->b, j->bias, j->out, n, o);
+      continue;
+    }
+    if (ng != have) conv_small_gather(g, &tb, j->a + (n * g->C + grp * g->Cg) * HW, cols, ld);
+    have = ng;
+    const float *w = j->b + o0 * g->K, *bias = j->bias ? j->bias + o0 : NULL;
+    float *y = j->out + (n * g->O + o0) * g->P;
+    if (fused) conv_small_forward_fused(cols, ld, g->K, g->P, w, bias, y, o1 - o0);
+    else conv_small_forward_plain(cols, ld, g->K, g->P, w, bias, y, o1 - o0);
+  }
+  free(s);
+}
+
+/* acc [O, K] = the weight gradient of images [n0, n1) by the small-K path
+ * (direct loops without memory). */
+static void conv_small_weight_images(const conv_job *j, float *acc, int64_t n0, int64_t n1) {
+  const conv_geom *g = &j->g;
+  int64_t HW = g->H * g->W, ld = conv_small_ld(g);
+  conv_geom one;
+  conv_tab tb;
+  float *cols = NULL;
+  float *s = conv_small_scratch(g, &one, &tb, &cols);
+  if (!s) {
+    for (int64_t o = 0; o < g->O; o++)
+      conv_backward_weight_direct_row(g, j->b, j->a, acc + o * g->K, o, n0, n1);
+    return;
+  }
+  int fused = conv_fused();
+  conv_v8 *part = (conv_v8 *)(cols + g->K * ld);
+  memset(acc, 0, (size_t)(g->O * g->K) * sizeof(float));
+  for (int64_t n = n0; n < n1; n++) {
+    for (int64_t grp = 0; grp < g->G; grp++) {
+      conv_small_gather(g, &tb, j->a + (n * g->C + grp * g->Cg) * HW, cols, ld);
+      const float *dy = j->b + (n * g->O + grp * g->Og) * g->P;
+      float *accg = acc + grp * g->Og * g->K;
+      if (fused) conv_small_weight_fused(cols, ld, g->K, g->P, dy, accg, g->Og, part);
+      else conv_small_weight_plain(cols, ld, g->K, g->P, dy, accg, g->Og, part);
+    }
+  }
+  free(s);
+}
+
+
 static void conv_forward_direct_range(void *arg, int64_t begin, int64_t end) {
   const conv_job *j = arg;
   for (int64_t i = begin; i < end; i++)
@@ -801,6 +1233,16 @@ void kcpu_conv2d(kcpu_pool *pool, const kcpu_node *n) {
 
   if (g->direct) {
     conv_parallel(pool, g->N * g->O, 1, conv_forward_direct_range, &j);
+    return;
+  }
+  if (g->small) {
+    /* Whole groups of an image per item while there are a few items per
+     * thread; else blocks of whole register tiles. */
+    int64_t ng = g->N * g->G, want = 4 * (int64_t)conv_threads(pool);
+    int64_t split = ng >= want ? 1 : (want + ng - 1) / ng;
+    j.ob = (g->Og + split - 1) / split;
+    j.ob = (j.ob + CONV_SMALL_OT - 1) / CONV_SMALL_OT * CONV_SMALL_OT;
+    conv_parallel(pool, ng * ((g->Og + j.ob - 1) / j.ob), 1, conv_small_forward_range, &j);
     return;
   }
   /* The bias is fused where every block packs cols (not pointwise ones)
@@ -881,6 +1323,12 @@ static void conv_backward_weight_direct_range(void *arg, int64_t begin, int64_t 
 static void conv_backward_weight_chunks_range(void *arg, int64_t begin, int64_t end) {
   const conv_job *j = arg;
   const conv_geom *g = &j->g;
+  if (g->small_dw) {
+    for (int64_t c = begin; c < end; c++)
+      conv_small_weight_images(j, j->out + c * g->O * g->K, c * g->N / j->n_chunks,
+                               (c + 1) * g->N / j->n_chunks);
+    return;
+  }
   int failed;
   float *scratch = conv_scratch(g, &failed);
   for (int64_t c = begin; c < end; c++) {
@@ -932,11 +1380,18 @@ void kcpu_conv2d_backward_weight(kcpu_pool *pool, const kcpu_node *n) {
   /* A few chunks per thread, so a thread that the OS delays does not hold
    * up the others for long. */
   int64_t n_chunks = conv_threads(pool) > 1 ? CONV_CHUNKS_PER_THREAD * conv_threads(pool) : 1;
+  /* The small-K path's chunks are fixed by the batch alone, so its dw does
+   * not depend on the thread count either. */
+  if (g->small_dw) n_chunks = (g->N + CONV_SMALL_DW_IMAGES - 1) / CONV_SMALL_DW_IMAGES;
   if (n_chunks > g->N) n_chunks = g->N;
   int64_t fit = CONV_PARTIALS_BYTES / ((int64_t)sizeof(float) * OK);
   if (n_chunks > fit) n_chunks = fit;
   if (n_chunks <= 1) {
     /* One chunk: accumulate straight into dw, GEMMs on the whole pool. */
+    if (g->small_dw) {
+      conv_small_weight_images(&j, dw, 0, g->N);
+      return;
+    }
     int failed;
     float *scratch = conv_scratch(g, &failed);
     if (failed) goto direct;
