@@ -253,6 +253,43 @@ static void check_unary(uint32_t op, shp s) {
   free(x), free(x2), free(y), free(ref), free(scale);
 }
 
+/* CAST from u8, i32 and f32: exactly a * (float)x + b in f32, every byte
+ * value, sizes around the thread split; other input dtypes are refused. */
+static void t_cast(void) {
+  enum { N = 70001 };
+  uint8_t *xb = malloc(N);
+  int32_t *xi = malloc(N * sizeof *xi);
+  float *xf = malloc(N * sizeof *xf), *y = malloc(N * sizeof *y);
+  cr_assert(xb && xi && xf && y);
+  for (int i = 0; i < N; i++) {
+    xb[i] = (uint8_t)(i * 7 + 3);
+    xi[i] = (i % 2 ? -1 : 1) * i * 13;
+    xf[i] = (float)i * 0.37f - 900.0f;
+  }
+  const float a = 1.0f / 255.0f, b = -0.5f;
+  int64_t sizes[] = {1, 3, 255, N};
+  for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+    shp s = SHP(sizes[k]);
+    int64_t n = sizes[k];
+    run_ok(KILN_OP_CAST, 1, (tin[]){{KILN_U8, s, xb}}, s, y, NULL, (float[8]){a, b});
+    for (int64_t i = 0; i < n; i++)
+      cr_assert_eq(y[i], a * (float)xb[i] + b, "u8 [%lld]: %g", (long long)i, (double)y[i]);
+    run_ok(KILN_OP_CAST, 1, (tin[]){{KILN_I32, s, xi}}, s, y, NULL, (float[8]){2.0f, 1.0f});
+    for (int64_t i = 0; i < n; i++)
+      cr_assert_eq(y[i], 2.0f * (float)xi[i] + 1.0f, "i32 [%lld]: %g", (long long)i, (double)y[i]);
+    run_ok(KILN_OP_CAST, 1, (tin[]){F32IN(s, xf)}, s, y, NULL, (float[8]){-1.75f, 0.25f});
+    for (int64_t i = 0; i < n; i++)
+      cr_assert_eq(y[i], -1.75f * xf[i] + 0.25f, "f32 [%lld]: %g", (long long)i, (double)y[i]);
+  }
+  shp s = SHP(4);
+  cr_assert_eq(run_node(KILN_OP_CAST, 1, (tin[]){{KILN_F16, s, xb}}, s, y, NULL, NULL),
+               KILN_DTYPE_MISMATCH);
+  cr_assert_not_null(strstr(ph_error(), "f16"), "%s", ph_error());
+  cr_assert_eq(run_node(KILN_OP_CAST, 1, (tin[]){{KILN_U8, s, xb}}, s, y, NULL, (float[8]){NAN}),
+               KILN_INVALID_ARGUMENT);
+  free(xb), free(xi), free(xf), free(y);
+}
+
 static void t_unary(void) {
   static const uint32_t ops[] = {KILN_OP_NEG,           KILN_OP_RELU,
                                  KILN_OP_TANH,          KILN_OP_SIGMOID,
@@ -1259,6 +1296,7 @@ Test(profile, silent_without_the_variable) {
 #define OP_TESTS(suite, opener)                                     \
   OP_TEST(suite, binary_broadcast, t_binary, opener)                \
   OP_TEST(suite, unary_and_helpers, t_unary, opener)                \
+  OP_TEST(suite, cast, t_cast, opener)                              \
   OP_TEST(suite, fill, t_fill, opener)                              \
   OP_TEST(suite, tanh_sigmoid_range, t_tanh_sigmoid_range, opener)  \
   OP_TEST(suite, gelu_range, t_gelu_range, opener)                  \

@@ -129,6 +129,7 @@ static void ref_forward(const gc_case *c, double *const *in, double *out, int on
       break;
     case KILN_OP_NEG: case KILN_OP_RELU: case KILN_OP_TANH: case KILN_OP_SIGMOID:
     case KILN_OP_EXP: case KILN_OP_LOG: case KILN_OP_SCALE: case KILN_OP_COPY: case KILN_OP_RESHAPE:
+    case KILN_OP_CAST:
       for (int64_t i = 0; i < n_out; i++) {
         double x = in[0][i];
         switch (c->op) {
@@ -138,7 +139,7 @@ static void ref_forward(const gc_case *c, double *const *in, double *out, int on
           case KILN_OP_SIGMOID: out[i] = 1.0 / (1.0 + exp(-x)); break;
           case KILN_OP_EXP: out[i] = exp(x); break;
           case KILN_OP_LOG: out[i] = log(x); break;
-          case KILN_OP_SCALE: out[i] = (double)c->fp[0] * x + (double)c->fp[1]; break;
+          case KILN_OP_SCALE: case KILN_OP_CAST: out[i] = (double)c->fp[0] * x + (double)c->fp[1]; break;
           default: out[i] = x; break;
         }
       }
@@ -246,6 +247,7 @@ static kiln_node *build(kiln_graph *g, const gc_case *c, kiln_node **in, kiln_no
     case KILN_OP_EXP: return kiln_exp(g, in[0]);
     case KILN_OP_LOG: return kiln_log(g, in[0]);
     case KILN_OP_SCALE: return kiln_scale(g, in[0], c->fp[0], c->fp[1]);
+    case KILN_OP_CAST: return kiln_cast(g, in[0], c->fp[0], c->fp[1]);
     case KILN_OP_MATMUL: return kiln_matmul(g, in[0], in[1], (int)p[0], (int)p[1]);
     case KILN_OP_SUM: return kiln_sum(g, in[0], (uint32_t)p[0], (int)p[1]);
     case KILN_OP_MEAN: return kiln_mean(g, in[0], (uint32_t)p[0], (int)p[1]);
@@ -426,6 +428,7 @@ static const gc_case elementwise[] = {
   {"log", KILN_OP_LOG, 1, {2}, {{3, 4}}, .lo = POS, .tol = TOL_ELEM},
   {"scale", KILN_OP_SCALE, 1, {3}, {{2, 3, 2}}, .fp = {-1.75f, 0.5f}, .tol = TOL_ELEM},
   {"copy", KILN_OP_COPY, 1, {2}, {{3, 4}}, .tol = TOL_ELEM},
+  {"cast f32", KILN_OP_CAST, 1, {2}, {{3, 5}}, .fp = {0.75f, -2.0f}, .tol = TOL_ELEM},
 };
 
 static const gc_case matmuls[] = {

@@ -173,6 +173,27 @@ Test(errors, dtype_mismatch) {
   expect_error(kiln_mul(g, a, i), KILN_DTYPE_MISMATCH, "mul: inputs 0 and 1 have dtypes f32 and i32");
 }
 
+Test(shape, cast_to_f32) {
+  kiln_node *b = kiln_input(g, "bytes", KILN_U8, 3, (int64_t[]){2, 28, 28});
+  kiln_node *i = kiln_input(g, "ints", KILN_I32, 1, (int64_t[]){7});
+  kiln_node *y = kiln_cast(g, b, 1.0f / 255.0f, 0.0f);
+  EXPECT(y, 2, 28, 28);
+  cr_assert_eq(kiln_node_dtype(y), KILN_F32);
+  EXPECT(kiln_cast(g, i, 2.0f, 1.0f), 7);
+  EXPECT(kiln_cast(g, IN("f", 3), 2.0f, 1.0f), 3);
+  cr_assert_eq(kiln_graph_status(g), KILN_OK);
+}
+
+Test(errors, cast_dtypes_and_params) {
+  kiln_node *h = kiln_input(g, "h", KILN_F16, 1, (int64_t[]){4});
+  expect_error(kiln_cast(g, h, 1.0f, 0.0f), KILN_DTYPE_MISMATCH, "cast: x must be u8, i32 or f32, got f16");
+}
+
+Test(errors, cast_params_finite) {
+  kiln_node *b = kiln_input(g, "b", KILN_U8, 1, (int64_t[]){4});
+  expect_error(kiln_cast(g, b, NAN, 0.0f), KILN_INVALID_ARGUMENT, "cast: scale nan and shift 0 must be finite");
+}
+
 Test(errors, reduce_mask) {
   kiln_node *x = IN("x", 2, 3);
   expect_error(kiln_sum(g, x, 1u << 2, 0), KILN_INVALID_ARGUMENT, "sum: axis mask 0x4 names an axis outside x [2, 3]");

@@ -165,12 +165,16 @@ static void *random_data(const tcase *c, int i) {
   int64_t n = numel_of(t);
   void *d = malloc((size_t)(n ? n : 1) * 4);
   cr_assert_not_null(d);
-  if (t->dt == KILN_I32) {
+  if (t->dt == KILN_I32 || t->dt == KILN_U8) {
     float *tmp = malloc((size_t)(n ? n : 1) * 4);
     cr_assert_not_null(tmp);
     tu_fill_uniform(tmp, n, c->seed * 131 + (uint64_t)i, 0.0f, 1.0f);
     int span = (int)(t->hi - t->lo) + 1;
-    for (int64_t k = 0; k < n; k++) ((int32_t *)d)[k] = (int32_t)t->lo + (int32_t)(tmp[k] * span) % span;
+    for (int64_t k = 0; k < n; k++) {
+      int32_t v = (int32_t)t->lo + (int32_t)(tmp[k] * span) % span;
+      if (t->dt == KILN_U8) ((uint8_t *)d)[k] = (uint8_t)v;
+      else ((int32_t *)d)[k] = v;
+    }
     free(tmp);
   } else {
     tu_fill_uniform(d, n, c->seed * 131 + (uint64_t)i, t->lo, t->hi);
@@ -184,6 +188,11 @@ static void compare(const tcase *c, int i, const float *v, const float *r, int64
   for (int64_t k = 0; k < n; k++) {
     if (t->dt == KILN_I32) {
       cr_assert_eq(((const int32_t *)v)[k], ((const int32_t *)r)[k], "%s: tensor %d [%lld]", what,
+                   i, (long long)k);
+      continue;
+    }
+    if (t->dt == KILN_U8) {
+      cr_assert_eq(((const uint8_t *)v)[k], ((const uint8_t *)r)[k], "%s: tensor %d [%lld]", what,
                    i, (long long)k);
       continue;
     }
@@ -283,7 +292,7 @@ Test(vulkan, op_support_claims_only_implemented_ops) {
       KILN_OP_FILL, KILN_OP_CONV2D, KILN_OP_CONV2D_BACKWARD_INPUT,
       KILN_OP_CONV2D_BACKWARD_WEIGHT, KILN_OP_MAXPOOL2D, KILN_OP_MAXPOOL2D_BACKWARD,
       KILN_OP_AVGPOOL2D, KILN_OP_AVGPOOL2D_BACKWARD, KILN_OP_SGD, KILN_OP_ADAM,
-      KILN_OP_INCREMENT};
+      KILN_OP_INCREMENT, KILN_OP_CAST};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
     cr_assert_eq(vk.api->op_support(0, all[i], KILN_F32), 1, "op %u", all[i]);
     cr_assert_eq(vk.api->op_support(0, all[i], KILN_F16), 0, "op %u on f16", all[i]);
@@ -434,6 +443,39 @@ Test(vulkan, unary_ops) {
       NODE(&c, ops[o], y, NULL, FP(0.75f, -0.25f), x);
       run_case(&c);
     }
+}
+
+Test(vulkan, cast_from_every_dtype) {
+  /* u8 elements are read four to a word: sizes that are not multiples of
+   * 4, and (in one buffer) u8 tensors at 4-byte offsets with others right
+   * after them. The results are exact: a * x + b in f32 on both sides. */
+  static const int64_t sizes[] = {1, 3, 5, 35, 4099};
+  for (int shared = 0; shared < 2; shared++) {
+    for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+      tcase c;
+      case_init(&c, 0.0, 0.0);
+      c.shared_buffer = shared;
+      c.seed = 7 + k;
+      int64_t n = sizes[k];
+      int xb = T(&c, KILN_U8, 1, &n, 0.0f, 255.0f);
+      int xi = T(&c, KILN_I32, 1, &n, -100000.0f, 100000.0f);
+      int xf = T(&c, KILN_F32, 1, &n, -3.0f, 3.0f);
+      int yb = T(&c, KILN_F32, 1, &n, 0.0f, 0.0f);
+      int yi = T(&c, KILN_F32, 1, &n, 0.0f, 0.0f);
+      int yf = T(&c, KILN_F32, 1, &n, 0.0f, 0.0f);
+      NODE(&c, KILN_OP_CAST, yb, NULL, FP(1.0f / 255.0f, -0.5f), xb);
+      NODE(&c, KILN_OP_CAST, yi, NULL, FP(0.5f, 1.0f), xi);
+      NODE(&c, KILN_OP_CAST, yf, NULL, FP(-1.75f, 0.25f), xf);
+      run_case(&c);
+    }
+  }
+  /* a [2, 3, 5] image batch of bytes, as the trainer uploads it */
+  tcase c;
+  case_init(&c, 0.0, 0.0);
+  int x = T(&c, KILN_U8, SH(2, 3, 5), 0.0f, 255.0f);
+  int y = F(&c, 2, 3, 5);
+  NODE(&c, KILN_OP_CAST, y, NULL, FP(1.0f / 255.0f, 0.0f), x);
+  run_case(&c);
 }
 
 Test(vulkan, unary_in_place) {

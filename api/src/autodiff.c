@@ -88,6 +88,9 @@ static kiln_status backprop(backward_ctx *b, kiln_node *y, kiln_node *dy) {
     case KILN_OP_EXP: accumulate(b, x, kiln_mul(g, dy, y)); break;
     case KILN_OP_LOG: accumulate(b, x, kiln_div(g, dy, x)); break;
     case KILN_OP_SCALE: accumulate(b, x, kiln_scale(g, dy, y->fp[0], 0.0f)); break;
+    case KILN_OP_CAST:   /* integers carry no gradient (needs[] is 0 for them) */
+      if (x->dtype == KILN_F32) accumulate(b, x, kiln_scale(g, dy, y->fp[0], 0.0f));
+      break;
     case KILN_OP_MATMUL: {
       /* C = op(a) op(b); dA = dC B^T, dB = A^T dC, written on the stored
        * (possibly transposed) a and b; batch broadcasting summed back. */

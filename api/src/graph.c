@@ -9,6 +9,7 @@
  * kiln_graph_status()/kiln_graph_compile(). A NULL input node yields NULL
  * without a new message, so a formula stops at its first broken term.
  */
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -621,7 +622,7 @@ static void op_arity(kiln_op op, int *lo, int *hi) {
     case KILN_OP_EXP: case KILN_OP_LOG: case KILN_OP_SCALE: case KILN_OP_SUM: case KILN_OP_MEAN:
     case KILN_OP_EXPAND: case KILN_OP_SOFTMAX: case KILN_OP_LOG_SOFTMAX: case KILN_OP_RESHAPE:
     case KILN_OP_TRANSPOSE: case KILN_OP_COPY: case KILN_OP_MAXPOOL2D: case KILN_OP_AVGPOOL2D:
-    case KILN_OP_AVGPOOL2D_BACKWARD: case KILN_OP_INCREMENT:
+    case KILN_OP_AVGPOOL2D_BACKWARD: case KILN_OP_INCREMENT: case KILN_OP_CAST:
       *lo = *hi = 1; break;
     case KILN_OP_CROSS_ENTROPY_BACKWARD: *lo = *hi = 3; break;
     case KILN_OP_CONV2D: *lo = 2; *hi = 3; break;
@@ -644,6 +645,19 @@ static int infer(infer_ctx *c) {
     case KILN_OP_COPY:
       set_out(c, c->in[0]->dtype, c->in[0]->ndim, c->in[0]->shape);
       return 1;
+    case KILN_OP_CAST: {
+      kiln_dtype d = c->in[0]->dtype;
+      if (d != KILN_U8 && d != KILN_I32 && d != KILN_F32)
+        return fail(c, KILN_DTYPE_MISMATCH, "x must be u8, i32 or f32, got %s", kiln_dtype_name(d));
+      if (c->given_dtype != KILN_DTYPE_INVALID && c->given_dtype != KILN_F32)
+        return fail(c, KILN_DTYPE_MISMATCH, "the output is f32, not %s",
+                    kiln_dtype_name(c->given_dtype));
+      if (!isfinite(c->fp[0]) || !isfinite(c->fp[1]))
+        return fail(c, KILN_INVALID_ARGUMENT, "scale %g and shift %g must be finite",
+                    (double)c->fp[0], (double)c->fp[1]);
+      set_out(c, KILN_F32, c->in[0]->ndim, c->in[0]->shape);
+      return 1;
+    }
     case KILN_OP_RELU_BACKWARD:
       if (!need_float(c, 0, "dy") || !need_same_dtype(c, 0, 1) ||
           !need_same_shape(c, 0, 1, "dy", "x"))
@@ -799,6 +813,11 @@ kiln_node *kiln_tanh(kiln_graph *g, kiln_node *x) { return build1(g, KILN_OP_TAN
 kiln_node *kiln_sigmoid(kiln_graph *g, kiln_node *x) { return build1(g, KILN_OP_SIGMOID, x, NULL, NULL); }
 kiln_node *kiln_exp(kiln_graph *g, kiln_node *x) { return build1(g, KILN_OP_EXP, x, NULL, NULL); }
 kiln_node *kiln_log(kiln_graph *g, kiln_node *x) { return build1(g, KILN_OP_LOG, x, NULL, NULL); }
+
+kiln_node *kiln_cast(kiln_graph *g, kiln_node *x, float a, float b) {
+  float fp[KILN_OP_MAX_FPARAMS] = {a, b};
+  return build1(g, KILN_OP_CAST, x, NULL, fp);
+}
 
 kiln_node *kiln_scale(kiln_graph *g, kiln_node *x, float a, float b) {
   float fp[KILN_OP_MAX_FPARAMS] = {a, b};

@@ -59,6 +59,7 @@ const char *kiln_op_name(kiln_op op) {
     case KILN_OP_RESHAPE: return "reshape";
     case KILN_OP_TRANSPOSE: return "transpose";
     case KILN_OP_COPY: return "copy";
+    case KILN_OP_CAST: return "cast";
     case KILN_OP_FILL: return "fill";
     case KILN_OP_CONV2D: return "conv2d";
     case KILN_OP_CONV2D_BACKWARD_INPUT: return "conv2d_backward_input";

@@ -257,7 +257,7 @@ int kcpu_same_shape(const kcpu_tensor *a, const kcpu_tensor *b);
 typedef kiln_status (*kcpu_validate_fn)(int index, const kcpu_node *n);
 typedef void (*kcpu_run_fn)(kcpu_pool *pool, const kcpu_node *n);
 
-/* elementwise.c: ADD..DIV, NEG..SCALE, *_BACKWARD unary helpers, FILL, COPY. */
+/* elementwise.c: ADD..DIV, NEG..SCALE, *_BACKWARD unary helpers, FILL, COPY, CAST. */
 kiln_status kcpu_elementwise_validate(int index, const kcpu_node *n);
 void kcpu_elementwise(kcpu_pool *pool, const kcpu_node *n);
 /* reduce.c: SUM, MEAN, EXPAND. */

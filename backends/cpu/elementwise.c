@@ -1,6 +1,6 @@
 /*
  * elementwise.c - binary ops with NumPy broadcasting, unary ops, the
- * backward helpers of unary ops, SCALE, FILL and COPY.
+ * backward helpers of unary ops, SCALE, FILL, COPY and CAST.
  *
  *   binary   a [..], b [..] broadcast to y [..]:  y = a (+ - * /) b
  *   unary    x [..] -> y [..] with x's shape
@@ -61,7 +61,8 @@ kiln_status kcpu_elementwise_validate(int index, const kcpu_node *n) {
         return kcpu_node_error(index, n, KILN_SHAPE_MISMATCH,
                                "output %s must have the input's shape %s",
                                KCPU_SHAPE(sy, &n->out), KCPU_SHAPE(sa, &n->in[0]));
-      if (n->op == KILN_OP_SCALE && (!isfinite(n->fp[0]) || !isfinite(n->fp[1])))
+      if ((n->op == KILN_OP_SCALE || n->op == KILN_OP_CAST) &&
+          (!isfinite(n->fp[0]) || !isfinite(n->fp[1])))
         return kcpu_node_error(index, n, KILN_INVALID_ARGUMENT,
                                "fp[0] (scale %g) and fp[1] (shift %g) must be finite",
                                (double)n->fp[0], (double)n->fp[1]);
@@ -313,10 +314,38 @@ KCPU_BODY void unary_range_body(void *arg, int64_t i0, int64_t i1) {
 }
 KCPU_RANGE_VARIANTS(unary_range)
 
+/* CAST: y = s * (float)x + t, x u8, i32 or f32. */
+static inline void cast_range_body(void *arg, int64_t i0, int64_t i1) {
+  const kcpu_node *n = arg;
+  float *restrict y = n->out.data;
+  const float s = n->fp[0], t = n->fp[1];
+  switch (n->in[0].dtype) {
+    case KILN_U8: {
+      const uint8_t *restrict x = n->in[0].data;
+      for (int64_t i = i0; i < i1; i++) y[i] = s * (float)x[i] + t;
+      break;
+    }
+    case KILN_I32: {
+      const int32_t *restrict x = n->in[0].data;
+      for (int64_t i = i0; i < i1; i++) y[i] = s * (float)x[i] + t;
+      break;
+    }
+    default: {
+      const float *restrict x = n->in[0].data;
+      for (int64_t i = i0; i < i1; i++) y[i] = s * x[i] + t;
+      break;
+    }
+  }
+}
+KCPU_RANGE_VARIANTS(cast_range)
+
 void kcpu_elementwise(kcpu_pool *pool, const kcpu_node *n) {
   switch (n->op) {
     case KILN_OP_ADD: case KILN_OP_SUB: case KILN_OP_MUL: case KILN_OP_DIV:
       binary(pool, n);
+      return;
+    case KILN_OP_CAST:
+      kcpu_parallel_for(pool, n->out.numel, EW_GRAIN, cast_range, (void *)n);
       return;
     default: {
       un_plan p = {n};

@@ -105,6 +105,7 @@ static const kcpu_op_desc kcpu_ops[KILN_OP_COUNT_] = {
     [KILN_OP_RESHAPE] = {"reshape", 1, 1, kcpu_layout_validate, kcpu_layout, 0, 0},
     [KILN_OP_TRANSPOSE] = {"transpose", 1, 1, kcpu_layout_validate, kcpu_layout, 0, 0},
     [KILN_OP_COPY] = {"copy", 1, 1, EW, 1, 0},
+    [KILN_OP_CAST] = {"cast", 1, 1, EW, 0, 0},   /* x may be narrower than y: never in place */
     [KILN_OP_FILL] = {"fill", 0, 0, EW, 1, 0},
     [KILN_OP_CONV2D] = {"conv2d", 2, 3, conv_validate, kcpu_conv2d, 0, 0},
     [KILN_OP_CONV2D_BACKWARD_INPUT] = {"conv2d_backward_input", 2, 2, conv_validate,
@@ -549,7 +550,9 @@ static kiln_status compile_node(const kiln_plugin_graph *g, uint32_t index, kcpu
                    (pn->op == KILN_OP_CROSS_ENTROPY_BACKWARD && i == 2) ||
                    ((pn->op == KILN_OP_EMBEDDING || pn->op == KILN_OP_EMBEDDING_BACKWARD) && i == 1);
     uint32_t want = want_i32 ? KILN_I32 : KILN_F32;
-    if (n->in[i].dtype != want) {
+    uint32_t dt = n->in[i].dtype;
+    if (pn->op == KILN_OP_CAST && (dt == KILN_U8 || dt == KILN_I32)) want = dt;
+    if (dt != want) {
       char s[KCPU_SHAPE_STR];
       return kcpu_node_error(ix, n, KILN_DTYPE_MISMATCH, "input %d %s has dtype %s; expected %s",
                              i, KCPU_SHAPE(s, &n->in[i]), dtype_name(n->in[i].dtype),

@@ -70,6 +70,7 @@ static const kvk_op_desc kvk_ops[KILN_OP_COUNT_] = {
     [KILN_OP_RESHAPE] = {"reshape", 1, 1, kvk_layout_plan, 1, 0},
     [KILN_OP_TRANSPOSE] = {"transpose", 1, 1, kvk_layout_plan, 0, 0},
     [KILN_OP_COPY] = {"copy", 1, 1, EW, 1, 0},
+    [KILN_OP_CAST] = {"cast", 1, 1, EW, 0, 0},   /* x may be narrower than y: never in place */
     [KILN_OP_FILL] = {"fill", 0, 0, EW, 1, 0},
     [KILN_OP_CONV2D] = {"conv2d", 2, 3, kvk_conv_plan, 0, 0},
     [KILN_OP_CONV2D_BACKWARD_INPUT] = {"conv2d_backward_input", 2, 2, kvk_conv_plan, 0, 0},
@@ -365,7 +366,9 @@ static kiln_status check_node(const kiln_plugin_graph *g, uint32_t index, kvk_no
                    ((pn->op == KILN_OP_EMBEDDING || pn->op == KILN_OP_EMBEDDING_BACKWARD) &&
                     i == 1);
     uint32_t want = want_i32 ? KILN_I32 : KILN_F32;
-    if (n->in[i].dtype != want)
+    uint32_t dt = n->in[i].dtype;
+    if (pn->op == KILN_OP_CAST && (dt == KILN_U8 || dt == KILN_I32)) want = dt;
+    if (dt != want)
       return kvk_node_error(ix, n, KILN_DTYPE_MISMATCH, "input %d %s has dtype %s; expected %s", i,
                             KVK_SHAPE(s, &n->in[i]), dtype_name(n->in[i].dtype), dtype_name(want));
   }
@@ -646,7 +649,8 @@ kiln_status kvk_graph_compile(kiln_plugin_device *dev, const kiln_plugin_graph *
     for (uint32_t b = 0; b < d->n_bind; b++) {
       const kvk_tensor *t = d->bind[b];
       VkDeviceSize base = t->offset / align * align;
-      VkDeviceSize range = t->offset + (t->nbytes ? t->nbytes : 4) - base;
+      /* whole words: shaders read u8 tensors 4 bytes at a time (cast.comp) */
+      VkDeviceSize range = (t->offset + (t->nbytes ? t->nbytes : 4) + 3) / 4 * 4 - base;
       VkDeviceSize whole = (t->buffer->size + 63) / 64 * 64;
       if (base + range > whole) range = whole - base;
       if (range > lim->maxStorageBufferRange) {

@@ -44,6 +44,7 @@ SHADER_(gelu)
 SHADER_(attention)
 SHADER_(attention_backward)
 SHADER_(lr_schedule)
+SHADER_(cast)
 SHADER_(reduce_subgroup)
 SHADER_(softmax_subgroup)
 SHADER_(softmax_backward_subgroup)
@@ -86,6 +87,7 @@ static const shader_desc shaders[KVK_SHADER_COUNT] = {
     S_(KVK_SHADER_ATTENTION, attention, 2),
     S_(KVK_SHADER_ATTENTION_BACKWARD, attention_backward, 5),
     S_(KVK_SHADER_LR_SCHEDULE, lr_schedule, 2),
+    S_(KVK_SHADER_CAST, cast, 2),
 };
 #undef S_
 #undef SG_

@@ -639,7 +639,9 @@ static void cf_phase_probe(const char *path, int device, const struct cf_probe *
  */
 
 /* How the values of an input are drawn. */
-enum { V_UNIFORM = 0, V_POSITIVE, V_AWAY_FROM_ZERO, V_LABELS, V_STEP, V_PROB };
+enum { V_UNIFORM = 0, V_POSITIVE, V_AWAY_FROM_ZERO, V_LABELS, V_STEP, V_PROB,
+       V_BYTES,      /* u8, every value 0..255 */
+       V_INTS };     /* i32 in [-100000, 100000] */
 
 #define CF_MAX_IN 6
 
@@ -659,7 +661,7 @@ typedef struct cf_case {
 
 static void cf_in(cf_case *c, int vk, int nd, const int64_t *sh) {
   int i = c->n_in++;
-  c->dt[i] = vk == V_LABELS ? KILN_I32 : KILN_F32;
+  c->dt[i] = vk == V_LABELS || vk == V_INTS ? KILN_I32 : vk == V_BYTES ? KILN_U8 : KILN_F32;
   c->vk[i] = vk;
   c->nd[i] = nd;
   for (int d = 0; d < nd; d++) c->sh[i][d] = sh[d];
@@ -701,7 +703,7 @@ static double cf_bound(uint32_t op) {
     case KILN_OP_CLIP_COEF: case KILN_OP_GELU: case KILN_OP_GELU_BACKWARD: case KILN_OP_LR_SCHEDULE:
       return 1e-5;
     case KILN_OP_ADD: case KILN_OP_SUB: case KILN_OP_MUL: case KILN_OP_DIV:
-    case KILN_OP_SCALE: case KILN_OP_INCREMENT:
+    case KILN_OP_SCALE: case KILN_OP_INCREMENT: case KILN_OP_CAST:
       return 1e-6;
     case KILN_OP_TANH: case KILN_OP_SIGMOID: case KILN_OP_EXP: case KILN_OP_LOG:
     case KILN_OP_TANH_BACKWARD: case KILN_OP_SIGMOID_BACKWARD: case KILN_OP_SGD:
@@ -849,6 +851,20 @@ static int cf_gen(uint32_t op, int i, cf_case *c) {
         case 3: cf_in(c, V_UNIFORM, S(513, 767)); c->ip[0] = 1; c->ip[1] = 0; cf_outsh(c, S(767, 513)); break;
         default: return 0;
       }
+      return 1;
+    case KILN_OP_CAST:   /* u8 sizes that are not whole 4-byte words, i32, f32 */
+      switch (i) {
+        case 0: cf_in(c, V_BYTES, S(1)); break;
+        case 1: cf_in(c, V_BYTES, S(7)); break;
+        case 2: cf_in(c, V_BYTES, S(3, 5, 1, 3)); break;
+        case 3: cf_in(c, V_BYTES, S((1 << 20) + 3)); break;
+        case 4: cf_in(c, V_INTS, S(33)); break;
+        case 5: cf_in(c, V_UNIFORM, S(2, 1000)); break;
+        default: return 0;
+      }
+      c->fp[0] = 1.0f / 255.0f;
+      c->fp[1] = -0.5f;
+      cf_same(c);
       return 1;
     case KILN_OP_COPY:
       switch (i) {
@@ -1138,6 +1154,17 @@ static void cf_fill_values(const cf_case *c, int i, void *data, int64_t n) {
     if (n > 3) l[n - 1] = (int32_t)c->classes;
     return;
   }
+  if (c->vk[i] == V_BYTES) {
+    uint8_t *b = data;
+    for (int64_t k = 0; k < n; k++) b[k] = (uint8_t)(cf_uniform() * 256.0f);
+    if (n > 1) b[0] = 0, b[n - 1] = 255;
+    return;
+  }
+  if (c->vk[i] == V_INTS) {
+    int32_t *v = data;
+    for (int64_t k = 0; k < n; k++) v[k] = (int32_t)(cf_uniform() * 200001.0f) - 100000;
+    return;
+  }
   float *f = data;
   for (int64_t k = 0; k < n; k++) {
     float u = cf_uniform();
@@ -1194,7 +1221,7 @@ static void cf_layout_make(const cf_case *c, uint32_t op, cf_layout *L) {
     t->ndim = (uint32_t)(is_out ? c->out_nd : c->nd[i]);
     for (int d = 0; d < KILN_MAX_DIMS; d++)
       t->shape[d] = d < (int)t->ndim ? (is_out ? c->out_sh[d] : c->sh[i][d]) : 1;
-    t->nbytes = (uint64_t)cf_numel((int)t->ndim, t->shape) * 4;
+    t->nbytes = (uint64_t)cf_numel((int)t->ndim, t->shape) * (t->dtype == KILN_U8 ? 1 : 4);
     t->buffer = 0;
     t->offset = off;
     t->flags = is_out ? KILN_PTENSOR_OUTPUT : KILN_PTENSOR_INPUT;
@@ -1355,7 +1382,7 @@ static void cf_phase_ops(const char *path, const char *ref_path, int device) {
         if (!oom) {
           cf_rng = 0x9e3779b97f4a7c15ull ^ ((uint64_t)op << 32) ^ (uint64_t)ci;
           for (int t = 0; t < c.n_in; t++) {
-            cf_fill_values(&c, t, yd[t], (int64_t)(L.t[t].nbytes / 4));
+            cf_fill_values(&c, t, yd[t], cf_numel((int)L.t[t].ndim, L.t[t].shape));
             memcpy(rd[t], yd[t], L.t[t].nbytes);
           }
         }

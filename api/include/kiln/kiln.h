@@ -210,6 +210,9 @@ KILN_API kiln_node *kiln_exp(kiln_graph *g, kiln_node *x);
 KILN_API kiln_node *kiln_log(kiln_graph *g, kiln_node *x);
 /** a * x + b. */
 KILN_API kiln_node *kiln_scale(kiln_graph *g, kiln_node *x, float a, float b);
+/** a * (float)x + b as f32, x u8, i32 or f32 (KILN_OP_CAST): e.g. bytes
+ *  uploaded as they are and scaled to [0, 1] on the device. */
+KILN_API kiln_node *kiln_cast(kiln_graph *g, kiln_node *x, float a, float b);
 
 /** Matrix product, see KILN_OP_MATMUL. */
 KILN_API kiln_node *kiln_matmul(kiln_graph *g, kiln_node *a, kiln_node *b, int transpose_a,

@@ -73,6 +73,12 @@ typedef enum kiln_op {
   KILN_OP_TRANSPOSE = 61,       /* input (x); output axis i = input axis ip[i] */
   KILN_OP_COPY = 62,            /* input (x); a copy */
   KILN_OP_FILL = 63,            /* no inputs; every element = fp[0] */
+  /* input (x) u8, i32 or f32; output f32 of x's shape: fp[0] * (float)x +
+   * fp[1] (ABI 1.2). Lets a host upload bytes (pixels) and scale them on the
+   * device: a quarter of the upload of f32. op_support is asked about f32
+   * (the output), and a plugin that claims it takes all three input dtypes.
+   * The gradient reaches an f32 x only. */
+  KILN_OP_CAST = 64,
 
   /* 2-D convolution, NCHW. inputs (x [N, C, H, W], w [O, C/groups, KH, KW],
    * optional bias [O]); output [N, O, OH, OW] with
