@@ -351,6 +351,52 @@ Test(nn_train, same_seed_same_result_other_seed_differs) {
   fx_close(&f);
 }
 
+/* A u8 dataset goes up as bytes and is scaled on the device (KILN_OP_CAST);
+ * the same images as floats (bytes * scale on the host) must train and
+ * evaluate to the same bits, tail batch included, and a new x_scale must
+ * be honoured (the trainer rebuilds its graphs for it). */
+static float *as_floats(const kiln_mnist *m, float scale) {
+  int64_t n = m->n * 28 * 28;
+  float *x = malloc((size_t)n * sizeof *x);
+  cr_assert_not_null(x);
+  for (int64_t i = 0; i < n; i++) x[i] = (float)m->images[i] * scale;
+  return x;
+}
+
+Test(nn_train, bytes_and_floats_train_alike) {
+  fixture f;
+  fx_open(&f, 200, 100);                        /* 200 = 3 batches of 64 and a tail of 8 */
+  kiln_dataset tb = dataset(&f.train), eb = dataset(&f.test);
+  float *xf = as_floats(&f.train, 1.0f / 255), *ef = as_floats(&f.test, 1.0f / 255),
+        *ef2 = as_floats(&f.test, 2.0f / 255);
+  kiln_dataset tf = {.n = f.train.n, .x_f32 = xf, .y_u8 = f.train.labels};
+  kiln_dataset evf = {.n = f.test.n, .x_f32 = ef, .y_u8 = f.test.labels};
+  kiln_model *a, *b;
+  kiln_trainer *ta = make_trainer(&f, 5, &a), *tb_ = make_trainer(&f, 5, &b);
+  kiln_epoch_stats sa, sb, ea, eb_;
+  OK(kiln_trainer_fit_epoch(ta, &tb, NULL, NULL, &sa));
+  OK(kiln_trainer_fit_epoch(tb_, &tf, NULL, NULL, &sb));
+  cr_assert_eq(sa.loss, sb.loss, "bytes: loss %.9g, floats: %.9g", sa.loss, sb.loss);
+  assert_same_params(a, b, "bytes vs floats");
+  OK(kiln_trainer_evaluate(ta, &eb, &ea));
+  OK(kiln_trainer_evaluate(tb_, &evf, &eb_));
+  cr_assert_eq(ea.loss, eb_.loss, "evaluation: bytes %.9g, floats %.9g", ea.loss, eb_.loss);
+  /* twice the scale: the bytes' graph must follow */
+  eb.x_scale = 2.0f / 255;
+  evf.x_f32 = ef2;
+  OK(kiln_trainer_evaluate(ta, &eb, &ea));
+  OK(kiln_trainer_evaluate(tb_, &evf, &eb_));
+  cr_assert_eq(ea.loss, eb_.loss, "scale 2/255: bytes %.9g, floats %.9g", ea.loss, eb_.loss);
+  kiln_trainer_destroy(ta);
+  kiln_trainer_destroy(tb_);
+  kiln_model_destroy(a);
+  kiln_model_destroy(b);
+  free(xf);
+  free(ef);
+  free(ef2);
+  fx_close(&f);
+}
+
 /* Every optimizer trains a small MLP, and its state survives a checkpoint:
  * one epoch, save, load into a fresh trainer, one more epoch equals two
  * epochs straight. */

@@ -54,7 +54,9 @@ typedef struct nn_graph {
   int batch;                  /* 0: not built */
   kiln_graph *g;
   kiln_compiled *c;
-  kiln_node *x, *y;           /* inputs [batch, in...] f32, [batch] i32 */
+  kiln_node *x, *y;           /* inputs [batch, in...] f32 or u8, [batch] i32 */
+  int u8;                     /* x is u8, cast to f32 as x * xscale on the device */
+  float xscale;
   kiln_node *logits;          /* [batch, classes] */
   kiln_node *loss;            /* scalar */
 } nn_graph;
@@ -71,7 +73,8 @@ struct kiln_trainer {
   kiln_tensor *step_t;        /* scalar f32: the Adam step counter */
   nn_graph train_full, train_tail, eval_full, eval_tail;
   int64_t in_numel, classes;
-  float *xbuf;                /* [batch, in...] */
+  int cast_ok;                /* the device runs KILN_OP_CAST: u8 datasets go up as bytes */
+  float *xbuf;                /* [batch, in...] f32, or bytes for a u8 graph */
   int32_t *ybuf;              /* [batch] */
   int32_t *ybuf_prev;         /* [batch]: the labels of the batch still in flight */
   float *lbuf;                /* [batch, classes] */

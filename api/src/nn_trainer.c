@@ -48,8 +48,10 @@ static void graph_free(nn_graph *ng) {
 }
 
 /* Builds and compiles the training (train = 1) or evaluation graph for
- * `batch` samples into ng. */
-static kiln_status graph_build(kiln_trainer *t, int train, int batch, nn_graph *ng) {
+ * `batch` samples into ng: its input x f32, or (u8) bytes that the graph
+ * scales by xscale (KILN_OP_CAST) into the model's f32 input. */
+static kiln_status graph_build(kiln_trainer *t, int train, int batch, int u8, float xscale,
+                               nn_graph *ng) {
   kiln_model *m = t->m;
   kiln_node **params = NULL;
   graph_free(ng);
@@ -64,9 +66,10 @@ static kiln_status graph_build(kiln_trainer *t, int train, int batch, nn_graph *
     st = KILN_OUT_OF_MEMORY;
     goto fail;
   }
-  ng->x = kiln_input(g, "x", KILN_F32, m->in_ndim + 1, xshape);
+  ng->x = kiln_input(g, "x", u8 ? KILN_U8 : KILN_F32, m->in_ndim + 1, xshape);
   ng->y = kiln_input(g, "labels", KILN_I32, 1, yshape);
-  ng->logits = kiln_model_forward(m, g, ng->x, 0, params);
+  kiln_node *xf = u8 ? kiln_cast(g, ng->x, xscale, 0.0f) : ng->x;
+  ng->logits = kiln_model_forward(m, g, xf, 0, params);
   ng->loss = kiln_cross_entropy(g, ng->logits, ng->y);
   if (kiln_graph_status(g) != KILN_OK) goto graph_error;
   if ((st = kiln_graph_output(g, ng->loss)) != KILN_OK) goto fail;
@@ -99,6 +102,8 @@ static kiln_status graph_build(kiln_trainer *t, int train, int batch, nn_graph *
   if (kiln_graph_status(g) != KILN_OK) goto graph_error;
   if ((st = kiln_graph_compile(g, m->dev, &ng->c)) != KILN_OK) goto fail;
   ng->batch = batch;
+  ng->u8 = u8;
+  ng->xscale = xscale;
   free(params);
   return KILN_OK;
 graph_error:
@@ -143,6 +148,12 @@ kiln_status kiln_trainer_create(kiln_model *m, const kiln_optimizer_config *opti
   t->in_numel = kiln__numel(m->in_ndim, m->in_shape);
   t->classes = m->out_shape[0];
   t->xbuf = kiln__malloc((size_t)batch * (size_t)t->in_numel * sizeof *t->xbuf);
+  /* u8 datasets go up as bytes where the device casts them itself (a
+   * quarter of the upload, no conversion pass on the host);
+   * KILN_U8_UPLOAD=0 keeps the host's conversion (A/B benchmarks). */
+  const char *u8_env = getenv("KILN_U8_UPLOAD");
+  t->cast_ok = kiln_plugin_op_support(m->dev->plugin, m->dev->index, KILN_OP_CAST, KILN_F32) &&
+               !(u8_env && strcmp(u8_env, "0") == 0);
   t->ybuf = kiln__malloc((size_t)batch * sizeof *t->ybuf);
   t->ybuf_prev = kiln__malloc((size_t)batch * sizeof *t->ybuf_prev);
   t->lbuf = kiln__malloc((size_t)batch * (size_t)t->classes * sizeof *t->lbuf);
@@ -163,7 +174,7 @@ kiln_status kiln_trainer_create(kiln_model *m, const kiln_optimizer_config *opti
         goto fail;
     }
     if ((st = kiln_tensor_create(m->dev, KILN_F32, 0, NULL, &t->step_t)) != KILN_OK) goto fail;
-    if ((st = graph_build(t, 1, batch, &t->train_full)) != KILN_OK) goto fail;
+    if ((st = graph_build(t, 1, batch, 0, 1.0f, &t->train_full)) != KILN_OK) goto fail;
   }
   *out = t;
   return KILN_OK;
@@ -223,14 +234,17 @@ static kiln_status check_dataset(const kiln_trainer *t, const kiln_dataset *ds, 
 }
 
 /* Copies samples rows[0..count) (or first..first+count if rows is NULL)
- * into xbuf/ybuf. */
-static void gather(kiln_trainer *t, const kiln_dataset *ds, const int64_t *rows, int64_t first,
-                   int count) {
+ * into xbuf/ybuf, for graph ng: bytes as they are for a u8 graph, else
+ * f32. */
+static void gather(kiln_trainer *t, const nn_graph *ng, const kiln_dataset *ds,
+                   const int64_t *rows, int64_t first, int count) {
   int64_t D = t->in_numel;
   for (int b = 0; b < count; b++) {
     int64_t r = rows ? rows[b] : first + b;
     float *dst = t->xbuf + (int64_t)b * D;
-    if (ds->x_f32) {
+    if (ng->u8) {
+      memcpy((uint8_t *)t->xbuf + (int64_t)b * D, ds->x_u8 + r * D, (size_t)D);
+    } else if (ds->x_f32) {
       memcpy(dst, ds->x_f32 + r * D, (size_t)D * sizeof *dst);
     } else {
       const uint8_t *src = ds->x_u8 + r * D;
@@ -260,7 +274,7 @@ static int can_pipeline(nn_graph *ng) {
 
 /* Uploads the gathered batch of `count` (xbuf, ybuf) and starts ng on it. */
 static kiln_status submit_batch(kiln_trainer *t, nn_graph *ng, int count) {
-  size_t xbytes = (size_t)count * (size_t)t->in_numel * sizeof(float);
+  size_t xbytes = (size_t)count * (size_t)t->in_numel * (ng->u8 ? 1 : sizeof(float));
   kiln_status st = kiln_compiled_set_input(ng->c, ng->x, t->xbuf, xbytes);
   if (st == KILN_OK) st = kiln_compiled_set_input(ng->c, ng->y, t->ybuf, (size_t)count * 4);
   if (st == KILN_OK) st = kiln_compiled_run(ng->c);
@@ -355,13 +369,18 @@ static void fit_seen(const tally *acc, void *ctx) {
   f->fn(&f->p, f->user);
 }
 
-/* The graph for a batch of `count`: the full one, or the (re)built tail. */
-static kiln_status graph_for(kiln_trainer *t, int train, int count, nn_graph **out) {
+/* The graph for a batch of `count` samples of ds: the full one, or the
+ * (re)built tail. A u8 dataset goes up as bytes where the device can cast
+ * them (its graphs are rebuilt for that once, or when x_scale changes). */
+static kiln_status graph_for(kiln_trainer *t, int train, int count, const kiln_dataset *ds,
+                             nn_graph **out) {
   nn_graph *full = train ? &t->train_full : &t->eval_full;
   nn_graph *tail = train ? &t->train_tail : &t->eval_tail;
   nn_graph *ng = count == t->batch ? full : tail;
-  if (ng->batch != count) {
-    kiln_status st = graph_build(t, train, count, ng);
+  int u8 = ds->x_u8 != NULL && t->cast_ok;
+  float xscale = u8 ? ds->x_scale : 1.0f;
+  if (ng->batch != count || ng->u8 != u8 || ng->xscale != xscale) {
+    kiln_status st = graph_build(t, train, count, u8, xscale, ng);
     if (st != KILN_OK) return st;
   }
   *out = ng;
@@ -410,9 +429,9 @@ kiln_status kiln_trainer_fit_epoch(kiln_trainer *t, const kiln_dataset *ds,
     if (b < n_batches) {
       int count = (int)(n - done < t->batch ? n - done : t->batch);
       nn_graph *ng;
-      st = graph_for(t, 1, count, &ng);
+      st = graph_for(t, 1, count, ds, &ng);
       if (st != KILN_OK) goto fail;
-      gather(t, ds, perm + done, 0, count);
+      gather(t, ng, ds, perm + done, 0, count);
       st = submit_batch(t, ng, count);
       if (st != KILN_OK) goto fail;
       t->step++;
@@ -449,8 +468,8 @@ static kiln_status forward_all(kiln_trainer *t, const kiln_dataset *ds, kiln_epo
     if (done < ds->n) {
       int count = (int)(ds->n - done < t->batch ? ds->n - done : t->batch);
       nn_graph *ng;
-      if ((st = graph_for(t, 0, count, &ng)) != KILN_OK) return st;
-      gather(t, ds, NULL, done, count);
+      if ((st = graph_for(t, 0, count, ds, &ng)) != KILN_OK) return st;
+      gather(t, ng, ds, NULL, done, count);
       if ((st = submit_batch(t, ng, count)) != KILN_OK) return st;
       cur = (pending){ng, count, done};
       done += count;

@@ -173,7 +173,10 @@ typedef struct kiln_dataset {
   int64_t n;                  /* samples */
   /* Inputs, n * (model input numel) values, exactly one of: */
   const float *x_f32;         /* as is */
-  const uint8_t *x_u8;        /* converted as x_u8 * x_scale (e.g. 1/255) */
+  const uint8_t *x_u8;        /* converted as x_u8 * x_scale (e.g. 1/255): on the device
+                               * where it runs KILN_OP_CAST (the bytes are uploaded as
+                               * they are, a quarter of f32's upload), else on the host;
+                               * the same bits either way for x_scale > 0 */
   float x_scale;
   /* Class labels, n values in [0, classes), one of (neither: only for
    * kiln_trainer_predict): */
@@ -210,8 +213,10 @@ typedef struct kiln_epoch_stats {
  *  (forward -> cross-entropy -> backward -> optimizer updates, the step
  *  counter kiln_increment'ed in the graph). seed drives the shuffling:
  *  the order of epoch e depends only on (seed, e), which makes resuming
- *  from a checkpoint exact. optim NULL makes an evaluation-only trainer
- *  (no optimizer state, no training graph; kiln_trainer_fit_epoch() then
+ *  from a checkpoint exact. The graphs take f32 inputs; the first u8
+ *  dataset (or a new x_scale) rebuilds them once to take bytes (see
+ *  kiln_dataset; KILN_U8_UPLOAD=0 turns that off). optim NULL makes an
+ *  evaluation-only trainer (no optimizer state, no training graph; kiln_trainer_fit_epoch() then
  *  returns KILN_INVALID_STATE). m must outlive the trainer. */
 KILN_API kiln_status kiln_trainer_create(kiln_model *m, const kiln_optimizer_config *optim,
                                          int batch, uint64_t seed, kiln_trainer **out);
