@@ -78,51 +78,26 @@ kiln_status kvk_elementwise_plan(kvk_plan *p, int index, const kvk_node *n) {
     return KILN_OK;
   }
 
-  if (n->op == KILN_OP_CAST) {
-    const kvk_tensor *x = &n->in[0];
-    if (!kvk_same_shape(x, y))
-      return kvk_node_error(index, n, KILN_SHAPE_MISMATCH,
-                            "output %s must have the input's shape %s", KVK_SHAPE(sy, y),
-                            KVK_SHAPE(sa, x));
-    if (!isfinite(n->fp[0]) || !isfinite(n->fp[1]))
-      return kvk_node_error(index, n, KILN_INVALID_ARGUMENT,
-                            "fp[0] (scale %g) and fp[1] (shift %g) must be finite",
-                            (double)n->fp[0], (double)n->fp[1]);
-    if (y->numel == 0) return KILN_OK;
-    if (!(d = kvk_plan_add(p, index, n))) return KILN_OUT_OF_MEMORY;
-    d->shader = KVK_SHADER_CAST;
-    d->n_spec = 2;
-    d->spec[0] = WG;
-    d->spec[1] = x->dtype == KILN_U8 ? 2 : x->dtype == KILN_I32 ? 1 : 0;
-    d->n_bind = 2;
-    d->bind[0] = x;
-    d->bind[1] = y;
-    d->write_mask = 2;
-    kvk_param_u(d, (uint64_t)y->numel);
-    kvk_param_f(d, n->fp[0]);
-    kvk_param_f(d, n->fp[1]);
-    d->groups[0] = kvk_groups_1d(p->dev, (uint64_t)y->numel, WG);
-    d->groups[1] = d->groups[2] = 1;
-    return KILN_OK;
-  }
-
   int uc = unary_code(n->op);
-  if (uc >= 0) {
+  if (uc >= 0 || n->op == KILN_OP_CAST) {
     const kvk_tensor *x = &n->in[0];
     if (!kvk_same_shape(x, y))
       return kvk_node_error(index, n, KILN_SHAPE_MISMATCH,
                             "output %s must have the input's shape %s", KVK_SHAPE(sy, y),
                             KVK_SHAPE(sa, x));
-    if (n->op == KILN_OP_SCALE && (!isfinite(n->fp[0]) || !isfinite(n->fp[1])))
+    if ((n->op == KILN_OP_SCALE || n->op == KILN_OP_CAST) &&
+        (!isfinite(n->fp[0]) || !isfinite(n->fp[1])))
       return kvk_node_error(index, n, KILN_INVALID_ARGUMENT,
                             "fp[0] (scale %g) and fp[1] (shift %g) must be finite",
                             (double)n->fp[0], (double)n->fp[1]);
     if (y->numel == 0) return KILN_OK;
     if (!(d = kvk_plan_add(p, index, n))) return KILN_OUT_OF_MEMORY;
-    d->shader = KVK_SHADER_UNARY;
+    d->shader = n->op == KILN_OP_CAST ? KVK_SHADER_CAST : KVK_SHADER_UNARY;
     d->n_spec = 2;
     d->spec[0] = WG;
-    d->spec[1] = (uint32_t)uc;
+    /* cast.comp's DT (0 f32, 1 i32, 2 u8), or unary.comp's OP */
+    d->spec[1] = n->op == KILN_OP_CAST ? (x->dtype == KILN_U8 ? 2 : x->dtype == KILN_I32 ? 1 : 0)
+                                       : (uint32_t)uc;
     d->n_bind = 2;
     d->bind[0] = x;
     d->bind[1] = y;
