@@ -1683,6 +1683,19 @@ static char *vk_profile_run(const char *env, int runs) {
   return out;
 }
 
+Test(vulkan, profile_without_timestamps_says_so) {
+  /* a queue without timestamps (forced): the graph runs and computes as
+   * ever (vk_profile_run checks y), and the profile says why it has no table */
+  setenv("KILN_VK_NO_TIMESTAMPS", "1", 1);
+  char *out = vk_profile_run("1", 2);
+  unsetenv("KILN_VK_NO_TIMESTAMPS");
+  cr_assert(strstr(out, "kiln[vulkan] profile: not supported on this device (") &&
+                strstr(out, "KILN_VK_NO_TIMESTAMPS"),
+            "no 'not supported' line:\n%s", out);
+  cr_assert_null(strstr(out, "ms/run"), "a table was printed without timestamps:\n%s", out);
+  free(out);
+}
+
 Test(vulkan, profile_table_when_asked) {
   char *out = vk_profile_run("1", 3);
   if (strstr(out, "kiln[vulkan] profile: not supported on this device")) {

@@ -12,7 +12,8 @@
  * the timestamps are read and added up (ticks * timestampPeriod ns); freeing
  * the graph prints, like the CPU plugin, one row per op and the slowest
  * nodes to stderr. A device whose compute queue has no timestamps
- * (timestampValidBits 0) gets "not supported on this device" instead.
+ * (timestampValidBits 0) gets "not supported on this device" instead;
+ * KILN_VK_NO_TIMESTAMPS=1 takes that path on any device (for the tests).
  * Without the variable there is no query pool and no extra command.
  */
 #include <stdio.h>
@@ -30,6 +31,7 @@ struct kvk_profile {
   uint64_t *ticks;              /* [n_dispatches]: summed over runs */
   uint64_t *raw;                /* [n_dispatches + 1]: one run's timestamps */
   uint64_t mask;                /* timestampValidBits of the queue family */
+  int forced_off;               /* KILN_VK_NO_TIMESTAMPS */
   double ns_per_tick;
   uint64_t runs;
 };
@@ -48,13 +50,21 @@ void kvk_profile_destroy(kiln_plugin_device *dev, kvk_profile *p) {
   free(p);
 }
 
+/* KILN_VK_NO_TIMESTAMPS=1: behave as on a queue without timestamps. */
+static int timestamps_off(void) {
+  const char *s = getenv("KILN_VK_NO_TIMESTAMPS");
+  return s && *s && strcmp(s, "0") != 0;
+}
+
 kiln_status kvk_profile_create(kiln_plugin_device *dev, const kvk_plan *plan, kvk_profile **out) {
   *out = NULL;
   kvk_profile *p = calloc(1, sizeof *p);
   if (!p) goto fail_oom;
   p->n_dispatches = plan->n;
   const kvk_physical *ph = dev->phys;
-  if (ph->timestamp_bits == 0 || !(ph->props.limits.timestampPeriod > 0) || plan->n == 0) {
+  p->forced_off = timestamps_off();
+  if (ph->timestamp_bits == 0 || !(ph->props.limits.timestampPeriod > 0) || plan->n == 0 ||
+      p->forced_off) {
     *out = p;   /* reported at free: nothing to time */
     return KILN_OK;
   }
@@ -129,6 +139,11 @@ void kvk_profile_report(const kiln_plugin_device *dev, const kvk_profile *p, con
   const kvk_physical *ph = dev->phys;
   if (!p->pool) {
     if (p->n_dispatches == 0) return;
+    if (p->forced_off) {
+      fprintf(stderr, "kiln[vulkan] profile: not supported on this device (%s: timestamps turned "
+              "off by KILN_VK_NO_TIMESTAMPS)\n", ph->props.deviceName);
+      return;
+    }
     fprintf(stderr,
             "kiln[vulkan] profile: not supported on this device (%s: its compute queue family "
             "%u has timestampValidBits %u, timestampComputeAndGraphics %u, timestampPeriod %g)\n",
