@@ -1007,3 +1007,175 @@ Test(pool, validation_errors) {
                     PIP(2, 2, 2, 2, 0, 0, 0), KILN_SHAPE_MISMATCH, "maxpool2d", "has rank 3");
   close_plugin();
 }
+
+/* ---- fused epilogues (plugin.c, fuse_epilogues) ------------------------------------
+ * A conv2d or pooling node followed by an elementwise node that reads its
+ * output runs that node over each finished range of its output. The values
+ * must be those of the two nodes run one after the other (bit for bit:
+ * KILN_CPU_FUSE=0 turns the fusion off), the profile must say the fusion
+ * happened (else these tests would pass without testing it), and a layout
+ * where the epilogue would overwrite what the producer still reads must not
+ * be fused. */
+
+#define FUSED_NOTE "fused into the node before"
+
+typedef struct fuse_graph {
+  int in[3], mid, out;     /* tensor indices: producer inputs, its output, the epilogue's */
+  int n_in;
+} fuse_graph;
+
+/* Builds producer(ins) -> mid, then epi(mid[, extra]) -> out into `graph`.
+ * out_on_input >= 0 places out over producer input out_on_input (same
+ * bytes); extra >= 0 makes epi read producer input `extra` as its second
+ * input (relu_backward's x). */
+static fuse_graph build_fused(uint32_t op, int n_in, const tdesc *ins, const tdesc *mid,
+                              const int64_t ip[8], uint32_t epi, int extra, int out_on_input) {
+  ph_graph_free(graph);
+  ph_graph_init(graph, &plugin);
+  fuse_graph f = {.n_in = n_in};
+  for (int i = 0; i < n_in; i++) {
+    f.in[i] = ph_tensor(graph, KILN_F32, ins[i].ndim, ins[i].shape);
+    cr_assert_geq(f.in[i], 0, "ph_tensor: %s", ph_error());
+  }
+  f.mid = ph_tensor(graph, KILN_F32, mid->ndim, mid->shape);
+  if (out_on_input >= 0) {
+    const kiln_plugin_tensor *t = &graph->tensors[f.in[out_on_input]];
+    f.out = ph_tensor_at(graph, KILN_F32, mid->ndim, mid->shape, (int)t->buffer, t->offset);
+  } else {
+    f.out = ph_tensor(graph, KILN_F32, mid->ndim, mid->shape);
+  }
+  cr_assert(f.mid >= 0 && f.out >= 0, "ph_tensor: %s", ph_error());
+  cr_assert_geq(ph_node(graph, op, n_in, f.in, f.mid, ip, NULL), 0, "%s", ph_error());
+  int e_in[2] = {f.mid, extra >= 0 ? f.in[extra] : -1};
+  cr_assert_geq(ph_node(graph, epi, extra >= 0 ? 2 : 1, e_in, f.out, NULL, NULL), 0, "%s",
+                ph_error());
+  return f;
+}
+
+/* Compiles and runs the graph of build_fused on `data` (one array per
+ * producer input); reads mid and out. With fuse 0 under KILN_CPU_FUSE=0.
+ * Returns whether the profile reported a fused node. */
+static int run_fused(const fuse_graph *f, const tdesc *ins, float *const *data, int fuse,
+                     float *mid, float *out) {
+  if (!fuse) setenv("KILN_CPU_FUSE", "0", 1);
+  setenv("KILN_PROFILE", "1", 1);
+  kiln_status st = ph_compile(graph);
+  unsetenv("KILN_PROFILE");
+  unsetenv("KILN_CPU_FUSE");
+  cr_assert_eq(st, KILN_OK, "compile: %s", ph_error());
+  for (int i = 0; i < f->n_in; i++)
+    cr_assert_eq(ph_write(graph, f->in[i], data[i]), KILN_OK, "%s", ph_error());
+  cr_assert_eq(ph_run(graph), KILN_OK, "run: %s", ph_error());
+  cr_assert_eq(ph_read(graph, f->mid, mid), KILN_OK, "%s", ph_error());
+  cr_assert_eq(ph_read(graph, f->out, out), KILN_OK, "%s", ph_error());
+  (void)ins;
+  tu_capture cap;
+  tu_stderr_begin(&cap);
+  graph->p->api->graph_free(graph->p->dev, graph->exec);   /* prints the profile */
+  graph->exec = NULL;
+  char *report = tu_stderr_end(&cap);
+  cr_assert_not_null(report);
+  int fused = strstr(report, FUSED_NOTE) != NULL;
+  free(report);
+  return fused;
+}
+
+/* Runs producer -> epi fused and not, on random data; checks both agree bit
+ * for bit, that the epilogue's values are right (relu: max(mid, 0);
+ * relu_backward: mid where x > 0), and that fusion happened iff
+ * want_fused. */
+static void check_fused(const char *what, uint32_t op, int n_in, const tdesc *ins,
+                        const tdesc *mid, const int64_t ip[8], uint32_t epi, int extra,
+                        int out_on_input, int want_fused, uint64_t seed) {
+  fuse_graph f = build_fused(op, n_in, ins, mid, ip, epi, extra, out_on_input);
+  int64_t n = tnumel(mid);
+  float *data[3] = {0}, *m[2], *o[2];
+  for (int i = 0; i < n_in; i++) data[i] = random_floats(tnumel(&ins[i]), seed + (uint64_t)i);
+  for (int k = 0; k < 2; k++) {
+    m[k] = malloc((size_t)n * sizeof(float));
+    o[k] = malloc((size_t)n * sizeof(float));
+    cr_assert(m[k] && o[k]);
+  }
+  int fused = run_fused(&f, ins, data, 1, m[0], o[0]);
+  cr_assert_eq(fused, want_fused, "%s: the profile %s \"" FUSED_NOTE "\"", what,
+               want_fused ? "lacks" : "says");
+  cr_assert_not(run_fused(&f, ins, data, 0, m[1], o[1]), "%s: fused under KILN_CPU_FUSE=0", what);
+  cr_assert_eq(memcmp(m[0], m[1], (size_t)n * sizeof(float)), 0, "%s: the producer's output differs",
+               what);
+  cr_assert_eq(memcmp(o[0], o[1], (size_t)n * sizeof(float)), 0,
+               "%s: fused and unfused epilogues differ", what);
+  const float *x = extra >= 0 ? data[extra] : NULL;
+  for (int64_t i = 0; i < n; i++) {
+    float want = epi == KILN_OP_RELU ? (m[0][i] > 0.0f ? m[0][i] : 0.0f)
+                                     : (x[i] > 0.0f ? m[0][i] : 0.0f);
+    cr_assert(memcmp(&want, &o[0][i], sizeof want) == 0, "%s: element %lld is %.9g, want %.9g",
+              what, (long long)i, (double)o[0][i], (double)want);
+  }
+  for (int i = 0; i < n_in; i++) free(data[i]);
+  for (int k = 0; k < 2; k++) free(m[k]), free(o[k]);
+}
+
+Test(fusion, conv2d_then_relu_every_path) {
+  /* N, C, H, W, O, KH, KW, sh, sw, ph, pw, dh, dw, groups, bias */
+  static const conv_case cases[] = {
+      {6, 1, 12, 11, 8, 3, 3, 1, 1, 0, 0, 1, 1, 1, 1},    /* small K (9) */
+      {5, 9, 9, 10, 12, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1},    /* GEMM, whole images, padded */
+      {2, 4, 40, 37, 6, 3, 3, 1, 1, 0, 0, 1, 1, 1, 0},    /* GEMM, pixel tiles of one image */
+      {3, 6, 7, 7, 6, 3, 3, 2, 2, 1, 1, 1, 1, 6, 1},      /* depthwise: direct loops */
+      {4, 8, 6, 6, 8, 1, 1, 1, 1, 0, 0, 1, 1, 1, 0},      /* pointwise */
+  };
+  for (int threads = 1; threads <= 2; threads++) {
+    open_plugin(threads);
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+      const conv_case *c = &cases[k];
+      tdesc ins[3] = {T4(c->N, c->C, c->H, c->W), T4(c->O, c->C / c->G, c->KH, c->KW),
+                      {1, {c->O}}};
+      tdesc y = T4(c->N, c->O, conv_oh(c), conv_ow(c));
+      int64_t ip[8];
+      conv_ip(c, ip);
+      char what[320];
+      snprintf(what, sizeof what, "conv2d %s, then relu, %d thread(s)", conv_case_str(c), threads);
+      check_fused(what, KILN_OP_CONV2D, c->bias ? 3 : 2, ins, &y, ip, KILN_OP_RELU, -1, -1, 1,
+                  40 + k);
+    }
+    close_plugin();
+  }
+}
+
+Test(fusion, maxpool2d_backward_then_relu_backward_in_place) {
+  /* relu_backward(dx, x) written over x itself, as a planner may place it
+   * when x dies there: pooling reads x plane by plane, so this fuses. */
+  static const pool_case cases[] = {
+      {4, 5, 26, 26, 2, 2, 2, 2, 0, 0},   /* the 2x2 path (the CNN's) */
+      {3, 4, 11, 11, 2, 2, 2, 2, 0, 0},   /* odd: a row and column no window reads */
+      {2, 3, 9, 8, 3, 3, 2, 2, 1, 1},     /* overlapping, padded windows */
+  };
+  for (int threads = 1; threads <= 2; threads++) {
+    open_plugin(threads);
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+      const pool_case *c = &cases[k];
+      tdesc ins[2] = {T4(c->N, c->C, pool_oh(c), pool_ow(c)), T4(c->N, c->C, c->H, c->W)};
+      int64_t ip[8] = {c->KH, c->KW, c->sh, c->sw, c->ph, c->pw, 0, 0};
+      char what[160];
+      snprintf(what, sizeof what, "maxpool2d_backward case %zu, then relu_backward over x, %d "
+               "thread(s)", k, threads);
+      check_fused(what, KILN_OP_MAXPOOL2D_BACKWARD, 2, ins, &ins[1], ip, KILN_OP_RELU_BACKWARD,
+                  1, 1, 1, 60 + k);
+    }
+    close_plugin();
+  }
+}
+
+Test(fusion, refused_where_the_epilogue_would_overwrite_a_conv_input) {
+  /* relu's output over the conv's x: another work item (or thread) still
+   * reads x after an item's epilogue would have run, so no fusion. */
+  open_plugin(2);
+  conv_case c = {6, 4, 8, 8, 4, 1, 1, 1, 1, 0, 0, 1, 1, 1, 0};   /* y has x's shape */
+  tdesc ins[2] = {T4(c.N, c.C, c.H, c.W), T4(c.O, c.C, 1, 1)};
+  tdesc y = T4(c.N, c.O, c.H, c.W);
+  int64_t ip[8];
+  conv_ip(&c, ip);
+  check_fused("conv2d, then relu over x", KILN_OP_CONV2D, 2, ins, &y, ip, KILN_OP_RELU, -1, 0, 0,
+              80);
+  close_plugin();
+}

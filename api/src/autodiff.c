@@ -75,7 +75,12 @@ static kiln_status backprop(backward_ctx *b, kiln_node *y, kiln_node *dy) {
       break;
     case KILN_OP_NEG: accumulate(b, x, kiln_neg(g, dy)); break;
     case KILN_OP_RELU: {
-      kiln_node *a[2] = {dy, x};
+      /* y > 0 exactly where x > 0 (NaN and -0 included: relu makes them
+       * 0), so the mask is read from y: x need not live until the backward
+       * pass (a conv's output, often the largest value of a CNN), and the
+       * CPU plugin's fused maxpool2d_backward + relu_backward finds y in
+       * cache, as the pooling just read it. */
+      kiln_node *a[2] = {dy, y};
       accumulate(b, x, make(g, KILN_OP_RELU_BACKWARD, 2, a, NULL, NULL));
       break;
     }

@@ -668,6 +668,7 @@ typedef struct conv_job {
   int64_t wp_group;   /* (kcpu_sgemm_pack_a), wp_group floats apart; NULL: none */
   int64_t kb;         /* forward: the GEMM's depth, K, or K + 1 with the bias fused */
   int64_t ob;         /* small-K forward: outputs per work item */
+  const kcpu_node *node;  /* forward: for its epilogue (kcpu_node_done) */
 } conv_job;
 
 /* Packs each group's w [Og, K] (forward) or w^T [K, Og] (backward input,
@@ -782,6 +783,12 @@ static void conv_forward_block(const conv_job *j, kcpu_pool *gp, float *acc, int
         for (int64_t p = 0; p < pt; p++) yo[p] += j->bias[o];
       }
     }
+  }
+  if (pt == g->P) {
+    kcpu_node_done(j->node, n0 * g->O * g->P, (n0 + nb) * g->O * g->P);
+  } else {
+    for (int64_t o = 0; o < g->O; o++)
+      kcpu_node_done(j->node, (n0 * g->O + o) * g->P + p0, (n0 * g->O + o) * g->P + p0 + pt);
   }
 }
 
@@ -1160,14 +1167,15 @@ static void conv_small_forward_range(void *arg, int64_t begin, int64_t end) {
     if (!s) {
       for (int64_t o = o0; o < o1; o++)
         conv_forward_direct_plane(g, j->a, j->b, j->bias, j->out, n, o);
-      continue;
+    } else {
+      if (ng != have) conv_small_gather(g, &tb, j->a + (n * g->C + grp * g->Cg) * HW, cols, ld);
+      have = ng;
+      const float *w = j->b + o0 * g->K, *bias = j->bias ? j->bias + o0 : NULL;
+      float *y = j->out + (n * g->O + o0) * g->P;
+      if (fused) conv_small_forward_fused(cols, ld, g->K, g->P, w, bias, y, o1 - o0);
+      else conv_small_forward_plain(cols, ld, g->K, g->P, w, bias, y, o1 - o0);
     }
-    if (ng != have) conv_small_gather(g, &tb, j->a + (n * g->C + grp * g->Cg) * HW, cols, ld);
-    have = ng;
-    const float *w = j->b + o0 * g->K, *bias = j->bias ? j->bias + o0 : NULL;
-    float *y = j->out + (n * g->O + o0) * g->P;
-    if (fused) conv_small_forward_fused(cols, ld, g->K, g->P, w, bias, y, o1 - o0);
-    else conv_small_forward_plain(cols, ld, g->K, g->P, w, bias, y, o1 - o0);
+    kcpu_node_done(j->node, (n * g->O + o0) * g->P, (n * g->O + o1) * g->P);
   }
   free(s);
 }
@@ -1204,8 +1212,10 @@ static void conv_small_weight_images(const conv_job *j, float *acc, int64_t n0, 
 
 static void conv_forward_direct_range(void *arg, int64_t begin, int64_t end) {
   const conv_job *j = arg;
-  for (int64_t i = begin; i < end; i++)
+  for (int64_t i = begin; i < end; i++) {
     conv_forward_direct_plane(&j->g, j->a, j->b, j->bias, j->out, i / j->g.O, i % j->g.O);
+    kcpu_node_done(j->node, i * j->g.P, (i + 1) * j->g.P);
+  }
 }
 
 static void conv_forward_images_range(void *arg, int64_t begin, int64_t end) {
@@ -1229,6 +1239,7 @@ void kcpu_conv2d(kcpu_pool *pool, const kcpu_node *n) {
   j.b = n->in[1].data;
   j.bias = n->n_inputs > 2 ? n->in[2].data : NULL;
   j.out = n->out.data;
+  j.node = n;
   const conv_geom *g = &j.g;
 
   if (g->direct) {
@@ -1292,6 +1303,7 @@ void kcpu_conv2d_backward_input(kcpu_pool *pool, const kcpu_node *n) {
   j.a = n->in[0].data;
   j.b = n->in[1].data;
   j.out = n->out.data;
+  j.node = n;
   const conv_geom *g = &j.g;
 
   if (g->direct) {

@@ -94,6 +94,11 @@ typedef struct kcpu_node {
    * the rest. NULL: the matmul packs B itself. */
   float *packed_b;
   int pack_b;
+  /* An elementwise node fused into this one (plugin.c, fuse_epilogues;
+   * NULL: none): this node's kernel runs it over each range of its output
+   * as soon as that range holds its final values, while they are still in
+   * cache (kcpu_node_done), and the fused node's own step does nothing. */
+  const struct kcpu_node *epi;
 } kcpu_node;
 
 /* ---- instruction sets (isa.c) --------------------------------------------
@@ -260,6 +265,17 @@ typedef void (*kcpu_run_fn)(kcpu_pool *pool, const kcpu_node *n);
 /* elementwise.c: ADD..DIV, NEG..SCALE, *_BACKWARD unary helpers, FILL, COPY, CAST. */
 kiln_status kcpu_elementwise_validate(int index, const kcpu_node *n);
 void kcpu_elementwise(kcpu_pool *pool, const kcpu_node *n);
+/* 1 if op can be fused as an epilogue (kcpu_node.epi): a unary op whose
+ * element i reads element i of each input and nothing else. */
+int kcpu_elementwise_fusible(uint32_t op);
+/* Runs the fusible node e over elements [i0, i1) on the calling thread. */
+void kcpu_elementwise_range(const kcpu_node *e, int64_t i0, int64_t i1);
+
+/* Called by kernels that take an epilogue when elements [i0, i1) of n's
+ * output are final. */
+static inline void kcpu_node_done(const kcpu_node *n, int64_t i0, int64_t i1) {
+  if (n->epi) kcpu_elementwise_range(n->epi, i0, i1);
+}
 /* reduce.c: SUM, MEAN, EXPAND. */
 kiln_status kcpu_reduce_validate(int index, const kcpu_node *n);
 void kcpu_reduce(kcpu_pool *pool, const kcpu_node *n);

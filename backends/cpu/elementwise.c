@@ -314,6 +314,22 @@ KCPU_BODY void unary_range_body(void *arg, int64_t i0, int64_t i1) {
 }
 KCPU_RANGE_VARIANTS(unary_range)
 
+int kcpu_elementwise_fusible(uint32_t op) {
+  switch (op) {
+    case KILN_OP_NEG: case KILN_OP_RELU: case KILN_OP_TANH: case KILN_OP_SIGMOID:
+    case KILN_OP_EXP: case KILN_OP_LOG: case KILN_OP_SCALE: case KILN_OP_RELU_BACKWARD:
+    case KILN_OP_TANH_BACKWARD: case KILN_OP_SIGMOID_BACKWARD: case KILN_OP_COPY:
+      return 1;
+    default:
+      return 0;
+  }
+}
+
+void kcpu_elementwise_range(const kcpu_node *e, int64_t i0, int64_t i1) {
+  un_plan p = {e};
+  unary_range(&p, i0, i1);
+}
+
 /* CAST: y = s * (float)x + t, x u8, i32 or f32. */
 static inline void cast_range_body(void *arg, int64_t i0, int64_t i1) {
   const kcpu_node *n = arg;

@@ -42,6 +42,7 @@ typedef struct kcpu_step {
   void *scratch;              /* non-NULL: node.out points here; copy to dest */
   void *dest;
   size_t out_bytes;
+  int fused;                  /* 1: the step before runs this node (its node.epi) */
 } kcpu_step;
 
 struct kiln_plugin_exec {
@@ -692,6 +693,64 @@ done:
   free(readers);
 }
 
+/* Kernels that call kcpu_node_done on each final range of their output,
+ * so an elementwise node that reads it can run there (fuse_epilogues): 1;
+ * 2 where besides the kernel reads an input of the output's size only in
+ * the same ranges, after which it is done with them (pooling: plane by
+ * plane), so the epilogue may overwrite such an input in place. */
+static int takes_epilogue(uint32_t op) {
+  if (op == KILN_OP_CONV2D) return 1;
+  if (op == KILN_OP_MAXPOOL2D || op == KILN_OP_MAXPOOL2D_BACKWARD || op == KILN_OP_AVGPOOL2D ||
+      op == KILN_OP_AVGPOOL2D_BACKWARD)
+    return 2;
+  return 0;
+}
+
+static int same_or_apart(const kcpu_tensor *a, const kcpu_tensor *b) {
+  return !overlaps(a, b) || (a->data == b->data && a->numel == b->numel);
+}
+
+/* $KILN_CPU_FUSE=0: no fusion (A/B benchmarks, tests). */
+static int fuse_off(void) {
+  const char *s = getenv("KILN_CPU_FUSE");
+  return s && strcmp(s, "0") == 0;
+}
+
+/* A producer step whose output the next step, an elementwise op, reads as
+ * its input 0 (conv2d then relu; maxpool2d_backward then relu_backward) runs
+ * that op itself, range by range while the values are in cache, instead of
+ * leaving a second pass over memory to the next step. The values are the
+ * same: the same function of the same inputs. The elementwise step must not
+ * write anything the producer still reads (its inputs, but see
+ * takes_epilogue) and must read only
+ * final values: element i of each input at element i of the output, of
+ * inputs the producer does not write but for its output. Steps with a
+ * scratch output are left alone. */
+static void fuse_epilogues(kiln_plugin_exec *exec) {
+  if (fuse_off()) return;
+  for (uint32_t i = 0; i + 1 < exec->n_steps; i++) {
+    kcpu_step *s = &exec->steps[i], *e = &exec->steps[i + 1];
+    kcpu_node *p = &s->node;
+    const kcpu_node *q = &e->node;
+    int host = takes_epilogue(p->op);
+    if (!host || !kcpu_elementwise_fusible(q->op) || s->fused) continue;
+    if (s->scratch || e->scratch || p->out.numel == 0) continue;
+    if (q->n_inputs < 1 || q->in[0].data != p->out.data || q->in[0].numel != p->out.numel ||
+        q->out.numel != p->out.numel)
+      continue;
+    int ok = same_or_apart(&q->out, &p->out);
+    for (int k = 0; ok && k < p->n_inputs; k++)
+      ok = !overlaps(&q->out, &p->in[k]) ||
+           (host == 2 && q->out.data == p->in[k].data && p->in[k].numel == p->out.numel);
+    for (int k = 1; ok && k < q->n_inputs; k++)
+      ok = q->in[k].numel == q->out.numel && same_or_apart(&q->in[k], &p->out) &&
+           same_or_apart(&q->in[k], &q->out);
+    if (!ok) continue;
+    p->epi = q;
+    e->fused = 1;
+  }
+}
+
 static kiln_status cpu_graph_compile(kiln_plugin_device *dev, const kiln_plugin_graph *graph,
                                      kiln_plugin_exec **out) {
   kiln_status st;
@@ -723,6 +782,7 @@ static kiln_status cpu_graph_compile(kiln_plugin_device *dev, const kiln_plugin_
   }
   exec->n_steps = graph->n_nodes;
   share_packed_b(exec);
+  fuse_epilogues(exec);
   if (kcpu_profile_enabled())   /* without memory for it, no profile */
     exec->prof_ns = kcpu_calloc(exec->n_steps ? exec->n_steps : 1, sizeof *exec->prof_ns);
   *out = exec;
@@ -746,7 +806,7 @@ static kiln_status cpu_graph_run(kiln_plugin_device *dev, kiln_plugin_exec *exec
   uint64_t t0 = exec->prof_ns ? kcpu_now_ns() : 0;
   for (uint32_t i = 0; i < exec->n_steps; i++) {
     kcpu_step *s = &exec->steps[i];
-    s->run(dev->pool, &s->node);
+    if (!s->fused) s->run(dev->pool, &s->node);
     if (s->scratch) memcpy(s->dest, s->scratch, s->out_bytes);
     if (exec->prof_ns) {
       uint64_t t1 = kcpu_now_ns();

@@ -32,6 +32,8 @@ typedef struct pool_job {
   const float *a;   /* x (forward) or dy (backward) */
   const float *b;   /* x (max backward) */
   float *out;
+  const kcpu_node *node;   /* for its epilogue (kcpu_node_done) */
+  kcpu_range_fn fn;        /* the planes' kernel, under pool_range_epi */
 } pool_job;
 
 /* xs is x's shape [N, C, H, W], ys y's [N, C, OH, OW]. */
@@ -418,6 +420,24 @@ KCPU_BODY void avgpool_backward_range_body(void *arg, int64_t begin, int64_t end
 }
 KCPU_RANGE_VARIANTS(avgpool_backward_range)
 
+/* Floats of output after which a kernel with an epilogue stops for it, so
+ * the epilogue finds them in L1/L2. */
+#define POOL_EPI_FLOATS 8192
+
+/* j->fn over planes [begin, end), with the node's epilogue after each few
+ * planes (their output is final once their planes are done). */
+static void pool_range_epi(void *arg, int64_t begin, int64_t end) {
+  const pool_job *j = arg;
+  const kcpu_node *n = j->node;
+  int64_t per = n->out.numel / j->g.planes;   /* output floats per plane */
+  int64_t step = POOL_EPI_FLOATS / (per | 1) + 1;
+  for (int64_t p = begin; p < end; p += step) {
+    int64_t q = end - p < step ? end : p + step;
+    j->fn(arg, p, q);
+    kcpu_node_done(n, p * per, q * per);
+  }
+}
+
 /* Planes in parallel; a plane is small, so ask for enough of them per chunk
  * to be worth a hand-off. */
 static void pool_run(kcpu_pool *pool, pool_job *j, kcpu_range_fn fn) {
@@ -425,34 +445,38 @@ static void pool_run(kcpu_pool *pool, pool_job *j, kcpu_range_fn fn) {
   if (g->planes <= 0) return;
   int64_t work = (g->H * g->W + g->OH * g->OW * g->KH * g->KW) | 1;
   int64_t grain = 16384 / work + 1;
+  if (j->node && j->node->epi) {
+    j->fn = fn;
+    fn = pool_range_epi;
+  }
   if (!pool || kcpu_pool_size(pool) <= 1) fn(j, 0, g->planes);
   else kcpu_parallel_for(pool, g->planes, grain, fn, j);
 }
 
 /* x = in[0] [N, C, H, W]; y = out [N, C, OH, OW]. */
 void kcpu_maxpool2d(kcpu_pool *pool, const kcpu_node *n) {
-  pool_job j = {.a = n->in[0].data, .out = n->out.data};
+  pool_job j = {.a = n->in[0].data, .out = n->out.data, .node = n};
   pool_geom_init(&j.g, n, n->in[0].shape, n->out.shape);
   pool_run(pool, &j, pool_is_2x2(&j.g) ? maxpool_2x2_range : maxpool_range);
 }
 
 /* dy = in[0] [N, C, OH, OW], x = in[1] [N, C, H, W]; dx = out [N, C, H, W]. */
 void kcpu_maxpool2d_backward(kcpu_pool *pool, const kcpu_node *n) {
-  pool_job j = {.a = n->in[0].data, .b = n->in[1].data, .out = n->out.data};
+  pool_job j = {.a = n->in[0].data, .b = n->in[1].data, .out = n->out.data, .node = n};
   pool_geom_init(&j.g, n, n->out.shape, n->in[0].shape);
   pool_run(pool, &j, pool_is_2x2(&j.g) ? maxpool_2x2_backward_range : maxpool_backward_range);
 }
 
 /* x = in[0] [N, C, H, W]; y = out [N, C, OH, OW]. */
 void kcpu_avgpool2d(kcpu_pool *pool, const kcpu_node *n) {
-  pool_job j = {.a = n->in[0].data, .out = n->out.data};
+  pool_job j = {.a = n->in[0].data, .out = n->out.data, .node = n};
   pool_geom_init(&j.g, n, n->in[0].shape, n->out.shape);
   pool_run(pool, &j, avgpool_range);
 }
 
 /* dy = in[0] [N, C, OH, OW]; dx = out [N, C, H, W]. */
 void kcpu_avgpool2d_backward(kcpu_pool *pool, const kcpu_node *n) {
-  pool_job j = {.a = n->in[0].data, .out = n->out.data};
+  pool_job j = {.a = n->in[0].data, .out = n->out.data, .node = n};
   pool_geom_init(&j.g, n, n->out.shape, n->in[0].shape);
   pool_run(pool, &j, avgpool_backward_range);
 }

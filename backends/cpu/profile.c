@@ -30,7 +30,7 @@ uint64_t kcpu_now_ns(void) {
 
 typedef struct prof_row {
   uint32_t op;
-  int nodes;
+  int nodes, fused;
   uint64_t ns;
 } prof_row;
 
@@ -53,6 +53,8 @@ void kcpu_profile_report(const kcpu_node *const *nodes, const uint64_t *ns, uint
     if (r == n_rows) rows[n_rows++].op = nodes[i]->op;
     rows[r].nodes++;
     rows[r].ns += ns[i];
+    /* a node fused into its predecessor: its time is counted there */
+    rows[r].fused += i > 0 && nodes[i - 1]->epi == nodes[i];
   }
   qsort(rows, (size_t)n_rows, sizeof *rows, by_time_desc);
   double run_ms = (double)total / (double)runs * 1e-6;
@@ -60,10 +62,14 @@ void kcpu_profile_report(const kcpu_node *const *nodes, const uint64_t *ns, uint
           "kiln[cpu] profile: graph of %u nodes, %llu run(s), %.3f ms of node time per run\n"
           "  %-26s %6s %12s %7s\n",
           n_nodes, (unsigned long long)runs, run_ms, "op", "nodes", "ms/run", "share");
-  for (int r = 0; r < n_rows; r++)
-    fprintf(stderr, "  %-26s %6d %12.3f %6.1f%%\n", kcpu_op_name(rows[r].op), rows[r].nodes,
+  for (int r = 0; r < n_rows; r++) {
+    fprintf(stderr, "  %-26s %6d %12.3f %6.1f%%", kcpu_op_name(rows[r].op), rows[r].nodes,
             (double)rows[r].ns / (double)runs * 1e-6,
             total ? 100.0 * (double)rows[r].ns / (double)total : 0.0);
+    if (rows[r].fused)
+      fprintf(stderr, "  (%d fused into the node before: timed there)", rows[r].fused);
+    fputc('\n', stderr);
+  }
   free(rows);
 
   /* The slowest nodes: a partial selection, n_nodes is small. */

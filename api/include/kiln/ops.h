@@ -36,7 +36,7 @@ typedef enum kiln_op {
   KILN_OP_SCALE = 16,           /* fp[0] * x + fp[1] */
 
   /* Backward helpers of unary ops. */
-  KILN_OP_RELU_BACKWARD = 20,   /* inputs (dy, x): dy * (x > 0) */
+  KILN_OP_RELU_BACKWARD = 20,   /* inputs (dy, x): dy * (x > 0); x may be relu(x) */
   KILN_OP_TANH_BACKWARD = 21,   /* inputs (dy, y): dy * (1 - y*y), y = tanh(x) */
   KILN_OP_SIGMOID_BACKWARD = 22,/* inputs (dy, y): dy * y * (1 - y), y = sigmoid(x) */
 
