@@ -717,8 +717,13 @@ kiln_status kvk_graph_run(kiln_plugin_device *dev, kiln_plugin_exec *exec) {
   kvk_io_refresh(exec, f);
   VkResult r = vkResetFences(dev->dev, 1, &fr->fence);
   if (r != VK_SUCCESS) return kvk_vk_error("graph_run", "vkResetFences", r);
-  uint32_t first = fr->cmd[0] ? 0 : 1;      /* the input copies, once an input is armed */
-  r = vkQueueSubmit(dev->queue, fr->n_cmd + 1 - first, fr->si + first, fr->fence);
+  /* The input copies (cmd[0], once an input is armed) go in the batch of
+   * the graph's first chunk, whose first barrier orders them: a batch less
+   * per step for the driver to hand over (lavapipe wakes its submit thread
+   * once per batch, a futex wake and a context switch each). */
+  fr->si[1].commandBufferCount = fr->cmd[0] ? 2 : 1;
+  fr->si[1].pCommandBuffers = fr->cmd[0] ? &fr->cmd[0] : &fr->cmd[1];
+  r = vkQueueSubmit(dev->queue, fr->n_cmd, fr->si + 1, fr->fence);
   if (r != VK_SUCCESS) return kvk_vk_error("graph_run", "vkQueueSubmit", r);
   fr->pending = 1;
   exec->runs++;

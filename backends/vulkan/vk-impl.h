@@ -334,7 +334,8 @@ typedef struct kvk_profile kvk_profile;   /* profile.c */
 typedef struct kvk_frame {
   /* cmd[0]: copies of the armed inputs, or VK_NULL_HANDLE; cmd[1..n_cmd]:
    * the graph in chunks of at most exec->chunk dispatches, each its own
-   * batch of the run's one vkQueueSubmit (si[i] submits cmd[i]). */
+   * batch of the run's one vkQueueSubmit (si[i] submits cmd[i]; si[1]
+   * submits cmd[0] too when it is recorded, and si[0] is unused). */
   uint32_t n_cmd;
   VkCommandBuffer *cmd;
   VkSubmitInfo *si;
