@@ -650,6 +650,60 @@ TF_DISPATCH(att_dq_items, (const att_args *a, int64_t begin, int64_t end), (a, b
 
 static void att_dq_run(void *arg, int64_t begin, int64_t end) { att_dq_items(arg, begin, end); }
 
+/* Passes A, B and C fused, one (b, h) per item: A for the item's query
+ * tiles, then, query tile by query tile, the scores and dS of each key
+ * tile it sees, giving dq (pass C) and dk, dv (pass B) from the same tile:
+ * six small products per (query, key) tile instead of eight, and one
+ * parallel region instead of three. The tiles, the scores' columns (nk
+ * keys as pass B), the expressions and each accumulator's order (dq_i
+ * over key tiles then keys, dk_j and dv_j over query blocks then rows)
+ * are those of the three passes, so the results are the same bits. */
+TF_INLINE void att_fused_items_body(const att_args *a, int64_t begin, int64_t end) {
+  float p[ATT_BQ][ATT_BK], ds[ATT_BQ][ATT_BK], kt[ATT_DC * ATT_BK], vt[ATT_DC * ATT_BK];
+  float L[ATT_BQ], Dr[ATT_BQ];
+  int64_t D = a->D, C3 = 3 * a->C;
+  for (int64_t it = begin; it < end; it++) {
+    int64_t h = it % a->H, b = it / a->H;
+    att_forward_items_body(a, it * a->n_qt, (it + 1) * a->n_qt, 1);   /* pass A */
+    for (int64_t j = 0; j < a->T; j++) {
+      float *dk = ATT_DQ(a, b, j, h) + a->C;
+      memset(dk, 0, (size_t)D * sizeof(float));
+      memset(dk + a->C, 0, (size_t)D * sizeof(float));
+    }
+    for (int64_t qt = 0; qt < a->n_qt; qt++) {
+      int64_t i0 = qt * ATT_BQ, nq = min64(ATT_BQ, a->T - i0);
+      for (int64_t r = 0; r < nq; r++) {
+        float *dq = ATT_DQ(a, b, i0 + r, h);
+        L[r] = dq[0];     /* parked by pass A; read before dq is cleared */
+        Dr[r] = dot(ATT_ROW(a, a->dy, b, i0 + r, h), ATT_ROW(a, a->y, b, i0 + r, h), D);
+        memset(dq, 0, (size_t)D * sizeof(float));
+      }
+      int64_t kend = a->causal ? i0 + nq : a->T;
+      for (int64_t k0 = 0; k0 < kend; k0 += ATT_BK) {
+        int64_t nk = min64(ATT_BK, a->T - k0);
+        float *dk0 = ATT_DQ(a, b, k0, h) + a->C, *dv0 = dk0 + a->C;   /* dk, dv row k0 */
+        scores(a, p, ATT_Q(a, b, i0, h), C3, ds, ATT_ROW(a, a->dy, b, i0, h), a->C,
+               ATT_K(a, b, k0, h), ATT_V(a, b, k0, h), nq, nk, kt, vt);
+        for (int64_t r = 0; r < nq; r++) {
+          int64_t nv = visible(a, i0 + r, k0, nk);
+          exp_row(p[r], nv, a->scale, L[r]);
+          for (int64_t j = 0; j < nv; j++) ds[r][j] = a->scale * p[r][j] * (ds[r][j] - Dr[r]);
+          for (int64_t j = nv > 0 ? nv : 0; j < nk; j++) p[r][j] = ds[r][j] = 0.0f;
+          if (nv > 0) pv_accum(ATT_DQ(a, b, i0 + r, h), ds[r], 1, ATT_K(a, b, k0, h), C3, nv, D);
+        }
+        for (int64_t j = 0; j < nk; j++) {
+          pv_accum(dv0 + j * C3, &p[0][j], ATT_BK, ATT_ROW(a, a->dy, b, i0, h), a->C, nq, D);
+          pv_accum(dk0 + j * C3, &ds[0][j], ATT_BK, ATT_Q(a, b, i0, h), C3, nq, D);
+        }
+      }
+    }
+  }
+}
+
+TF_DISPATCH(att_fused_items, (const att_args *a, int64_t begin, int64_t end), (a, begin, end))
+
+static void att_fused_run(void *arg, int64_t begin, int64_t end) { att_fused_items(arg, begin, end); }
+
 static void attention(kcpu_pool *pool, const kcpu_node *n) {
   att_args a;
   memset(&a, 0, sizeof a);
@@ -673,6 +727,12 @@ static void attention(kcpu_pool *pool, const kcpu_node *n) {
   }
   a.dy = n->in[0].data;
   a.y = n->in[2].data;
+  /* Enough (b, h) pairs to keep every thread busy: the fused passes (the
+   * same bits, fewer products). */
+  if (a.B * a.H >= 4 * (int64_t)kcpu_pool_size(pool)) {
+    kcpu_parallel_for(pool, a.B * a.H, 1, att_fused_run, &a);
+    return;
+  }
   kcpu_parallel_for(pool, n_q, 1, att_lse_run, &a);
   kcpu_parallel_for(pool, n_k, 1, att_dkdv_run, &a);
   kcpu_parallel_for(pool, n_q, 1, att_dq_run, &a);
