@@ -503,6 +503,65 @@ TF_INLINE void pv_accum(float *restrict o, const float *restrict p, int64_t ps,
   }
 }
 
+/* pv_accum for two outputs against the same v: o0 with weights p0, o1 with
+ * p1 (both ps apart), n rows of v. Each output's blocks of 32 take the same
+ * operations in the same order as pv_accum's (the rest goes through it), so
+ * the bits are the same; the two share v's loads, and the eight independent
+ * accumulators (four in pv_accum) keep both FMA units busy past their
+ * latency. */
+TF_INLINE void pv_accum2(float *restrict o0, const float *restrict p0, float *restrict o1,
+                         const float *restrict p1, int64_t ps, const float *restrict v,
+                         int64_t ldv, int64_t n, int64_t D) {
+  int64_t d = 0;
+  for (; d + 32 <= D; d += 32) {
+    tf_v8 a0 = TF_LD(o0 + d), a1 = TF_LD(o0 + d + 8), a2 = TF_LD(o0 + d + 16), a3 = TF_LD(o0 + d + 24);
+    tf_v8 b0 = TF_LD(o1 + d), b1 = TF_LD(o1 + d + 8), b2 = TF_LD(o1 + d + 16), b3 = TF_LD(o1 + d + 24);
+    for (int64_t j = 0; j < n; j++) {
+      float x = p0[j * ps], y = p1[j * ps];
+      tf_v8 bx = {x, x, x, x, x, x, x, x}, by = {y, y, y, y, y, y, y, y};
+      const float *vj = v + j * ldv + d;
+      tf_v8 v0 = TF_LD(vj), v1 = TF_LD(vj + 8), v2 = TF_LD(vj + 16), v3 = TF_LD(vj + 24);
+      a0 += bx * v0, a1 += bx * v1, a2 += bx * v2, a3 += bx * v3;
+      b0 += by * v0, b1 += by * v1, b2 += by * v2, b3 += by * v3;
+    }
+    memcpy(o0 + d, &a0, 32), memcpy(o0 + d + 8, &a1, 32), memcpy(o0 + d + 16, &a2, 32);
+    memcpy(o0 + d + 24, &a3, 32);
+    memcpy(o1 + d, &b0, 32), memcpy(o1 + d + 8, &b1, 32), memcpy(o1 + d + 16, &b2, 32);
+    memcpy(o1 + d + 24, &b3, 32);
+  }
+  if (d < D) {
+    pv_accum(o0 + d, p0, ps, v + d, ldv, n, D - d);
+    pv_accum(o1 + d, p1, ps, v + d, ldv, n, D - d);
+  }
+}
+
+/* Rows r < nr: o(r) += sum over j < n[r] of p[r][j] v_j (pv_accum of each
+ * row, p's rows ATT_BK apart, o's ldo apart), two rows at a time over the
+ * keys both see, then the rest of the longer one: pv_accum's order for each
+ * output (a split run stores and reloads its accumulators, exactly). */
+TF_INLINE void pv_rows(float *o, int64_t ldo, float (*p)[ATT_BK], const int64_t *n, int64_t nr,
+                       const float *v, int64_t ldv, int64_t D) {
+  int64_t r = 0;
+  for (; r + 2 <= nr; r += 2) {
+    int64_t n0 = n[r] > 0 ? n[r] : 0, n1 = n[r + 1] > 0 ? n[r + 1] : 0, both = min64(n0, n1);
+    float *o0 = o + r * ldo, *o1 = o0 + ldo;
+    if (both > 0) pv_accum2(o0, p[r], o1, p[r + 1], 1, v, ldv, both, D);
+    if (n0 > both) pv_accum(o0, p[r] + both, 1, v + both * ldv, ldv, n0 - both, D);
+    if (n1 > both) pv_accum(o1, p[r + 1] + both, 1, v + both * ldv, ldv, n1 - both, D);
+  }
+  if (r < nr && n[r] > 0) pv_accum(o + r * ldo, p[r], 1, v, ldv, n[r], D);
+}
+
+/* The dv_j (or dk_j) of the nk keys of a tile: o_j += sum over r < nr of
+ * p[r][j] v_r (o's rows ldo apart), two keys at a time. */
+TF_INLINE void pv_cols(float *o, int64_t ldo, float (*p)[ATT_BK], int64_t nk, int64_t nr,
+                       const float *v, int64_t ldv, int64_t D) {
+  int64_t j = 0;
+  for (; j + 2 <= nk; j += 2)
+    pv_accum2(o + j * ldo, &p[0][j], o + (j + 1) * ldo, &p[0][j + 1], ATT_BK, v, ldv, nr, D);
+  if (j < nk) pv_accum(o + j * ldo, &p[0][j], ATT_BK, v, ldv, nr, D);
+}
+
 /* s[r][j] = q_r . k_j (unscaled) for nr rows of a (leading dimension lda,
  * first row a) against the nk keys of kr (leading dimension 3C), and, if
  * b != NULL, dp[r][j] = b_r . v_j likewise (b's leading dimension ldb).
@@ -526,7 +585,7 @@ TF_INLINE void scores(const att_args *a, float (*s)[ATT_BK], const float *q, int
  * Items: (b, h, query tile). */
 TF_INLINE void att_forward_items_body(const att_args *a, int64_t begin, int64_t end, int lse) {
   float s[ATT_BQ][ATT_BK], kt[ATT_DC * ATT_BK], m[ATT_BQ], l[ATT_BQ];
-  int64_t D = a->D, C3 = 3 * a->C;
+  int64_t nvis[ATT_BQ], D = a->D, C3 = 3 * a->C;
   for (int64_t it = begin; it < end; it++) {
     int64_t qt = it % a->n_qt, h = (it / a->n_qt) % a->H, b = it / a->n_qt / a->H;
     int64_t i0 = qt * ATT_BQ, nq = min64(ATT_BQ, a->T - i0);
@@ -540,7 +599,7 @@ TF_INLINE void att_forward_items_body(const att_args *a, int64_t begin, int64_t 
       int64_t nk = min64(ATT_BK, kend - k0);
       scores(a, s, ATT_Q(a, b, i0, h), C3, NULL, NULL, 0, ATT_K(a, b, k0, h), NULL, nq, nk, kt, NULL);
       for (int64_t r = 0; r < nq; r++) {
-        int64_t nv = visible(a, i0 + r, k0, nk);
+        int64_t nv = nvis[r] = visible(a, i0 + r, k0, nk);
         if (nv <= 0) continue;
         float *row = s[r], mx = m[r], sum = 0.0f;
         for (int64_t j = 0; j < nv; j++) {
@@ -556,8 +615,8 @@ TF_INLINE void att_forward_items_body(const att_args *a, int64_t begin, int64_t 
         float *o = ATT_ROW(a, a->out, b, i0 + r, h);
         if (corr != 1.0f)
           for (int64_t d = 0; d < D; d++) o[d] *= corr;
-        pv_accum(o, row, 1, ATT_V(a, b, k0, h), C3, nv, D);
       }
+      if (!lse) pv_rows(ATT_ROW(a, a->out, b, i0, h), a->C, s, nvis, nq, ATT_V(a, b, k0, h), C3, D);
     }
     for (int64_t r = 0; r < nq; r++) {
       if (lse) {
@@ -661,7 +720,7 @@ static void att_dq_run(void *arg, int64_t begin, int64_t end) { att_dq_items(arg
 TF_INLINE void att_fused_items_body(const att_args *a, int64_t begin, int64_t end) {
   float p[ATT_BQ][ATT_BK], ds[ATT_BQ][ATT_BK], kt[ATT_DC * ATT_BK], vt[ATT_DC * ATT_BK];
   float L[ATT_BQ], Dr[ATT_BQ];
-  int64_t D = a->D, C3 = 3 * a->C;
+  int64_t nvis[ATT_BQ], D = a->D, C3 = 3 * a->C;
   for (int64_t it = begin; it < end; it++) {
     int64_t h = it % a->H, b = it / a->H;
     att_forward_items_body(a, it * a->n_qt, (it + 1) * a->n_qt, 1);   /* pass A */
@@ -689,12 +748,11 @@ TF_INLINE void att_fused_items_body(const att_args *a, int64_t begin, int64_t en
           exp_row(p[r], nv, a->scale, L[r]);
           for (int64_t j = 0; j < nv; j++) ds[r][j] = a->scale * p[r][j] * (ds[r][j] - Dr[r]);
           for (int64_t j = nv > 0 ? nv : 0; j < nk; j++) p[r][j] = ds[r][j] = 0.0f;
-          if (nv > 0) pv_accum(ATT_DQ(a, b, i0 + r, h), ds[r], 1, ATT_K(a, b, k0, h), C3, nv, D);
+          nvis[r] = nv;
         }
-        for (int64_t j = 0; j < nk; j++) {
-          pv_accum(dv0 + j * C3, &p[0][j], ATT_BK, ATT_ROW(a, a->dy, b, i0, h), a->C, nq, D);
-          pv_accum(dk0 + j * C3, &ds[0][j], ATT_BK, ATT_Q(a, b, i0, h), C3, nq, D);
-        }
+        pv_rows(ATT_DQ(a, b, i0, h), C3, ds, nvis, nq, ATT_K(a, b, k0, h), C3, D);
+        pv_cols(dv0, C3, p, nk, nq, ATT_ROW(a, a->dy, b, i0, h), a->C, D);
+        pv_cols(dk0, C3, ds, nk, nq, ATT_Q(a, b, i0, h), C3, D);
       }
     }
   }
