@@ -93,7 +93,7 @@ TF_INLINE float dot(const float *restrict a, const float *restrict b, int64_t n)
   return s;
 }
 
-static inline float vsum(const float *x, int64_t n) {
+TF_INLINE float vsum(const float *x, int64_t n) {
   tf_v8 acc = {0};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -212,8 +212,12 @@ typedef struct ln_args {
   float *partial;            /* [n_chunks, 2, C] for the params' sums */
 } ln_args;
 
+/* The layer norm kernels are plain loops compiled twice by
+ * KCPU_RANGE_VARIANTS (AVX2 without FMA contraction, and the baseline ISA),
+ * which give the same bits; their helpers are inlined into each. */
+
 /* mean and 1 / sqrt(var + eps) of one row (two passes, biased variance). */
-static void row_stats(const float *restrict x, int64_t C, float eps, float *mean, float *rstd) {
+KCPU_BODY void row_stats(const float *restrict x, int64_t C, float eps, float *mean, float *rstd) {
   float mu = vsum(x, C) / (float)C;
   tf_v8 acc = {0};
   int64_t c = 0;
@@ -229,7 +233,7 @@ static void row_stats(const float *restrict x, int64_t C, float eps, float *mean
   *rstd = 1.0f / sqrtf(ss / (float)C + eps);
 }
 
-static void layernorm_rows(void *arg, int64_t begin, int64_t end) {
+KCPU_BODY void layernorm_rows_body(void *arg, int64_t begin, int64_t end) {
   const ln_args *s = arg;
   const float *x = s->n->in[0].data, *gamma = s->n->in[1].data, *beta = s->n->in[2].data;
   float *y = s->n->out.data;
@@ -242,7 +246,9 @@ static void layernorm_rows(void *arg, int64_t begin, int64_t end) {
   }
 }
 
-static void layernorm_backward_rows(void *arg, int64_t begin, int64_t end) {
+KCPU_RANGE_VARIANTS(layernorm_rows)
+
+KCPU_BODY void layernorm_backward_rows_body(void *arg, int64_t begin, int64_t end) {
   const ln_args *s = arg;
   const float *dy = s->n->in[0].data, *x = s->n->in[1].data, *gamma = s->n->in[2].data;
   float *dx = s->n->out.data;
@@ -251,8 +257,21 @@ static void layernorm_backward_rows(void *arg, int64_t begin, int64_t end) {
     const float *xr = x + r * C, *dyr = dy + r * C;
     float *dxr = dx + r * C, mean, rstd;
     row_stats(xr, C, s->eps, &mean, &rstd);
-    float sg = 0.0f, sgx = 0.0f;     /* sum g, sum g * xhat */
-    for (int64_t c = 0; c < C; c++) {
+    /* sum g, sum g * xhat: eight lanes then the tail, as dot() (one
+     * running sum was a chain of dependent adds, most of the kernel). */
+    tf_v8 ag = {0}, agx = {0};
+    int64_t c = 0;
+    for (; c + 8 <= C; c += 8) {
+      tf_v8 vd, vg, vx;
+      memcpy(&vd, dyr + c, sizeof vd);
+      memcpy(&vg, gamma + c, sizeof vg);
+      memcpy(&vx, xr + c, sizeof vx);
+      tf_v8 g = vd * vg, xh = (vx - mean) * rstd;
+      ag += g;
+      agx += g * xh;
+    }
+    float sg = hsum8(&ag), sgx = hsum8(&agx);
+    for (; c < C; c++) {
       float g = dyr[c] * gamma[c], xh = (xr[c] - mean) * rstd;
       sg += g;
       sgx += g * xh;
@@ -265,10 +284,12 @@ static void layernorm_backward_rows(void *arg, int64_t begin, int64_t end) {
   }
 }
 
-static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+KCPU_RANGE_VARIANTS(layernorm_backward_rows)
+
+TF_INLINE int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 /* Chunk k's sums [2, C] into partial + k * 2C, rows in order. */
-static void ln_params_chunks(void *arg, int64_t begin, int64_t end) {
+KCPU_BODY void ln_params_chunks_body(void *arg, int64_t begin, int64_t end) {
   const ln_args *s = arg;
   const float *dy = s->n->in[0].data, *x = s->n->in[1].data;
   int64_t C = s->C;
@@ -286,6 +307,8 @@ static void ln_params_chunks(void *arg, int64_t begin, int64_t end) {
     }
   }
 }
+
+KCPU_RANGE_VARIANTS(ln_params_chunks)
 
 /* out[c] = sum over chunks k in order of partial[k][c], for columns of [2, C]. */
 static void ln_params_combine(void *arg, int64_t begin, int64_t end) {
