@@ -173,17 +173,6 @@ static inline __attribute__((always_inline)) void pack_a_rows(float *restrict ds
     for (int r = 0; r < MR; r++) dst[k * MR + r] = src[r * lda + k];
 }
 
-/* dst[k * MR + r] = src[k * lda + r]: a whole sliver of a transposed A,
- * MR contiguous floats per k. With MR a constant each k is a few vector
- * moves; with the run-time MR of the general loop it was a scalar loop per
- * k, 15-20% of the weight-gradient GEMMs (op(A) = X^T) of a GPT step. */
-static inline __attribute__((always_inline)) void pack_a_cols(float *restrict dst,
-                                                              const float *restrict src,
-                                                              int64_t lda, int64_t kc, int MR) {
-  for (int64_t k = 0; k < kc; k++)
-    for (int r = 0; r < MR; r++) dst[k * MR + r] = src[k * lda + r];
-}
-
 static void pack_a(void *arg, int64_t s0, int64_t s1) {
   const gemm_job *j = arg;
   const int mr = j->mr;
@@ -198,16 +187,6 @@ static void pack_a(void *arg, int64_t s0, int64_t s1) {
         case 6: pack_a_rows(dst, src, j->lda, j->kc, 6); break;
         case 8: pack_a_rows(dst, src, j->lda, j->kc, 8); break;
         default: pack_a_rows(dst, src, j->lda, j->kc, 12); break;
-      }
-      continue;
-    }
-    if (j->trans_a && rows == mr && (mr == 4 || mr == 6 || mr == 8 || mr == 12)) {
-      const float *src = j->A + j->pc * j->lda + i0;
-      switch (mr) {
-        case 4: pack_a_cols(dst, src, j->lda, j->kc, 4); break;
-        case 6: pack_a_cols(dst, src, j->lda, j->kc, 6); break;
-        case 8: pack_a_cols(dst, src, j->lda, j->kc, 8); break;
-        default: pack_a_cols(dst, src, j->lda, j->kc, 12); break;
       }
       continue;
     }
@@ -232,48 +211,24 @@ static void pack_a(void *arg, int64_t s0, int64_t s1) {
  * all the slivers: sliver by sliver, the reads were 64 bytes from each of
  * kc rows ldb apart (at N = 1024 every read another page and the same L1
  * set), about 1 GB/s and 10% of an sgemm 1024. */
-/* The untransposed B's copy (pack_b's first case) for a constant NR:
- * whole slivers are NR-float moves (a couple of vector moves), not a
- * scalar loop per sliver and row. */
-static inline __attribute__((always_inline)) void pack_b_rows(const gemm_job *j, int64_t s0,
-                                                              int64_t s1, int NR) {
-  for (int64_t k = 0; k < j->kc; k++) {
-    const float *src = j->B + (j->pc + k) * j->ldb + j->jc;
-    for (int64_t s = s0; s < s1; s++) {
-      float *restrict d = j->Bp + s * NR * j->kc + k * NR;
-      const float *restrict r = src + s * NR;
-      int64_t left = j->nc - s * NR;
-      if (left >= NR) {
-        for (int c = 0; c < NR; c++) d[c] = r[c];
-      } else {
-        int c = 0;
-        for (; c < left; c++) d[c] = r[c];
-        for (; c < NR; c++) d[c] = 0.0f;
-      }
-    }
-  }
-}
-
-/* A whole sliver of a transposed B: dst[k * NR + c] = src[c * ldb + k],
- * k outermost so the writes are sequential (NR a constant: the compiler
- * unrolls c into NR reading streams). */
-static inline __attribute__((always_inline)) void pack_b_cols(float *restrict dst,
-                                                              const float *restrict src,
-                                                              int64_t ldb, int64_t kc, int NR) {
-  for (int64_t k = 0; k < kc; k++)
-    for (int c = 0; c < NR; c++) dst[k * NR + c] = src[c * ldb + k];
-}
-
 static void pack_b(void *arg, int64_t s0, int64_t s1) {
   const gemm_job *j = arg;
   const int nr = j->nr;
   if (!j->trans_b) {
-    switch (nr) {
-      case 8: pack_b_rows(j, s0, s1, 8); break;
-      case 12: pack_b_rows(j, s0, s1, 12); break;
-      case 16: pack_b_rows(j, s0, s1, 16); break;
-      case 32: pack_b_rows(j, s0, s1, 32); break;
-      default: pack_b_rows(j, s0, s1, nr); break;
+    for (int64_t k = 0; k < j->kc; k++) {
+      const float *src = j->B + (j->pc + k) * j->ldb + j->jc;
+      for (int64_t s = s0; s < s1; s++) {
+        float *d = j->Bp + s * nr * j->kc + k * nr;
+        const float *r = src + s * nr;
+        int64_t left = j->nc - s * nr;
+        if (left >= nr) {
+          for (int c = 0; c < nr; c++) d[c] = r[c];
+        } else {
+          int c = 0;
+          for (; c < left; c++) d[c] = r[c];
+          for (; c < nr; c++) d[c] = 0.0f;
+        }
+      }
     }
     return;
   }
@@ -281,16 +236,6 @@ static void pack_b(void *arg, int64_t s0, int64_t s1) {
     float *dst = j->Bp + s * nr * j->kc;
     int64_t j0 = j->jc + s * nr;
     int cols = (int)(j->jc + j->nc - j0 < nr ? j->jc + j->nc - j0 : nr);
-    if (cols == nr && (nr == 8 || nr == 12 || nr == 16 || nr == 32)) {
-      const float *src = j->B + j0 * j->ldb + j->pc;
-      switch (nr) {
-        case 8: pack_b_cols(dst, src, j->ldb, j->kc, 8); break;
-        case 12: pack_b_cols(dst, src, j->ldb, j->kc, 12); break;
-        case 16: pack_b_cols(dst, src, j->ldb, j->kc, 16); break;
-        default: pack_b_cols(dst, src, j->ldb, j->kc, 32); break;
-      }
-      continue;
-    }
     for (int c = 0; c < cols; c++) {
       const float *src = j->B + (j0 + c) * j->ldb + j->pc;
       for (int64_t k = 0; k < j->kc; k++) dst[k * nr + c] = src[k];
