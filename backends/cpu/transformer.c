@@ -526,17 +526,16 @@ TF_INLINE void pv_accum(float *restrict o, const float *restrict p, int64_t ps,
   }
 }
 
-/* pv_accum for two outputs against the same v: o0 with weights p0, o1 with
- * p1 (both ps apart), n rows of v. Each output's blocks of 32 take the same
- * operations in the same order as pv_accum's (the rest goes through it), so
- * the bits are the same; the two share v's loads, and the eight independent
- * accumulators (four in pv_accum) keep both FMA units busy past their
- * latency. */
+/* pv_accum for two outputs against the same v, over the blocks of 32 of D
+ * only (d < D32, D32 = D rounded down to 32): o0 with weights p0, o1 with
+ * p1 (both ps apart), n rows of v. Each output takes pv_accum's operations
+ * for those blocks in the same order, so the same bits; the two share v's
+ * loads, and the eight independent accumulators (four in pv_accum) keep
+ * both FMA units busy past their latency. */
 TF_INLINE void pv_accum2(float *restrict o0, const float *restrict p0, float *restrict o1,
                          const float *restrict p1, int64_t ps, const float *restrict v,
                          int64_t ldv, int64_t n, int64_t D) {
-  int64_t d = 0;
-  for (; d + 32 <= D; d += 32) {
+  for (int64_t d = 0; d + 32 <= D; d += 32) {
     tf_v8 a0 = TF_LD(o0 + d), a1 = TF_LD(o0 + d + 8), a2 = TF_LD(o0 + d + 16), a3 = TF_LD(o0 + d + 24);
     tf_v8 b0 = TF_LD(o1 + d), b1 = TF_LD(o1 + d + 8), b2 = TF_LD(o1 + d + 16), b3 = TF_LD(o1 + d + 24);
     for (int64_t j = 0; j < n; j++) {
@@ -552,37 +551,40 @@ TF_INLINE void pv_accum2(float *restrict o0, const float *restrict p0, float *re
     memcpy(o1 + d, &b0, 32), memcpy(o1 + d + 8, &b1, 32), memcpy(o1 + d + 16, &b2, 32);
     memcpy(o1 + d + 24, &b3, 32);
   }
-  if (d < D) {
-    pv_accum(o0 + d, p0, ps, v + d, ldv, n, D - d);
-    pv_accum(o1 + d, p1, ps, v + d, ldv, n, D - d);
-  }
 }
 
 /* Rows r < nr: o(r) += sum over j < n[r] of p[r][j] v_j (pv_accum of each
- * row, p's rows ATT_BK apart, o's ldo apart), two rows at a time over the
- * keys both see, then the rest of the longer one: pv_accum's order for each
- * output (a split run stores and reloads its accumulators, exactly). */
+ * row, p's rows ATT_BK apart, o's ldo apart). The blocks of 32 go two rows
+ * at a time over the keys both see, then the rest of the longer row (a
+ * split run stores and reloads its accumulators, exactly); the rest of D
+ * goes row by row through pv_accum, unsplit (its narrower loops, split
+ * over j, did not give the same bits: test attention/fused_backward_*). */
 TF_INLINE void pv_rows(float *o, int64_t ldo, float (*p)[ATT_BK], const int64_t *n, int64_t nr,
                        const float *v, int64_t ldv, int64_t D) {
-  int64_t r = 0;
-  for (; r + 2 <= nr; r += 2) {
-    int64_t n0 = n[r] > 0 ? n[r] : 0, n1 = n[r + 1] > 0 ? n[r + 1] : 0, both = min64(n0, n1);
+  int64_t D32 = D / 32 * 32;
+  for (int64_t r = 0; D32 > 0 && r < nr; r += 2) {
+    int64_t n0 = n[r] > 0 ? n[r] : 0, n1 = r + 1 < nr && n[r + 1] > 0 ? n[r + 1] : 0;
+    int64_t both = min64(n0, n1);
     float *o0 = o + r * ldo, *o1 = o0 + ldo;
-    if (both > 0) pv_accum2(o0, p[r], o1, p[r + 1], 1, v, ldv, both, D);
-    if (n0 > both) pv_accum(o0, p[r] + both, 1, v + both * ldv, ldv, n0 - both, D);
-    if (n1 > both) pv_accum(o1, p[r + 1] + both, 1, v + both * ldv, ldv, n1 - both, D);
+    if (both > 0) pv_accum2(o0, p[r], o1, p[r + 1], 1, v, ldv, both, D32);
+    if (n0 > both) pv_accum(o0, p[r] + both, 1, v + both * ldv, ldv, n0 - both, D32);
+    if (n1 > both) pv_accum(o1, p[r + 1] + both, 1, v + both * ldv, ldv, n1 - both, D32);
   }
-  if (r < nr && n[r] > 0) pv_accum(o + r * ldo, p[r], 1, v, ldv, n[r], D);
+  for (int64_t r = 0; D32 < D && r < nr; r++)
+    if (n[r] > 0) pv_accum(o + r * ldo + D32, p[r], 1, v + D32, ldv, n[r], D - D32);
 }
 
 /* The dv_j (or dk_j) of the nk keys of a tile: o_j += sum over r < nr of
- * p[r][j] v_r (o's rows ldo apart), two keys at a time. */
+ * p[r][j] v_r (o's rows ldo apart); the blocks of 32 two keys at a time,
+ * the rest of D key by key. */
 TF_INLINE void pv_cols(float *o, int64_t ldo, float (*p)[ATT_BK], int64_t nk, int64_t nr,
                        const float *v, int64_t ldv, int64_t D) {
-  int64_t j = 0;
-  for (; j + 2 <= nk; j += 2)
-    pv_accum2(o + j * ldo, &p[0][j], o + (j + 1) * ldo, &p[0][j + 1], ATT_BK, v, ldv, nr, D);
-  if (j < nk) pv_accum(o + j * ldo, &p[0][j], ATT_BK, v, ldv, nr, D);
+  int64_t D32 = D / 32 * 32, j = 0;
+  for (; D32 > 0 && j + 2 <= nk; j += 2)
+    pv_accum2(o + j * ldo, &p[0][j], o + (j + 1) * ldo, &p[0][j + 1], ATT_BK, v, ldv, nr, D32);
+  for (; D32 > 0 && j < nk; j++) pv_accum(o + j * ldo, &p[0][j], ATT_BK, v, ldv, nr, D32);
+  for (j = 0; D32 < D && j < nk; j++)
+    pv_accum(o + j * ldo + D32, &p[0][j], ATT_BK, v + D32, ldv, nr, D - D32);
 }
 
 /* s[r][j] = q_r . k_j (unscaled) for nr rows of a (leading dimension lda,
@@ -732,21 +734,21 @@ TF_DISPATCH(att_dq_items, (const att_args *a, int64_t begin, int64_t end), (a, b
 
 static void att_dq_run(void *arg, int64_t begin, int64_t end) { att_dq_items(arg, begin, end); }
 
-/* Passes A, B and C fused, one (b, h) per item: A for the item's query
- * tiles, then, query tile by query tile, the scores and dS of each key
- * tile it sees, giving dq (pass C) and dk, dv (pass B) from the same tile:
- * six small products per (query, key) tile instead of eight, and one
- * parallel region instead of three. The tiles, the scores' columns (nk
+/* Passes A, B and C fused, one (b, h) per item: query tile by query tile,
+ * A for the tile, then the scores and dS of each key tile it sees, giving
+ * dq (pass C) and dk, dv (pass B) from the same tile: six small products
+ * per (query, key) tile instead of eight, and one parallel region instead
+ * of three. A query tile that sees one key tile (every tile when T <= 64,
+ * a small GPT's block) takes L from that tile's scores: five products. The tiles, the scores' columns (nk
  * keys as pass B), the expressions and each accumulator's order (dq_i
  * over key tiles then keys, dk_j and dv_j over query blocks then rows)
  * are those of the three passes, so the results are the same bits. */
 TF_INLINE void att_fused_items_body(const att_args *a, int64_t begin, int64_t end) {
   float p[ATT_BQ][ATT_BK], ds[ATT_BQ][ATT_BK], kt[ATT_DC * ATT_BK], vt[ATT_DC * ATT_BK];
-  float L[ATT_BQ], Dr[ATT_BQ];
+  float L[ATT_BQ], Dr[ATT_BQ], lrow[ATT_BK];
   int64_t nvis[ATT_BQ], D = a->D, C3 = 3 * a->C;
   for (int64_t it = begin; it < end; it++) {
     int64_t h = it % a->H, b = it / a->H;
-    att_forward_items_body(a, it * a->n_qt, (it + 1) * a->n_qt, 1);   /* pass A */
     for (int64_t j = 0; j < a->T; j++) {
       float *dk = ATT_DQ(a, b, j, h) + a->C;
       memset(dk, 0, (size_t)D * sizeof(float));
@@ -754,18 +756,40 @@ TF_INLINE void att_fused_items_body(const att_args *a, int64_t begin, int64_t en
     }
     for (int64_t qt = 0; qt < a->n_qt; qt++) {
       int64_t i0 = qt * ATT_BQ, nq = min64(ATT_BQ, a->T - i0);
+      int64_t kend = a->causal ? i0 + nq : a->T;
+      /* One key tile: L comes from this tile's own scores below. */
+      int one_tile = kend <= ATT_BK;
+      if (!one_tile) att_forward_items_body(a, it * a->n_qt + qt, it * a->n_qt + qt + 1, 1);
       for (int64_t r = 0; r < nq; r++) {
         float *dq = ATT_DQ(a, b, i0 + r, h);
-        L[r] = dq[0];     /* parked by pass A; read before dq is cleared */
+        if (!one_tile) L[r] = dq[0];   /* parked by pass A; read before dq is cleared */
         Dr[r] = dot(ATT_ROW(a, a->dy, b, i0 + r, h), ATT_ROW(a, a->y, b, i0 + r, h), D);
         memset(dq, 0, (size_t)D * sizeof(float));
       }
-      int64_t kend = a->causal ? i0 + nq : a->T;
       for (int64_t k0 = 0; k0 < kend; k0 += ATT_BK) {
         int64_t nk = min64(ATT_BK, a->T - k0);
         float *dk0 = ATT_DQ(a, b, k0, h) + a->C, *dv0 = dk0 + a->C;   /* dk, dv row k0 */
         scores(a, p, ATT_Q(a, b, i0, h), C3, ds, ATT_ROW(a, a->dy, b, i0, h), a->C,
                ATT_K(a, b, k0, h), ATT_V(a, b, k0, h), nq, nk, kt, vt);
+        for (int64_t r = 0; one_tile && r < nq; r++) {
+          /* pass A's steps for a row that sees one tile, on a copy of its
+           * scores (the same products over the same keys): the same L,
+           * without computing the scores twice */
+          int64_t nv = visible(a, i0 + r, k0, nk);
+          float mx = -INFINITY, sum = 0.0f;
+          if (nv <= 0) {
+            L[r] = mx + logf(0.0f);
+            continue;
+          }
+          for (int64_t j = 0; j < nv; j++) {
+            lrow[j] = p[r][j] * a->scale;
+            mx = lrow[j] > mx ? lrow[j] : mx;
+          }
+          float corr = expf(-INFINITY - mx);
+          exp_row(lrow, nv, 1.0f, mx);
+          for (int64_t j = 0; j < nv; j++) sum += lrow[j];
+          L[r] = mx + logf(0.0f * corr + sum);
+        }
         for (int64_t r = 0; r < nq; r++) {
           int64_t nv = visible(a, i0 + r, k0, nk);
           exp_row(p[r], nv, a->scale, L[r]);
