@@ -687,3 +687,69 @@ Test(layernorm, params_without_scratch_give_the_same_bits) {
   }
   cr_assert(absorbed, "no run got through");
 }
+
+/* ---- attention backward: fused and three-pass ---------------------------- */
+
+/* dqkv of attention_backward on qkv [2, T, 9 D] (3 heads of D) with
+ * `threads` CPU threads. The CPU plugin fuses the three backward passes
+ * per (batch, head) when B * H >= 4 * threads: one thread takes the fused
+ * path, four the three passes. */
+static void att_bwd_run(const char *threads, int64_t T, int64_t D, int causal, float *dqkv) {
+  setenv("KILN_NUM_THREADS", threads, 1);
+  kiln_context *ctx;
+  kiln_device *dev;
+  tu_open_cpu(&ctx, &dev);
+  int64_t n_qkv = 2 * T * 9 * D, n_y = 2 * T * 3 * D;
+  float *qkv = malloc((size_t)n_qkv * sizeof *qkv), *dy = malloc((size_t)n_y * sizeof *dy);
+  cr_assert(qkv && dy);
+  tu_fill_uniform(qkv, n_qkv, 41, -2.0f, 2.0f);
+  tu_fill_uniform(dy, n_y, 42, -1.0f, 1.0f);
+  kiln_graph *g;
+  kiln_graph_create(&g);
+  kiln_node *q = kiln_input(g, "qkv", KILN_F32, 3, (int64_t[]){2, T, 9 * D});
+  kiln_node *d = kiln_input(g, "dy", KILN_F32, 3, (int64_t[]){2, T, 3 * D});
+  kiln_node *y = kiln_attention(g, q, 3, causal, 0.0f);
+  kiln_node *dq = kiln_node_create(g, KILN_OP_ATTENTION_BACKWARD, 3, (kiln_node *[]){d, q, y},
+                                   (int64_t[KILN_OP_MAX_IPARAMS]){3, causal}, NULL,
+                                   KILN_DTYPE_INVALID, -1, NULL);
+  cr_assert_not_null(dq, "%s", kiln_last_error());
+  kiln_graph_output(g, dq);
+  kiln_compiled *cc;
+  cr_assert_eq(kiln_graph_compile(g, dev, &cc), KILN_OK, "%s", kiln_last_error());
+  kiln_compiled_set_input(cc, q, qkv, sizeof(float) * (size_t)n_qkv);
+  kiln_compiled_set_input(cc, d, dy, sizeof(float) * (size_t)n_y);
+  cr_assert_eq(kiln_compiled_run(cc), KILN_OK, "%s", kiln_last_error());
+  cr_assert_eq(kiln_compiled_get_output(cc, dq, dqkv, sizeof(float) * (size_t)n_qkv), KILN_OK);
+  kiln_compiled_destroy(cc);
+  kiln_graph_destroy(g);
+  free(qkv), free(dy);
+  kiln_device_close(dev);
+  kiln_context_destroy(ctx);
+}
+
+/* The fused passes give the three passes' bits: T = 40 and 64 (every query
+ * tile sees one key tile, so L comes from the tile's own scores) and 100
+ * (several key tiles), causal or not, D = 6 (no block of 32: the narrow
+ * loops only) and 40 (one block of 32 and the rest). */
+Test(attention, fused_backward_gives_the_three_passes_bits) {
+  static const int64_t Ts[] = {40, 64, 100}, Ds[] = {6, 40};
+  for (int k = 0; k < 3; k++)
+    for (int e = 0; e < 2; e++)
+      for (int causal = 0; causal < 2; causal++) {
+        int64_t n = 2 * Ts[k] * 9 * Ds[e];
+        float *f = malloc((size_t)n * sizeof *f), *t = malloc((size_t)n * sizeof *t);
+        cr_assert(f && t);
+        att_bwd_run("1", Ts[k], Ds[e], causal, f);
+        att_bwd_run("4", Ts[k], Ds[e], causal, t);
+        double s = 0.0;
+        for (int64_t i = 0; i < n; i++) {
+          cr_assert(memcmp(&f[i], &t[i], sizeof f[i]) == 0,
+                    "T %lld D %lld causal %d: dqkv[%lld] fused %.9g, three passes %.9g", (long long)Ts[k],
+                    (long long)Ds[e], causal, (long long)i, (double)f[i], (double)t[i]);
+          s += fabs(f[i]);
+        }
+        cr_assert(s > 1.0, "T %lld D %lld causal %d: dqkv is not trivially zero (sum |dqkv| = %g)",
+                  (long long)Ts[k], (long long)Ds[e], causal, s);
+        free(f), free(t);
+      }
+}

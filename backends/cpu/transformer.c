@@ -93,7 +93,7 @@ TF_INLINE float dot(const float *restrict a, const float *restrict b, int64_t n)
   return s;
 }
 
-static inline float vsum(const float *x, int64_t n) {
+TF_INLINE float vsum(const float *x, int64_t n) {
   tf_v8 acc = {0};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -212,8 +212,12 @@ typedef struct ln_args {
   float *partial;            /* [n_chunks, 2, C] for the params' sums */
 } ln_args;
 
+/* The layer norm kernels are plain loops compiled twice by
+ * KCPU_RANGE_VARIANTS (AVX2 without FMA contraction, and the baseline ISA),
+ * which give the same bits; their helpers are inlined into each. */
+
 /* mean and 1 / sqrt(var + eps) of one row (two passes, biased variance). */
-static void row_stats(const float *restrict x, int64_t C, float eps, float *mean, float *rstd) {
+KCPU_BODY void row_stats(const float *restrict x, int64_t C, float eps, float *mean, float *rstd) {
   float mu = vsum(x, C) / (float)C;
   tf_v8 acc = {0};
   int64_t c = 0;
@@ -229,7 +233,7 @@ static void row_stats(const float *restrict x, int64_t C, float eps, float *mean
   *rstd = 1.0f / sqrtf(ss / (float)C + eps);
 }
 
-static void layernorm_rows(void *arg, int64_t begin, int64_t end) {
+KCPU_BODY void layernorm_rows_body(void *arg, int64_t begin, int64_t end) {
   const ln_args *s = arg;
   const float *x = s->n->in[0].data, *gamma = s->n->in[1].data, *beta = s->n->in[2].data;
   float *y = s->n->out.data;
@@ -242,7 +246,9 @@ static void layernorm_rows(void *arg, int64_t begin, int64_t end) {
   }
 }
 
-static void layernorm_backward_rows(void *arg, int64_t begin, int64_t end) {
+KCPU_RANGE_VARIANTS(layernorm_rows)
+
+KCPU_BODY void layernorm_backward_rows_body(void *arg, int64_t begin, int64_t end) {
   const ln_args *s = arg;
   const float *dy = s->n->in[0].data, *x = s->n->in[1].data, *gamma = s->n->in[2].data;
   float *dx = s->n->out.data;
@@ -251,8 +257,21 @@ static void layernorm_backward_rows(void *arg, int64_t begin, int64_t end) {
     const float *xr = x + r * C, *dyr = dy + r * C;
     float *dxr = dx + r * C, mean, rstd;
     row_stats(xr, C, s->eps, &mean, &rstd);
-    float sg = 0.0f, sgx = 0.0f;     /* sum g, sum g * xhat */
-    for (int64_t c = 0; c < C; c++) {
+    /* sum g, sum g * xhat: eight lanes then the tail, as dot() (one
+     * running sum was a chain of dependent adds, most of the kernel). */
+    tf_v8 ag = {0}, agx = {0};
+    int64_t c = 0;
+    for (; c + 8 <= C; c += 8) {
+      tf_v8 vd, vg, vx;
+      memcpy(&vd, dyr + c, sizeof vd);
+      memcpy(&vg, gamma + c, sizeof vg);
+      memcpy(&vx, xr + c, sizeof vx);
+      tf_v8 g = vd * vg, xh = (vx - mean) * rstd;
+      ag += g;
+      agx += g * xh;
+    }
+    float sg = hsum8(&ag), sgx = hsum8(&agx);
+    for (; c < C; c++) {
       float g = dyr[c] * gamma[c], xh = (xr[c] - mean) * rstd;
       sg += g;
       sgx += g * xh;
@@ -265,10 +284,12 @@ static void layernorm_backward_rows(void *arg, int64_t begin, int64_t end) {
   }
 }
 
-static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+KCPU_RANGE_VARIANTS(layernorm_backward_rows)
+
+TF_INLINE int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 /* Chunk k's sums [2, C] into partial + k * 2C, rows in order. */
-static void ln_params_chunks(void *arg, int64_t begin, int64_t end) {
+KCPU_BODY void ln_params_chunks_body(void *arg, int64_t begin, int64_t end) {
   const ln_args *s = arg;
   const float *dy = s->n->in[0].data, *x = s->n->in[1].data;
   int64_t C = s->C;
@@ -286,6 +307,8 @@ static void ln_params_chunks(void *arg, int64_t begin, int64_t end) {
     }
   }
 }
+
+KCPU_RANGE_VARIANTS(ln_params_chunks)
 
 /* out[c] = sum over chunks k in order of partial[k][c], for columns of [2, C]. */
 static void ln_params_combine(void *arg, int64_t begin, int64_t end) {
@@ -503,6 +526,67 @@ TF_INLINE void pv_accum(float *restrict o, const float *restrict p, int64_t ps,
   }
 }
 
+/* pv_accum for two outputs against the same v, over the blocks of 32 of D
+ * only (d < D32, D32 = D rounded down to 32): o0 with weights p0, o1 with
+ * p1 (both ps apart), n rows of v. Each output takes pv_accum's operations
+ * for those blocks in the same order, so the same bits; the two share v's
+ * loads, and the eight independent accumulators (four in pv_accum) keep
+ * both FMA units busy past their latency. */
+TF_INLINE void pv_accum2(float *restrict o0, const float *restrict p0, float *restrict o1,
+                         const float *restrict p1, int64_t ps, const float *restrict v,
+                         int64_t ldv, int64_t n, int64_t D) {
+  for (int64_t d = 0; d + 32 <= D; d += 32) {
+    tf_v8 a0 = TF_LD(o0 + d), a1 = TF_LD(o0 + d + 8), a2 = TF_LD(o0 + d + 16), a3 = TF_LD(o0 + d + 24);
+    tf_v8 b0 = TF_LD(o1 + d), b1 = TF_LD(o1 + d + 8), b2 = TF_LD(o1 + d + 16), b3 = TF_LD(o1 + d + 24);
+    for (int64_t j = 0; j < n; j++) {
+      float x = p0[j * ps], y = p1[j * ps];
+      tf_v8 bx = {x, x, x, x, x, x, x, x}, by = {y, y, y, y, y, y, y, y};
+      const float *vj = v + j * ldv + d;
+      tf_v8 v0 = TF_LD(vj), v1 = TF_LD(vj + 8), v2 = TF_LD(vj + 16), v3 = TF_LD(vj + 24);
+      a0 += bx * v0, a1 += bx * v1, a2 += bx * v2, a3 += bx * v3;
+      b0 += by * v0, b1 += by * v1, b2 += by * v2, b3 += by * v3;
+    }
+    memcpy(o0 + d, &a0, 32), memcpy(o0 + d + 8, &a1, 32), memcpy(o0 + d + 16, &a2, 32);
+    memcpy(o0 + d + 24, &a3, 32);
+    memcpy(o1 + d, &b0, 32), memcpy(o1 + d + 8, &b1, 32), memcpy(o1 + d + 16, &b2, 32);
+    memcpy(o1 + d + 24, &b3, 32);
+  }
+}
+
+/* Rows r < nr: o(r) += sum over j < n[r] of p[r][j] v_j (pv_accum of each
+ * row, p's rows ATT_BK apart, o's ldo apart). The blocks of 32 go two rows
+ * at a time over the keys both see, then the rest of the longer row (a
+ * split run stores and reloads its accumulators, exactly); the rest of D
+ * goes row by row through pv_accum, unsplit (its narrower loops, split
+ * over j, did not give the same bits: test attention/fused_backward_*). */
+TF_INLINE void pv_rows(float *o, int64_t ldo, float (*p)[ATT_BK], const int64_t *n, int64_t nr,
+                       const float *v, int64_t ldv, int64_t D) {
+  int64_t D32 = D / 32 * 32;
+  for (int64_t r = 0; D32 > 0 && r < nr; r += 2) {
+    int64_t n0 = n[r] > 0 ? n[r] : 0, n1 = r + 1 < nr && n[r + 1] > 0 ? n[r + 1] : 0;
+    int64_t both = min64(n0, n1);
+    float *o0 = o + r * ldo, *o1 = o0 + ldo;
+    if (both > 0) pv_accum2(o0, p[r], o1, p[r + 1], 1, v, ldv, both, D32);
+    if (n0 > both) pv_accum(o0, p[r] + both, 1, v + both * ldv, ldv, n0 - both, D32);
+    if (n1 > both) pv_accum(o1, p[r + 1] + both, 1, v + both * ldv, ldv, n1 - both, D32);
+  }
+  for (int64_t r = 0; D32 < D && r < nr; r++)
+    if (n[r] > 0) pv_accum(o + r * ldo + D32, p[r], 1, v + D32, ldv, n[r], D - D32);
+}
+
+/* The dv_j (or dk_j) of the nk keys of a tile: o_j += sum over r < nr of
+ * p[r][j] v_r (o's rows ldo apart); the blocks of 32 two keys at a time,
+ * the rest of D key by key. */
+TF_INLINE void pv_cols(float *o, int64_t ldo, float (*p)[ATT_BK], int64_t nk, int64_t nr,
+                       const float *v, int64_t ldv, int64_t D) {
+  int64_t D32 = D / 32 * 32, j = 0;
+  for (; D32 > 0 && j + 2 <= nk; j += 2)
+    pv_accum2(o + j * ldo, &p[0][j], o + (j + 1) * ldo, &p[0][j + 1], ATT_BK, v, ldv, nr, D32);
+  for (; D32 > 0 && j < nk; j++) pv_accum(o + j * ldo, &p[0][j], ATT_BK, v, ldv, nr, D32);
+  for (j = 0; D32 < D && j < nk; j++)
+    pv_accum(o + j * ldo + D32, &p[0][j], ATT_BK, v + D32, ldv, nr, D - D32);
+}
+
 /* s[r][j] = q_r . k_j (unscaled) for nr rows of a (leading dimension lda,
  * first row a) against the nk keys of kr (leading dimension 3C), and, if
  * b != NULL, dp[r][j] = b_r . v_j likewise (b's leading dimension ldb).
@@ -526,7 +610,7 @@ TF_INLINE void scores(const att_args *a, float (*s)[ATT_BK], const float *q, int
  * Items: (b, h, query tile). */
 TF_INLINE void att_forward_items_body(const att_args *a, int64_t begin, int64_t end, int lse) {
   float s[ATT_BQ][ATT_BK], kt[ATT_DC * ATT_BK], m[ATT_BQ], l[ATT_BQ];
-  int64_t D = a->D, C3 = 3 * a->C;
+  int64_t nvis[ATT_BQ], D = a->D, C3 = 3 * a->C;
   for (int64_t it = begin; it < end; it++) {
     int64_t qt = it % a->n_qt, h = (it / a->n_qt) % a->H, b = it / a->n_qt / a->H;
     int64_t i0 = qt * ATT_BQ, nq = min64(ATT_BQ, a->T - i0);
@@ -540,7 +624,7 @@ TF_INLINE void att_forward_items_body(const att_args *a, int64_t begin, int64_t 
       int64_t nk = min64(ATT_BK, kend - k0);
       scores(a, s, ATT_Q(a, b, i0, h), C3, NULL, NULL, 0, ATT_K(a, b, k0, h), NULL, nq, nk, kt, NULL);
       for (int64_t r = 0; r < nq; r++) {
-        int64_t nv = visible(a, i0 + r, k0, nk);
+        int64_t nv = nvis[r] = visible(a, i0 + r, k0, nk);
         if (nv <= 0) continue;
         float *row = s[r], mx = m[r], sum = 0.0f;
         for (int64_t j = 0; j < nv; j++) {
@@ -556,8 +640,8 @@ TF_INLINE void att_forward_items_body(const att_args *a, int64_t begin, int64_t 
         float *o = ATT_ROW(a, a->out, b, i0 + r, h);
         if (corr != 1.0f)
           for (int64_t d = 0; d < D; d++) o[d] *= corr;
-        pv_accum(o, row, 1, ATT_V(a, b, k0, h), C3, nv, D);
       }
+      if (!lse) pv_rows(ATT_ROW(a, a->out, b, i0, h), a->C, s, nvis, nq, ATT_V(a, b, k0, h), C3, D);
     }
     for (int64_t r = 0; r < nq; r++) {
       if (lse) {
@@ -650,6 +734,81 @@ TF_DISPATCH(att_dq_items, (const att_args *a, int64_t begin, int64_t end), (a, b
 
 static void att_dq_run(void *arg, int64_t begin, int64_t end) { att_dq_items(arg, begin, end); }
 
+/* Passes A, B and C fused, one (b, h) per item: query tile by query tile,
+ * A for the tile, then the scores and dS of each key tile it sees, giving
+ * dq (pass C) and dk, dv (pass B) from the same tile: six small products
+ * per (query, key) tile instead of eight, and one parallel region instead
+ * of three. A query tile that sees one key tile (every tile when T <= 64,
+ * a small GPT's block) takes L from that tile's scores: five products. The tiles, the scores' columns (nk
+ * keys as pass B), the expressions and each accumulator's order (dq_i
+ * over key tiles then keys, dk_j and dv_j over query blocks then rows)
+ * are those of the three passes, so the results are the same bits. */
+TF_INLINE void att_fused_items_body(const att_args *a, int64_t begin, int64_t end) {
+  float p[ATT_BQ][ATT_BK], ds[ATT_BQ][ATT_BK], kt[ATT_DC * ATT_BK], vt[ATT_DC * ATT_BK];
+  float L[ATT_BQ], Dr[ATT_BQ], lrow[ATT_BK];
+  int64_t nvis[ATT_BQ], D = a->D, C3 = 3 * a->C;
+  for (int64_t it = begin; it < end; it++) {
+    int64_t h = it % a->H, b = it / a->H;
+    for (int64_t j = 0; j < a->T; j++) {
+      float *dk = ATT_DQ(a, b, j, h) + a->C;
+      memset(dk, 0, (size_t)D * sizeof(float));
+      memset(dk + a->C, 0, (size_t)D * sizeof(float));
+    }
+    for (int64_t qt = 0; qt < a->n_qt; qt++) {
+      int64_t i0 = qt * ATT_BQ, nq = min64(ATT_BQ, a->T - i0);
+      int64_t kend = a->causal ? i0 + nq : a->T;
+      /* One key tile: L comes from this tile's own scores below. */
+      int one_tile = kend <= ATT_BK;
+      if (!one_tile) att_forward_items_body(a, it * a->n_qt + qt, it * a->n_qt + qt + 1, 1);
+      for (int64_t r = 0; r < nq; r++) {
+        float *dq = ATT_DQ(a, b, i0 + r, h);
+        if (!one_tile) L[r] = dq[0];   /* parked by pass A; read before dq is cleared */
+        Dr[r] = dot(ATT_ROW(a, a->dy, b, i0 + r, h), ATT_ROW(a, a->y, b, i0 + r, h), D);
+        memset(dq, 0, (size_t)D * sizeof(float));
+      }
+      for (int64_t k0 = 0; k0 < kend; k0 += ATT_BK) {
+        int64_t nk = min64(ATT_BK, a->T - k0);
+        float *dk0 = ATT_DQ(a, b, k0, h) + a->C, *dv0 = dk0 + a->C;   /* dk, dv row k0 */
+        scores(a, p, ATT_Q(a, b, i0, h), C3, ds, ATT_ROW(a, a->dy, b, i0, h), a->C,
+               ATT_K(a, b, k0, h), ATT_V(a, b, k0, h), nq, nk, kt, vt);
+        for (int64_t r = 0; one_tile && r < nq; r++) {
+          /* pass A's steps for a row that sees one tile, on a copy of its
+           * scores (the same products over the same keys): the same L,
+           * without computing the scores twice */
+          int64_t nv = visible(a, i0 + r, k0, nk);
+          float mx = -INFINITY, sum = 0.0f;
+          if (nv <= 0) {
+            L[r] = mx + logf(0.0f);
+            continue;
+          }
+          for (int64_t j = 0; j < nv; j++) {
+            lrow[j] = p[r][j] * a->scale;
+            mx = lrow[j] > mx ? lrow[j] : mx;
+          }
+          float corr = expf(-INFINITY - mx);
+          exp_row(lrow, nv, 1.0f, mx);
+          for (int64_t j = 0; j < nv; j++) sum += lrow[j];
+          L[r] = mx + logf(0.0f * corr + sum);
+        }
+        for (int64_t r = 0; r < nq; r++) {
+          int64_t nv = visible(a, i0 + r, k0, nk);
+          exp_row(p[r], nv, a->scale, L[r]);
+          for (int64_t j = 0; j < nv; j++) ds[r][j] = a->scale * p[r][j] * (ds[r][j] - Dr[r]);
+          for (int64_t j = nv > 0 ? nv : 0; j < nk; j++) p[r][j] = ds[r][j] = 0.0f;
+          nvis[r] = nv;
+        }
+        pv_rows(ATT_DQ(a, b, i0, h), C3, ds, nvis, nq, ATT_K(a, b, k0, h), C3, D);
+        pv_cols(dv0, C3, p, nk, nq, ATT_ROW(a, a->dy, b, i0, h), a->C, D);
+        pv_cols(dk0, C3, ds, nk, nq, ATT_Q(a, b, i0, h), C3, D);
+      }
+    }
+  }
+}
+
+TF_DISPATCH(att_fused_items, (const att_args *a, int64_t begin, int64_t end), (a, begin, end))
+
+static void att_fused_run(void *arg, int64_t begin, int64_t end) { att_fused_items(arg, begin, end); }
+
 static void attention(kcpu_pool *pool, const kcpu_node *n) {
   att_args a;
   memset(&a, 0, sizeof a);
@@ -673,6 +832,12 @@ static void attention(kcpu_pool *pool, const kcpu_node *n) {
   }
   a.dy = n->in[0].data;
   a.y = n->in[2].data;
+  /* Enough (b, h) pairs to keep every thread busy: the fused passes (the
+   * same bits, fewer products). */
+  if (a.B * a.H >= 4 * (int64_t)kcpu_pool_size(pool)) {
+    kcpu_parallel_for(pool, a.B * a.H, 1, att_fused_run, &a);
+    return;
+  }
   kcpu_parallel_for(pool, n_q, 1, att_lse_run, &a);
   kcpu_parallel_for(pool, n_k, 1, att_dkdv_run, &a);
   kcpu_parallel_for(pool, n_q, 1, att_dq_run, &a);
