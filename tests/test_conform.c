@@ -133,6 +133,15 @@ Test(conform, wrong_add_fails_and_only_add) {
   free_result(&r);
 }
 
+Test(conform, a_false_in_place_claim_fails) {
+  conform_result r = run_conform(FAKE("fake_in_place_clobber"), NULL);
+  cr_assert_eq(r.exit_code, 1, "exit %d\n%s", r.exit_code, r.table);
+  assert_verdict(&r, "add", "fail");
+  assert_verdict(&r, "mul", "pass");
+  cr_assert_not_null(strstr(r.table, "claimed in place"), "%s", r.table);
+  free_result(&r);
+}
+
 /* fake_good dereferences NULL arguments and refuses every graph while it
  * claims ADD: the crashes are reported per probe, the tool survives, and the
  * ADD claim fails. */

@@ -1056,7 +1056,12 @@ static void t_validation(void) {
          "unknown op 5");
   EXPECT(run_node(0xffffffffu, 0, NULL, SHP(2), out, NULL, NULL), KILN_UNSUPPORTED,
          "unknown op 4294967295");
-  cr_assert_eq(P.api->op_support(0, KILN_OP_ADD, KILN_F32), 1);
+  /* elementwise ops and reshape may run in place (ABI 1.3), the rest not */
+  cr_assert_eq(P.api->op_support(0, KILN_OP_ADD, KILN_F32),
+               KILN_OP_SUPPORT_RUNS | KILN_OP_SUPPORT_IN_PLACE);
+  cr_assert_eq(P.api->op_support(0, KILN_OP_RESHAPE, KILN_F32),
+               KILN_OP_SUPPORT_RUNS | KILN_OP_SUPPORT_IN_PLACE);
+  cr_assert_eq(P.api->op_support(0, KILN_OP_CAST, KILN_F32), KILN_OP_SUPPORT_RUNS);
   cr_assert_eq(P.api->op_support(0, KILN_OP_CROSS_ENTROPY, KILN_F32), 1);
   cr_assert_eq(P.api->op_support(0, KILN_OP_INCREMENT, KILN_F32), 1);
   cr_assert_eq(P.api->op_support(0, KILN_OP_ADD, KILN_F16), 0);

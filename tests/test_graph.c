@@ -412,6 +412,45 @@ Test(compiled, planner_reuses_memory_and_results_stay_right) {
   kiln_compiled_destroy(c);
 }
 
+/* The CPU plugin takes elementwise outputs in place (KILN_OP_SUPPORT_IN_PLACE):
+ * a value whose last reader is an elementwise node of its size gives that
+ * node its bytes, and a value read again later does not. */
+Test(compiled, in_place_outputs_take_dead_inputs_bytes) {
+  enum { N = 1 << 14 };
+  kiln_node *x = kiln_input(g, "x", KILN_F32, 1, (int64_t[]){N});
+  kiln_node *a = kiln_scale(g, x, 2.0f, 0.5f);
+  kiln_node *b = kiln_neg(g, a);            /* a dies here: b may take its bytes */
+  kiln_node *r = kiln_reshape(g, b, 2, (int64_t[]){N / 4, 4});
+  kiln_node *t = kiln_tanh(g, r);           /* r dies here */
+  kiln_node *u = kiln_reshape(g, t, 1, (int64_t[]){N});
+  kiln_node *k = kiln_mul(g, u, u);
+  kiln_node *keep = kiln_exp(g, x);         /* read again below: not taken */
+  kiln_node *e = kiln_neg(g, keep);
+  kiln_node *y = kiln_add(g, k, kiln_mul(g, e, keep));
+  cr_assert_eq(kiln_graph_output(g, y), KILN_OK);
+  kiln_compiled *c = compile();
+  kiln_memory_stats m = {.struct_size = sizeof m};
+  cr_assert_eq(kiln_compiled_memory(c, &m), KILN_OK);
+  /* x and y are pinned; a, b, r, t, u and k share one slot, keep and e
+   * (then e * keep, on e's bytes) the others: 4 values (5 when every
+   * output takes bytes of its own). */
+  cr_assert_leq(m.arena_bytes, 4ull * N * 4, "arena %llu", (unsigned long long)m.arena_bytes);
+  float *xs = malloc(N * sizeof *xs), *ys = malloc(N * sizeof *ys);
+  tu_fill_uniform(xs, N, 11, -1.0f, 1.0f);
+  cr_assert_eq(kiln_compiled_set_input(c, x, xs, N * sizeof *xs), KILN_OK, "%s", kiln_last_error());
+  cr_assert_eq(kiln_compiled_run(c), KILN_OK, "%s", kiln_last_error());
+  cr_assert_eq(kiln_compiled_get_output(c, y, ys, N * sizeof *ys), KILN_OK, "%s", kiln_last_error());
+  for (int i = 0; i < N; i++) {
+    double tv = tanh(-(2.0 * xs[i] + 0.5)), ev = exp(xs[i]);
+    double want = tv * tv - ev * ev;
+    cr_assert_float_eq(ys[i], want, 1e-5 * (1 + fabs(want)), "y[%d] = %.9g, want %.9g", i, ys[i],
+                       want);
+  }
+  free(xs);
+  free(ys);
+  kiln_compiled_destroy(c);
+}
+
 Test(compiled, pruning_keeps_only_what_outputs_need) {
   kiln_node *x = kiln_input(g, "x", KILN_F32, 1, (int64_t[]){8});
   kiln_node *unused_input = kiln_input(g, "unused", KILN_F32, 1, (int64_t[]){8});

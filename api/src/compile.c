@@ -51,6 +51,7 @@ struct kiln_compiled {
 /* Planning record of one plugin tensor. */
 typedef struct plan_tensor {
   int in_arena;
+  int64_t alias;                /* >= 0: placed on this tensor's bytes (in_place_input) */
   int64_t first, last;          /* live interval in run steps (inputs: -1) */
   uint64_t size;                /* aligned bytes in the arena */
   kiln_tensor *storage;         /* persistent tensors */
@@ -80,6 +81,55 @@ static kiln_status plugin_fail(kiln_status st, const kiln_device *dev, const cha
   if (strncmp(msg, name, len) == 0 && msg[len] == ':')
     return kiln__error(st, "%s: %s", what, msg);
   return kiln__error(st, "%s: %s: %s", what, name, msg[0] ? msg : kiln_status_string(st));
+}
+
+/* The dtype op_support is asked about: that of n's first floating input,
+ * else n's own. */
+static kiln_dtype support_dtype(const kiln_node *n) {
+  for (int k = 0; k < n->n_inputs; k++) {
+    kiln_dtype d = n->inputs[k]->dtype;
+    if (d == KILN_F32 || d == KILN_F16 || d == KILN_BF16) return d;
+  }
+  return n->dtype;
+}
+
+/* Ops whose output a plugin may take over an input's bytes when it says so
+ * (KILN_OP_SUPPORT_IN_PLACE): element i of the output reads only element i
+ * of each input of its size (or, for RESHAPE, is a copy of it). */
+static int in_place_op(kiln_op op) {
+  switch (op) {
+    case KILN_OP_ADD: case KILN_OP_SUB: case KILN_OP_MUL: case KILN_OP_DIV: case KILN_OP_NEG:
+    case KILN_OP_RELU: case KILN_OP_TANH: case KILN_OP_SIGMOID: case KILN_OP_EXP: case KILN_OP_LOG:
+    case KILN_OP_SCALE: case KILN_OP_RELU_BACKWARD: case KILN_OP_TANH_BACKWARD:
+    case KILN_OP_SIGMOID_BACKWARD: case KILN_OP_COPY: case KILN_OP_RESHAPE:
+      return 1;
+    default:
+      return 0;
+  }
+}
+
+/* For op node i: the input whose bytes its output can take, or -1. The
+ * input must be an arena value of the output's dtype and size that no
+ * later node reads (uses[] counts the readers still to come, i's own
+ * already taken off) and is not an output, and the plugin must accept the
+ * op in place. i itself must not be an output (the host reads those). */
+static int64_t in_place_input(const kiln_device *dev, const kiln_node *n, const int64_t *tindex,
+                              const plan_tensor *pt, const int64_t *uses) {
+  const char *env = getenv("KILN_IN_PLACE");   /* "0": never (A/B comparisons) */
+  if ((env && strcmp(env, "0") == 0) || n->is_output || !in_place_op(n->op)) return -1;
+  if (!(dev->plugin->api->op_support(dev->index, (uint32_t)n->op, (uint32_t)support_dtype(n)) &
+        KILN_OP_SUPPORT_IN_PLACE))
+    return -1;
+  int64_t numel = kiln__numel(n->ndim, n->shape);
+  for (int k = 0; k < n->n_inputs; k++) {
+    const kiln_node *x = n->inputs[k];
+    int64_t t = tindex[x->id];
+    if (x->kind != KILN__NODE_OP || x->is_output || t < 0 || !pt[t].in_arena || uses[x->id] != 0 ||
+        x->dtype != n->dtype || kiln__numel(x->ndim, x->shape) != numel)
+      continue;
+    return t;
+  }
+  return -1;
 }
 
 /* First-fit placement of tensor t among the already placed arena tensors
@@ -133,7 +183,7 @@ kiln_status kiln_graph_compile(kiln_graph *g, kiln_device *dev, kiln_compiled **
   kiln_status st = KILN_OK;
   uint32_t N = g->n_nodes;
   char *live = NULL;
-  int64_t *tindex = NULL, *step = NULL;
+  int64_t *tindex = NULL, *step = NULL, *uses = NULL;
   plan_tensor *pt = NULL;
   kiln_plugin_tensor *tensors = NULL;
   kiln_plugin_node *pnodes = NULL;
@@ -146,12 +196,13 @@ kiln_status kiln_graph_compile(kiln_graph *g, kiln_device *dev, kiln_compiled **
   live = kiln__calloc(N ? N : 1, 1);
   tindex = kiln__malloc((N ? N : 1) * sizeof *tindex);
   step = kiln__malloc((N ? N : 1) * sizeof *step);
+  uses = kiln__calloc(N ? N : 1, sizeof *uses);
   pt = kiln__calloc(N ? N : 1, sizeof *pt);
   tensors = kiln__calloc(N ? N : 1, sizeof *tensors);
   pnodes = kiln__calloc(N ? N : 1, sizeof *pnodes);
   buffers = kiln__calloc(N + 1, sizeof *buffers);
   c = kiln__calloc(1, sizeof *c);
-  if (!live || !tindex || !step || !pt || !tensors || !pnodes || !buffers || !c) {
+  if (!live || !tindex || !step || !uses || !pt || !tensors || !pnodes || !buffers || !c) {
     st = KILN_OUT_OF_MEMORY;
     goto fail;
   }
@@ -172,7 +223,11 @@ kiln_status kiln_graph_compile(kiln_graph *g, kiln_device *dev, kiln_compiled **
     goto fail;
   }
 
-  /* 2. lower: tensors and their live intervals */
+  /* 2. lower: tensors and their live intervals. uses[j]: the reads of
+   * value j by live nodes not lowered yet. */
+  for (uint32_t i = 0; i < N; i++)
+    for (int k = 0; live[i] && g->nodes[i]->kind == KILN__NODE_OP && k < g->nodes[i]->n_inputs; k++)
+      uses[g->nodes[i]->inputs[k]->id]++;
   for (uint32_t i = 0; i < N; i++) {
     kiln_node *n = g->nodes[i];
     tindex[i] = -1;
@@ -207,6 +262,12 @@ kiln_status kiln_graph_compile(kiln_graph *g, kiln_device *dev, kiln_compiled **
     } else {
       plan_tensor *p = &pt[n_tensors];
       p->in_arena = 1;
+      p->alias = -1;
+      if (n->kind == KILN__NODE_OP) {
+        for (int k = 0; k < n->n_inputs; k++) uses[n->inputs[k]->id]--;
+        int64_t a = in_place_input(dev, n, tindex, pt, uses);
+        if (a >= 0) p->alias = pt[a].alias >= 0 ? pt[a].alias : a;   /* its root */
+      }
       p->first = n->kind == KILN__NODE_INPUT ? -1 : step[i];
       p->last = n->kind == KILN__NODE_INPUT ? INT64_MAX : step[i];
       uint64_t nbytes = (uint64_t)kiln__numel(n->ndim, n->shape) * kiln_dtype_size(n->dtype);
@@ -229,6 +290,13 @@ kiln_status kiln_graph_compile(kiln_graph *g, kiln_device *dev, kiln_compiled **
     }
   }
 
+  /* A tensor placed on another's bytes keeps them taken until its own
+   * last reader: its root's interval grows to cover it. Aliases come after
+   * their roots, so one pass in order settles chains. */
+  for (uint32_t t = 0; t < n_tensors; t++)
+    if (pt[t].in_arena && pt[t].alias >= 0 && pt[pt[t].alias].last < pt[t].last)
+      pt[pt[t].alias].last = pt[t].last;
+
   /* 3. plan the arena: inputs first, then values in run order */
   offsets = kiln__calloc(n_tensors ? n_tensors : 1, sizeof *offsets);
   placed = kiln__malloc((n_tensors ? n_tensors : 1) * sizeof *placed);
@@ -242,12 +310,18 @@ kiln_status kiln_graph_compile(kiln_graph *g, kiln_device *dev, kiln_compiled **
   for (int pass = 0; pass < 2; pass++) {
     for (uint32_t t = 0; t < n_tensors; t++) {
       if (!pt[t].in_arena || (pass == 0) != (pt[t].first < 0)) continue;
+      c->stats.unplanned_bytes += pt[t].size;
+      if (pt[t].alias >= 0) {   /* its root is placed: it comes earlier */
+        offsets[t] = offsets[pt[t].alias];
+        tensors[t].buffer = 0;
+        tensors[t].offset = offsets[t];
+        continue;
+      }
       offsets[t] = place(pt, offsets, placed, n_placed, t, scratch);
       placed[n_placed++] = t;
       tensors[t].buffer = 0;
       tensors[t].offset = offsets[t];
       if (offsets[t] + pt[t].size > arena_bytes) arena_bytes = offsets[t] + pt[t].size;
-      c->stats.unplanned_bytes += pt[t].size;
     }
   }
   c->stats.struct_size = sizeof c->stats;
@@ -266,11 +340,7 @@ kiln_status kiln_graph_compile(kiln_graph *g, kiln_device *dev, kiln_compiled **
     pn->output = (uint32_t)tindex[i];
     memcpy(pn->ip, n->ip, sizeof pn->ip);
     memcpy(pn->fp, n->fp, sizeof pn->fp);
-    kiln_dtype dt = n->dtype;  /* the dtype of the first floating input */
-    for (int k = 0; k < n->n_inputs; k++) {
-      kiln_dtype d = n->inputs[k]->dtype;
-      if (d == KILN_F32 || d == KILN_F16 || d == KILN_BF16) { dt = d; break; }
-    }
+    kiln_dtype dt = support_dtype(n);
     if (!api->op_support(dev->index, (uint32_t)n->op, (uint32_t)dt)) {
       st = kiln__error(KILN_UNSUPPORTED, "compile: device '%s' does not support %s on %s (node %u)",
                        plugin_name(dev), kiln_op_name(n->op), kiln_dtype_name(dt), n->id);
@@ -355,6 +425,7 @@ fail:
   free(tensors);
   free(pt);
   free(step);
+  free(uses);
   free(tindex);
   free(live);
   return st;

@@ -328,8 +328,14 @@ static kiln_status cpu_device_info(uint32_t index, kiln_device_info *info) {
   return KILN_OK;
 }
 
+/* In place (KILN_OP_SUPPORT_IN_PLACE): the elementwise ops, whose kernels
+ * read element i before they write it, and RESHAPE, whose copy is then
+ * skipped (compile_node takes an exact alias for both without scratch). */
 static int cpu_op_support(uint32_t index, uint32_t op, uint32_t dtype) {
-  return index == 0 && dtype == KILN_F32 && op_desc(op) != NULL;
+  const kcpu_op_desc *d = op_desc(op);
+  if (index != 0 || dtype != KILN_F32 || !d) return 0;
+  int in_place = (d->elementwise && op != KILN_OP_CAST && op != KILN_OP_FILL) || op == KILN_OP_RESHAPE;
+  return KILN_OP_SUPPORT_RUNS | (in_place ? KILN_OP_SUPPORT_IN_PLACE : 0);
 }
 
 static kiln_status cpu_device_open(uint32_t index, kiln_plugin_device **out) {

@@ -42,6 +42,18 @@
  * a deliberately wrong copy of this plugin (tests/fake_plugins/
  * fake_wrong_add.c) and check that `kiln conform` catches it. Delete it in
  * your copy. */
+/* Test hooks (tests/fake_plugins builds broken variants; leave them be):
+ * KT_ADD is ADD's arithmetic, KT_IN_PLACE(op) the KILN_OP_SUPPORT_IN_PLACE
+ * claim per op, KT_BINARY_START(y, n) runs before a binary op writes y. */
+#ifndef KT_IN_PLACE
+#define KT_IN_PLACE(op) 0
+#endif
+#ifndef KT_BINARY_START
+#define KT_BINARY_START(y, n) ((void)0)
+#endif
+#ifndef KT_SCRATCH_ON_OVERLAP
+#define KT_SCRATCH_ON_OVERLAP 1   /* 0: write the output in place even over an input */
+#endif
 #ifndef KT_ADD
 #define KT_ADD(a, b) ((a) + (b))
 #endif
@@ -117,6 +129,7 @@ static void kt_binary(const kt_step *s, float *y) {
   kt_broadcast_strides(a, nd, s->out.shape, sa);
   kt_broadcast_strides(b, nd, s->out.shape, sb);
   int64_t ia = 0, ib = 0;
+  KT_BINARY_START(y, s->out.numel);
   for (int64_t i = 0; i < s->out.numel; i++) {
     float x = a->data[ia], z = b->data[ib];
     y[i] = s->op == KILN_OP_ADD ? KT_ADD(x, z) : x * z;
@@ -413,7 +426,7 @@ static kiln_status kt_compile_node(const kiln_plugin_graph *g, uint32_t index, k
   memcpy(s->fp, n->fp, sizeof s->fp);
   if ((st = kt_check_shapes(index, s)) != KILN_OK) return st;
   for (int i = 0; i < s->n_in; i++)
-    if (kt_overlaps(&s->out, &s->in[i]) && !s->scratch) {
+    if (KT_SCRATCH_ON_OVERLAP && kt_overlaps(&s->out, &s->in[i]) && !s->scratch) {
       s->scratch = malloc((size_t)s->out.numel * sizeof(float));
       if (!s->scratch) {
         kt_host->set_error(KT_NAME ": node %u: out of memory for %lld scratch floats", index,
@@ -460,7 +473,13 @@ static kiln_status kt_device_info(uint32_t index, kiln_device_info *info) {
 /* Claim only what runs for EVERY shape: `kiln conform` tests each claim,
  * and the host plans around ops a device does not claim. */
 static int kt_op_support(uint32_t index, uint32_t op, uint32_t dtype) {
-  return index == 0 && dtype == KILN_F32 && kt_op_name(op) != NULL;
+  if (index != 0 || dtype != KILN_F32 || kt_op_name(op) == NULL) return 0;
+#ifdef KILN_OP_SUPPORT_IN_PLACE   /* ABI 1.3 headers; this file also builds against 1.0's */
+  return KILN_OP_SUPPORT_RUNS | (KT_IN_PLACE(op) ? KILN_OP_SUPPORT_IN_PLACE : 0);
+#else
+  (void)KT_IN_PLACE(op);
+  return 1;
+#endif
 }
 
 static kiln_status kt_device_open(uint32_t index, kiln_plugin_device **out) {

@@ -14,7 +14,9 @@
  *     of shapes (size-1 dims, odd sizes, broadcasting, rank 0, large) run on
  *     the plugin and on the CPU reference plugin with the same inputs, the
  *     outputs (and, for in-place ops, every written input) compared with a
- *     per-op bound on max|y - ref| / max(1, max|ref|).
+ *     per-op bound on max|y - ref| / max(1, max|ref|); where op_support
+ *     also claims KILN_OP_SUPPORT_IN_PLACE, each case runs again with the
+ *     output on the bytes of an input of its size, against the same bound.
  * A claim that does not hold (refused, crashes, wrong) is a failure. Claims
  * this tool has no generator for are reported "untested" (not a failure).
  */
@@ -51,6 +53,7 @@ typedef struct cf_row {
   char what[64];           /* check name, or op name */
   char dtype[16];
   int n_cases;             /* shapes tried */
+  int n_in_place;          /* of them, run again with the output on an input (claimed in place) */
   double max_err, bound;
   char shapes[1024];       /* the shapes tried, "; "-separated */
   char detail[768];
@@ -1232,6 +1235,20 @@ static void cf_layout_make(const cf_case *c, uint32_t op, cf_layout *L) {
   L->size = off ? off : 256;
 }
 
+/* For a claim of KILN_OP_SUPPORT_IN_PLACE: puts the output of case c on
+ * the bytes of its first input of the same dtype and size, as a host's
+ * planner may. Returns 0 if no input qualifies. */
+static int cf_layout_alias(const cf_case *c, cf_layout *L) {
+  if (c->in_place) return 0;
+  kiln_plugin_tensor *out = &L->t[c->n_in];
+  for (int i = 0; i < c->n_in; i++) {
+    if (L->t[i].dtype != out->dtype || L->t[i].nbytes != out->nbytes) continue;
+    out->offset = L->t[i].offset;
+    return 1;
+  }
+  return 0;
+}
+
 /* Runs case c of op on p. data: the host bytes of every tensor (inputs
  * filled; outputs and in-place inputs are read back into them). Returns 0,
  * or -1 with the reason in msg. */
@@ -1401,6 +1418,21 @@ static void cf_phase_ops(const char *path, const char *ref_path, int device) {
           row.verdict = CF_FAIL;
           snprintf(row.detail, sizeof row.detail, "%s: error %.3g > bound %.3g", cs, err,
                    row.bound);
+        } else if ((p.api->op_support((uint32_t)device, op, dt) & KILN_OP_SUPPORT_IN_PLACE) &&
+                   cf_layout_alias(&c, &L)) {
+          /* claimed in place: the same case with the output on an input */
+          double e2 = 0.0;
+          if (cf_run_case(&p, op, &c, &L, yd, msg, sizeof msg) != 0) {
+            row.verdict = CF_FAIL;
+            snprintf(row.detail, sizeof row.detail, "%s, output on an input's bytes (claimed "
+                     "in place): %.450s", cs, msg);
+          } else if ((e2 = cf_compare(&L, yd, rd)) > row.bound) {
+            row.verdict = CF_FAIL;
+            snprintf(row.detail, sizeof row.detail, "%s, output on an input's bytes (claimed "
+                     "in place): error %.3g > bound %.3g", cs, e2, row.bound);
+          }
+          row.n_in_place++;
+          if (e2 > err) err = e2;
         }
         if (err > row.max_err) row.max_err = err;
         for (int t = 0; t < L.n; t++) {
@@ -1556,7 +1588,8 @@ static int cf_write_json(const char *file, const cf_args *a, const cf_rows *rows
       if (kind == CF_ROW_OP) {
         fprintf(f, ", \"dtype\": ");
         cf_json_str(f, r->dtype);
-        fprintf(f, ", \"cases\": %d, \"shapes\": ", r->n_cases);
+        fprintf(f, ", \"cases\": %d, \"in_place_cases\": %d, \"shapes\": ", r->n_cases,
+                r->n_in_place);
         cf_json_str(f, r->shapes);
         fprintf(f, ", \"max_error\": %.6g, \"bound\": %.3g",
                 isfinite(r->max_err) ? r->max_err : 1e308, r->bound);
@@ -1684,9 +1717,9 @@ int kiln_cmd_conform(int argc, char **argv) {
     n_ops++;
     fails += r->verdict == CF_FAIL;
     untested += r->verdict == CF_UNTESTED;
-    printf("%-25s %-6s %6d %11.3g %9.3g  %s%s%s\n", r->what, r->dtype, r->n_cases, r->max_err,
+    printf("%-25s %-6s %6d %11.3g %9.3g  %s%s%s%s\n", r->what, r->dtype, r->n_cases, r->max_err,
            r->bound, cf_verdict(r->verdict), r->verdict != CF_PASS ? ": " : "",
-           r->verdict != CF_PASS ? r->detail : "");
+           r->verdict != CF_PASS ? r->detail : "", r->n_in_place ? " (also in place)" : "");
   }
   if (!negotiated) printf("(negotiation failed: error paths and ops were not run)\n");
   printf("\n%d claimed op/dtype pairs, %d untested, %d failures: %s\n", n_ops, untested, fails,

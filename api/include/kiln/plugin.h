@@ -77,10 +77,21 @@ typedef struct kiln_host_api {
  * Memory: the host has allocated `buffers` (with this plugin's buffer_alloc)
  * and placed every tensor at (buffer, offset). Tensors whose lifetimes do not
  * overlap may share bytes; the nodes run in array order, and a node may
- * overwrite any tensor the host has placed over a dead one. A plugin must not
+ * overwrite any tensor the host has placed over a dead one. A node whose op
+ * the plugin claims with KILN_OP_SUPPORT_IN_PLACE may have its output on
+ * exactly the bytes of one of its inputs (ABI 1.3). A plugin must not
  * reorder two nodes when one writes bytes the other reads or writes.
  * The buffers outlive the executable built from the graph.
  */
+
+/* op_support results. KILN_OP_SUPPORT_IN_PLACE (ABI 1.3): the op computes
+ * the same values when its output tensor has exactly the buffer, offset and
+ * nbytes of one of its inputs (an input no later node reads), so a host may
+ * plan it so and save a pass over memory and the bytes. Hosts of ABI 1.2 and
+ * older read any nonzero result as "runs it" and never plan it so; a 1.3
+ * host never does it for a plugin that returns 1. */
+#define KILN_OP_SUPPORT_RUNS 1
+#define KILN_OP_SUPPORT_IN_PLACE 2
 
 /* kiln_plugin_tensor.flags */
 #define KILN_PTENSOR_INPUT       (1u << 0)  /* written by the host before a run */
@@ -144,9 +155,12 @@ typedef struct kiln_plugin_api {
   uint32_t (*device_count)(void);
   /* Fills info (info->struct_size set by the caller). */
   kiln_status (*device_info)(uint32_t index, kiln_device_info *info);
-  /* 1 if device `index` runs `op` (kiln_op) on `dtype` (kiln_dtype, the
-   * dtype of the op's first floating input) for all shapes, else 0. Unknown
-   * numbers give 0. Shape-specific refusals come from graph_compile. */
+  /* Nonzero if device `index` runs `op` (kiln_op) on `dtype` (kiln_dtype,
+   * the dtype of the op's first floating input) for all shapes, else 0:
+   * KILN_OP_SUPPORT_RUNS, plus KILN_OP_SUPPORT_IN_PLACE (ABI 1.3) where the
+   * plugin also accepts the op's output on the exact bytes of an input.
+   * Unknown numbers give 0. Shape-specific refusals come from
+   * graph_compile. */
   int (*op_support)(uint32_t index, uint32_t op, uint32_t dtype);
 
   kiln_status (*device_open)(uint32_t index, kiln_plugin_device **out);

@@ -30,7 +30,7 @@
 
 /* Plugin ABI version (independent of the library version). */
 #define KILN_PLUGIN_ABI_MAJOR 1
-#define KILN_PLUGIN_ABI_MINOR 2
+#define KILN_PLUGIN_ABI_MINOR 3
 /* Packed as (major << 16) | minor, as carried in plugin tables. */
 #define KILN_PLUGIN_ABI_VERSION \
   (((uint32_t)KILN_PLUGIN_ABI_MAJOR << 16) | (uint32_t)KILN_PLUGIN_ABI_MINOR)
