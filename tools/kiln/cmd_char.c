@@ -372,9 +372,10 @@ int kiln_cmd_train_char(int argc, char **argv) {
   if (o.resume) printf("  resumed from %s at iteration %lld\n", o.resume, (long long)iter);
   fflush(stdout);
 
-  double train_s = 0.0, val = NAN, run_loss = 0.0;
-  int64_t tokens = 0, run_n = 0;
+  double train_s = 0.0, val = NAN;
+  int64_t tokens = 0;
   int tty = isatty(STDOUT_FILENO);
+  loss_progress prog = {.first_it = iter + 1, .tty = tty};
   loss_lag lag;
   loss_lag_init(&lag, kiln_compiled_output_depth(tg->c, tg->loss));
   for (; iter < o.iters; iter++) {
@@ -397,15 +398,7 @@ int kiln_cmd_train_char(int argc, char **argv) {
                 model, (long long)done_it, (double)losses[j]);
         goto done;
       }
-      run_loss += losses[j];
-      run_n++;
-      if (done_it % 10 == 0 || done_it == o.iters) {
-        printf("%siter %lld/%lld  train loss %.4f  %.0f tokens/s%s", tty ? "\r" : "", (long long)done_it,
-               (long long)o.iters, run_loss / (double)run_n, (double)tokens / train_s, tty ? "" : "\n");
-        fflush(stdout);
-        run_loss = 0.0;
-        run_n = 0;
-      }
+      loss_progress_add(&prog, done_it, o.iters, losses[j], tokens, train_s);
       if ((o.eval_every && done_it % o.eval_every == 0) || done_it == o.iters) {
         if (!validate(eg, &text, x, y, &val)) goto fail_run;
         printf("%siter %lld  val loss %.4f nats/char\n", tty ? "\n" : "", (long long)done_it, val);

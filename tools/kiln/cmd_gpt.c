@@ -288,13 +288,6 @@ static int validate(gpt_graph *eg, const kiln_text *t, int32_t *x, int32_t *y, d
   return 1;
 }
 
-static void fmt_eta(char *buf, size_t size, double s) {
-  if (!(s >= 0) || s > 1e7) snprintf(buf, size, "?");
-  else if (s >= 3600) snprintf(buf, size, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
-  else if (s >= 60) snprintf(buf, size, "%dm%02ds", (int)(s / 60), (int)s % 60);
-  else snprintf(buf, size, "%ds", (int)s);
-}
-
 int kiln_cmd_train_gpt(int argc, char **argv) {
   gpt_opts o;
   int rc = parse(argc, argv, &o);
@@ -413,9 +406,10 @@ int kiln_cmd_train_gpt(int argc, char **argv) {
   if (o.resume) printf("  resumed from %s at iteration %lld\n", o.resume, (long long)iter);
   fflush(stdout);
 
-  double train_s = 0.0, val = NAN, run_loss = 0.0;
-  int64_t tokens = 0, run_n = 0, start_iter = iter;
+  double train_s = 0.0, val = NAN;
+  int64_t tokens = 0;
   int tty = isatty(STDOUT_FILENO);
+  loss_progress prog = {.first_it = iter + 1, .tty = tty};
   loss_lag lag;
   loss_lag_init(&lag, kiln_compiled_output_depth(tg->c, tg->loss));
   for (; iter < o.iters; iter++) {
@@ -438,17 +432,7 @@ int kiln_cmd_train_gpt(int argc, char **argv) {
                 (long long)done_it, (double)losses[j]);
         goto done;
       }
-      run_loss += losses[j];
-      run_n++;
-      if (done_it % 10 == 0 || done_it == o.iters) {
-        char eta[32];
-        fmt_eta(eta, sizeof eta, train_s / (double)(done_it - start_iter) * (double)(o.iters - done_it));
-        printf("%siter %lld/%lld  train loss %.4f  %.0f tokens/s  ETA %s%s", tty ? "\r" : "", (long long)done_it,
-               (long long)o.iters, run_loss / (double)run_n, (double)tokens / train_s, eta, tty ? "  " : "\n");
-        fflush(stdout);
-        run_loss = 0.0;
-        run_n = 0;
-      }
+      loss_progress_add(&prog, done_it, o.iters, losses[j], tokens, train_s);
       if ((o.eval_every && done_it % o.eval_every == 0) || done_it == o.iters) {
         if (!validate(eg, &text, x, y, &val)) goto fail_run;
         printf("%siter %lld  val loss %.4f nats/char\n", tty ? "\n" : "", (long long)done_it, val);

@@ -2,6 +2,8 @@
  * loss_lag.c - a training loop's per-step losses, read one step late
  * (loss_lag.h).
  */
+#include <stdio.h>
+
 #include "loss_lag.h"
 
 void loss_lag_init(loss_lag *q, int depth) {
@@ -26,4 +28,26 @@ int loss_lag_after(loss_lag *q, void *graph, loss_read_fn read, int64_t it, int 
   if (read(graph, 0, &losses[n]) != KILN_OK) return -1;
   its[n++] = it;
   return n;
+}
+
+static void fmt_eta(char *buf, size_t size, double s) {
+  if (!(s >= 0) || s > 1e7) snprintf(buf, size, "?");
+  else if (s >= 3600) snprintf(buf, size, "%dh%02dm", (int)(s / 3600), (int)(s / 60) % 60);
+  else if (s >= 60) snprintf(buf, size, "%dm%02ds", (int)(s / 60), (int)s % 60);
+  else snprintf(buf, size, "%ds", (int)s);
+}
+
+void loss_progress_add(loss_progress *p, int64_t it, int64_t iters, float loss, int64_t tokens,
+                       double train_s) {
+  p->sum += loss;
+  p->n++;
+  if (it % 10 != 0 && it != iters) return;
+  char eta[32];
+  fmt_eta(eta, sizeof eta, train_s / (double)(it - p->first_it + 1) * (double)(iters - it));
+  printf("%siter %lld/%lld  train loss %.4f  %.0f tokens/s  ETA %s%s", p->tty ? "\r" : "",
+         (long long)it, (long long)iters, p->sum / (double)p->n, (double)tokens / train_s, eta,
+         p->tty ? "  " : "\n");
+  fflush(stdout);
+  p->sum = 0.0;
+  p->n = 0;
 }

@@ -45,4 +45,18 @@ void loss_lag_init(loss_lag *q, int depth);
 int loss_lag_after(loss_lag *q, void *graph, loss_read_fn read, int64_t it, int sync,
                    int64_t its[2], float losses[2]);
 
+/* A loop's running loss, printed every 10 steps and at the last one. */
+typedef struct loss_progress {
+  double sum;        /* losses since the last line */
+  int64_t n;
+  int64_t first_it;  /* the loop's first step (for the ETA: after a resume, not 1) */
+  int tty;           /* stdout is a terminal: lines overwrite each other */
+} loss_progress;
+
+/* After the loss of step it (of iters) came back: adds it and, every 10
+ * steps and at the last, prints "iter it/iters  train loss L  R tokens/s
+ * ETA T" (tokens and train_s so far) and starts a new mean. */
+void loss_progress_add(loss_progress *p, int64_t it, int64_t iters, float loss, int64_t tokens,
+                       double train_s);
+
 #endif
