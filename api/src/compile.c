@@ -115,8 +115,7 @@ static int in_place_op(kiln_op op) {
  * op in place. i itself must not be an output (the host reads those). */
 static int64_t in_place_input(const kiln_device *dev, const kiln_node *n, const int64_t *tindex,
                               const plan_tensor *pt, const int64_t *uses) {
-  const char *env = getenv("KILN_IN_PLACE");   /* "0": never (A/B comparisons) */
-  if ((env && strcmp(env, "0") == 0) || n->is_output || !in_place_op(n->op)) return -1;
+  if (n->is_output || !in_place_op(n->op)) return -1;
   if (!(dev->plugin->api->op_support(dev->index, (uint32_t)n->op, (uint32_t)support_dtype(n)) &
         KILN_OP_SUPPORT_IN_PLACE))
     return -1;
@@ -224,7 +223,10 @@ kiln_status kiln_graph_compile(kiln_graph *g, kiln_device *dev, kiln_compiled **
   }
 
   /* 2. lower: tensors and their live intervals. uses[j]: the reads of
-   * value j by live nodes not lowered yet. */
+   * value j by live nodes not lowered yet. $KILN_IN_PLACE=0: no output
+   * takes an input's bytes (A/B comparisons). */
+  const char *in_place_env = getenv("KILN_IN_PLACE");
+  int in_place = !(in_place_env && strcmp(in_place_env, "0") == 0);
   for (uint32_t i = 0; i < N; i++)
     for (int k = 0; live[i] && g->nodes[i]->kind == KILN__NODE_OP && k < g->nodes[i]->n_inputs; k++)
       uses[g->nodes[i]->inputs[k]->id]++;
@@ -233,7 +235,10 @@ kiln_status kiln_graph_compile(kiln_graph *g, kiln_device *dev, kiln_compiled **
     tindex[i] = -1;
     step[i] = -1;
     if (!live[i]) continue;
-    if (n->kind == KILN__NODE_OP) step[i] = n_run++;
+    if (n->kind == KILN__NODE_OP) {
+      step[i] = n_run++;
+      for (int k = 0; k < n->n_inputs; k++) uses[n->inputs[k]->id]--;   /* i's reads are done */
+    }
     if (n->kind == KILN__NODE_PARAM || n->kind == KILN__NODE_STATE) {
       kiln_tensor *s = n->storage;
       if (s->dev != dev) {
@@ -264,8 +269,7 @@ kiln_status kiln_graph_compile(kiln_graph *g, kiln_device *dev, kiln_compiled **
       p->in_arena = 1;
       p->alias = -1;
       if (n->kind == KILN__NODE_OP) {
-        for (int k = 0; k < n->n_inputs; k++) uses[n->inputs[k]->id]--;
-        int64_t a = in_place_input(dev, n, tindex, pt, uses);
+        int64_t a = in_place ? in_place_input(dev, n, tindex, pt, uses) : -1;
         if (a >= 0) p->alias = pt[a].alias >= 0 ? pt[a].alias : a;   /* its root */
       }
       p->first = n->kind == KILN__NODE_INPUT ? -1 : step[i];

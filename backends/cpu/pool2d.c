@@ -430,7 +430,7 @@ static void pool_range_epi(void *arg, int64_t begin, int64_t end) {
   const pool_job *j = arg;
   const kcpu_node *n = j->node;
   int64_t per = n->out.numel / j->g.planes;   /* output floats per plane */
-  int64_t step = POOL_EPI_FLOATS / (per | 1) + 1;
+  int64_t step = POOL_EPI_FLOATS / (per > 0 ? per : 1) + 1;
   for (int64_t p = begin; p < end; p += step) {
     int64_t q = end - p < step ? end : p + step;
     j->fn(arg, p, q);
