@@ -158,7 +158,8 @@ typedef struct gemm_job {
   /* current block */
   int64_t jc, nc, pc, kc, ib, mb;
   float *Ap, *Bp;
-  int64_t tiles_n, nw;        /* compute tiles: columns per tile */
+  int64_t slivers_m, slivers_n;   /* of the current block */
+  int64_t units_m, units_n;       /* its parallel units: a grid over the slivers */
 } gemm_job;
 
 /* Packs rows [ib + s*mr, +mr) of op(A)[:, pc:pc+kc] for slivers [s0, s1). */
@@ -245,30 +246,71 @@ static void pack_b(void *arg, int64_t s0, int64_t s1) {
   }
 }
 
-/* Runs compute tiles [t0, t1): tile t covers rows (t / tiles_n) * MC and
- * columns (t % tiles_n) * nw of the current packed block. */
-static void compute_tiles(void *arg, int64_t t0, int64_t t1) {
+/* Runs parallel units [u0, u1). Unit u is cell (u / units_n, u % units_n)
+ * of a grid over the block's MR-row and NR-column slivers, cut as evenly as
+ * whole slivers allow; its rows go in sub-blocks of at most MC (the A rows
+ * one B sliver meets in turn, kept in L2), again cut evenly. */
+static void compute_tiles(void *arg, int64_t u0, int64_t u1) {
   const gemm_job *j = arg;
   const int mr = j->mr, nr = j->nr;
   const kcpu_micro_fn micro = j->gk->micro;
   float acc[KCPU_MR_MAX * KCPU_NR_MAX] __attribute__((aligned(64)));
-  for (int64_t t = t0; t < t1; t++) {
-    int64_t r0 = (t / j->tiles_n) * MC, c0 = (t % j->tiles_n) * j->nw;
-    int64_t r1 = r0 + MC < j->mb ? r0 + MC : j->mb;
-    int64_t c1 = c0 + j->nw < j->nc ? c0 + j->nw : j->nc;
-    for (int64_t jr = c0; jr < c1; jr += nr) {
-      const float *bp = j->Bp + (jr / nr) * nr * j->kc;
-      int n = (int)(c1 - jr < nr ? c1 - jr : nr);
-      for (int64_t ir = r0; ir < r1; ir += mr) {
-        const float *ap = j->Ap + (ir / mr) * mr * j->kc;
-        int m = (int)(r1 - ir < mr ? r1 - ir : mr);
-        float *c = j->C + (j->ib + ir) * j->ldc + j->jc + jr;
-        if (m == mr && n == nr && j->alpha == 1.0f && (j->beta_eff == 0.0f || j->beta_eff == 1.0f)) {
-          micro(j->kc, ap, bp, acc, j->beta_eff == 0.0f ? 1 : 2, c, j->ldc);
-        } else {
-          micro(j->kc, ap, bp, acc, 0, NULL, 0);
-          store_tile(c, j->ldc, m, n, acc, nr, j->alpha, j->beta_eff);
+  for (int64_t u = u0; u < u1; u++) {
+    int64_t um = u / j->units_n, un = u % j->units_n;
+    int64_t s0 = um * j->slivers_m / j->units_m, s1 = (um + 1) * j->slivers_m / j->units_m;
+    int64_t c0 = un * j->slivers_n / j->units_n * nr;
+    int64_t c1 = (un + 1) * j->slivers_n / j->units_n * nr;
+    if (c1 > j->nc) c1 = j->nc;
+    int64_t subs = ((s1 - s0) * mr + MC - 1) / MC;
+    for (int64_t sb = 0; sb < subs; sb++) {
+      int64_t r0 = (s0 + sb * (s1 - s0) / subs) * mr;
+      int64_t r1 = (s0 + (sb + 1) * (s1 - s0) / subs) * mr;
+      if (r1 > j->mb) r1 = j->mb;
+      for (int64_t jr = c0; jr < c1; jr += nr) {
+        const float *bp = j->Bp + (jr / nr) * nr * j->kc;
+        int n = (int)(c1 - jr < nr ? c1 - jr : nr);
+        for (int64_t ir = r0; ir < r1; ir += mr) {
+          const float *ap = j->Ap + (ir / mr) * mr * j->kc;
+          int m = (int)(r1 - ir < mr ? r1 - ir : mr);
+          float *c = j->C + (j->ib + ir) * j->ldc + j->jc + jr;
+          if (m == mr && n == nr && j->alpha == 1.0f &&
+              (j->beta_eff == 0.0f || j->beta_eff == 1.0f)) {
+            micro(j->kc, ap, bp, acc, j->beta_eff == 0.0f ? 1 : 2, c, j->ldc);
+          } else {
+            micro(j->kc, ap, bp, acc, 0, NULL, 0);
+            store_tile(c, j->ldc, m, n, acc, nr, j->alpha, j->beta_eff);
+          }
         }
+      }
+    }
+  }
+}
+
+/* Cuts a block of sm x sn micro-tiles into units_m x units_n parallel
+ * units for `threads` threads. The pool hands units out one at a time, so
+ * the block takes about (units / threads, rounded up) x (the largest unit's
+ * micro-tiles): the grid is chosen to make that smallest, among grids of
+ * k * threads units (k = 1..4; more units let a thread that was slowed by
+ * the machine give work away, so ties go to the larger k; k is capped so
+ * that a unit keeps about 2^16 multiply-adds). Fixed MC-row
+ * tiles had 11 tiles for 1024 rows (MR 12), handed out as 6 chunks of up
+ * to 2 on 2 threads: one thread did 576 rows, the other 448. */
+static void choose_units(int threads, int64_t sm, int64_t sn, int64_t macs, int64_t *units_m,
+                         int64_t *units_n) {
+  *units_m = *units_n = 1;
+  if (threads <= 1) return;
+  int64_t best = INT64_MAX;
+  int64_t k_max = macs / ((int64_t)threads << 16);
+  for (int k = k_max < 4 ? (k_max < 1 ? 1 : (int)k_max) : 4; k >= 1; k--) {
+    int64_t units = (int64_t)k * threads;
+    for (int64_t m = units; m >= 1; m--) {   /* ties: more row units, each A block meets all of B */
+      if (units % m || m > sm || units / m > sn) continue;
+      int64_t n = units / m;
+      int64_t cost = (int64_t)k * ((sm + m - 1) / m) * ((sn + n - 1) / n);
+      if (cost < best) {
+        best = cost;
+        *units_m = m;
+        *units_n = n;
       }
     }
   }
@@ -389,16 +431,13 @@ static void sgemm_core(const kcpu_gemm_kernel *gk, kcpu_pool *pool, int trans_a,
         j.mb = M - j.ib < mb_blk ? M - j.ib : mb_blk;
         if (Apre) j.Ap = (float *)Apre + j.ib * K + j.pc * ((j.mb + mr - 1) / mr * mr);
         else kcpu_parallel_for(pool, (j.mb + mr - 1) / mr, 16, pack_a, &j);
-        int64_t tiles_m = (j.mb + MC - 1) / MC;
-        int64_t want = (int64_t)threads * 4;
-        int64_t tiles_n = tiles_m >= want ? 1 : (want + tiles_m - 1) / tiles_m;
-        if (tiles_n > slivers_b) tiles_n = slivers_b;
-        j.nw = ((slivers_b + tiles_n - 1) / tiles_n) * nr;
-        j.tiles_n = (j.nc + j.nw - 1) / j.nw;
-        /* A tile is worth a thread from about 2^17 multiply-adds. */
-        int64_t flops_per_tile = MC * j.nw * j.kc;
-        int64_t grain = flops_per_tile >= (1 << 17) ? 1 : (1 << 17) / flops_per_tile;
-        kcpu_parallel_for(pool, tiles_m * j.tiles_n, grain, compute_tiles, &j);
+        j.slivers_m = (j.mb + mr - 1) / mr;
+        j.slivers_n = slivers_b;
+        /* Under about 2^18 multiply-adds a block is not worth a second thread. */
+        int64_t macs = j.mb * j.nc * j.kc;
+        choose_units(macs < (1 << 18) ? 1 : threads, j.slivers_m, j.slivers_n, macs, &j.units_m,
+                     &j.units_n);
+        kcpu_parallel_for(pool, j.units_m * j.units_n, 1, compute_tiles, &j);
       }
     }
   }
