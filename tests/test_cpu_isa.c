@@ -214,6 +214,49 @@ Test(gemm_kernels, threads_and_prepacked_a_or_b_give_the_same_bits) {
   kcpu_pool_destroy(pool);
 }
 
+/* kcpu_gemm_kernel_for: among an ISA's kernels of its own NR, the one that
+ * pads M least (its own on ties); and those kernels give the same bits, so
+ * the choice is free to follow M. */
+Test(gemm_kernels, the_kernel_for_m_pads_least_and_gives_the_same_bits) {
+  int nk;
+  const kcpu_gemm_kernel *ks = kcpu_gemm_kernels(&nk);
+#if defined(__x86_64__)
+  static const struct { int64_t M; int mr; } want[] = {{64, 8}, {32, 8}, {1024, 8}, {1, 8},
+                                                       {12, 12}, {24, 12}, {288, 12}, {100, 8}};
+  for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+    cr_assert_eq(kcpu_gemm_kernel_for(KCPU_ISA_AVX512, want[i].M)->mr, want[i].mr,
+                 "avx512, M %lld: MR %d, expected %d", (long long)want[i].M,
+                 kcpu_gemm_kernel_for(KCPU_ISA_AVX512, want[i].M)->mr, want[i].mr);
+  cr_assert_eq(kcpu_gemm_kernel_for(KCPU_ISA_AVX2, 64)->mr, 6, "avx2 has one kernel of its NR");
+#endif
+  static const gemm_case shapes[] = {{64, 70, 300}, {33, 129, 17}, {97, 40, 801}};
+  int compared = 0;
+  for (int own = 0; own < nk; own++) {
+    const kcpu_gemm_kernel *o = &ks[own];
+    if (o != kcpu_gemm_kernel_of(o->isa) || !usable(o)) continue;
+    for (int k = 0; k < nk; k++) {
+      if (k == own || ks[k].isa != o->isa || ks[k].nr != o->nr) continue;
+      for (size_t ci = 0; ci < sizeof shapes / sizeof shapes[0]; ci++) {
+        gemm_case c = shapes[ci];
+        float *A = malloc((size_t)(c.M * c.K) * sizeof *A);
+        float *B = malloc((size_t)(c.K * c.N) * sizeof *B);
+        float *C0 = calloc((size_t)(c.M * (c.N + 2)), sizeof *C0);
+        cr_assert(A && B && C0);
+        tu_fill_uniform(A, c.M * c.K, 5 + ci, -1, 1);
+        tu_fill_uniform(B, c.K * c.N, 55 + ci, -1, 1);
+        float *Co = run_kernel(o, NULL, 0, 1, c, 1.0f, A, c.K, B, c.K, 0.0f, C0);
+        float *Ck = run_kernel(&ks[k], NULL, 0, 1, c, 1.0f, A, c.K, B, c.K, 0.0f, C0);
+        cr_assert(memcmp(Co, Ck, (size_t)(c.M * (c.N + 2)) * sizeof *Co) == 0,
+                  "%s and %s differ (M %lld N %lld K %lld)", o->name, ks[k].name, (long long)c.M,
+                  (long long)c.N, (long long)c.K);
+        compared++;
+        free(A), free(B), free(C0), free(Co), free(Ck);
+      }
+    }
+  }
+  if (!compared) cr_log_info("no ISA with a second kernel is usable here; bits not compared");
+}
+
 /* ---- detection ------------------------------------------------------------ */
 
 Test(isa, detection_agrees_with_the_compiler_runtime) {

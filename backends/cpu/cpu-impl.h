@@ -173,6 +173,10 @@ typedef struct kcpu_gemm_kernel {
 #define KCPU_NR_MAX 32
 /* The kernel of isa in this build (scalar where isa has none). */
 const kcpu_gemm_kernel *kcpu_gemm_kernel_of(kcpu_isa isa);
+/* The kernel of isa for M rows: its own or another of the same NR that
+ * pads M less (avx512 8x32 for M = 32 or 64). The kcpu_sgemm entry points
+ * without _with use it, packed A included (same M, same kernel). */
+const kcpu_gemm_kernel *kcpu_gemm_kernel_for(kcpu_isa isa, int64_t M);
 /* Every kernel of this build, for tests: the four ISAs' and "avx512 tile
  * on avx2" (the AVX-512 tile and code, compiled for AVX2, so machines
  * without AVX-512 test its logic). */
