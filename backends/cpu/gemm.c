@@ -190,6 +190,7 @@ typedef struct gemm_job {
   float *Ap, *Bp;
   int64_t slivers_m, slivers_n;   /* of the current block */
   int64_t units_m, units_n;       /* its parallel units: a grid over the slivers */
+  int pack_a_in_units;            /* each unit packs its own A slivers first */
 } gemm_job;
 
 /* Packs rows [ib + s*mr, +mr) of op(A)[:, pc:pc+kc] for slivers [s0, s1). */
@@ -291,6 +292,7 @@ static void compute_tiles(void *arg, int64_t u0, int64_t u1) {
     int64_t c0 = un * j->slivers_n / j->units_n * nr;
     int64_t c1 = (un + 1) * j->slivers_n / j->units_n * nr;
     if (c1 > j->nc) c1 = j->nc;
+    if (j->pack_a_in_units) pack_a(arg, s0, s1);
     int64_t subs = ((s1 - s0) * mr + MC - 1) / MC;
     for (int64_t sb = 0; sb < subs; sb++) {
       int64_t r0 = (s0 + sb * (s1 - s0) / subs) * mr;
@@ -459,14 +461,17 @@ static void sgemm_core(const kcpu_gemm_kernel *gk, kcpu_pool *pool, int trans_a,
       else kcpu_parallel_for(pool, slivers_b, 16, pack_b, &j);
       for (j.ib = 0; j.ib < M; j.ib += mb_blk) {
         j.mb = M - j.ib < mb_blk ? M - j.ib : mb_blk;
-        if (Apre) j.Ap = (float *)Apre + j.ib * K + j.pc * ((j.mb + mr - 1) / mr * mr);
-        else kcpu_parallel_for(pool, (j.mb + mr - 1) / mr, 16, pack_a, &j);
         j.slivers_m = (j.mb + mr - 1) / mr;
         j.slivers_n = slivers_b;
         /* Under about 2^18 multiply-adds a block is not worth a second thread. */
         int64_t macs = j.mb * j.nc * j.kc;
         choose_units(macs < (1 << 18) ? 1 : threads, j.slivers_m, j.slivers_n, macs, &j.units_m,
                      &j.units_n);
+        /* Units that own whole rows pack their own A: one hand-off fewer,
+         * and the slivers are still in the core's cache when used. */
+        j.pack_a_in_units = !Apre && j.units_n == 1;
+        if (Apre) j.Ap = (float *)Apre + j.ib * K + j.pc * ((j.mb + mr - 1) / mr * mr);
+        else if (!j.pack_a_in_units) kcpu_parallel_for(pool, j.slivers_m, 16, pack_a, &j);
         kcpu_parallel_for(pool, j.units_m * j.units_n, 1, compute_tiles, &j);
       }
     }
