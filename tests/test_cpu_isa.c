@@ -164,11 +164,12 @@ Test(gemm_kernels, every_kernel_matches_scalar_and_double_reference) {
 Test(gemm_kernels, threads_and_prepacked_a_or_b_give_the_same_bits) {
   int nk;
   const kcpu_gemm_kernel *ks = kcpu_gemm_kernels(&nk);
-  kcpu_pool *pool = kcpu_pool_create(3);
-  cr_assert(pool);
+  /* 3 and 2 threads: gemm.c cuts blocks into k * threads units. */
+  kcpu_pool *pool = kcpu_pool_create(3), *pool2 = kcpu_pool_create(2);
+  cr_assert(pool && pool2);
   /* 1601 rows: more than one packed block of A (MB = 1536). */
   static const gemm_case big[] = {{257, 300, 129}, {130, 97, 769}, {7, 3100, 20}, {5, 7, 3},
-                                  {1601, 19, 401}};
+                                  {1601, 19, 401}, {64, 700, 300}, {300, 64, 1000}};
   for (size_t ci = 0; ci < sizeof big / sizeof big[0]; ci++) {
     gemm_case c = big[ci];
     for (int t = 0; t < 4; t++) {
@@ -187,6 +188,11 @@ Test(gemm_kernels, threads_and_prepacked_a_or_b_give_the_same_bits) {
         cr_assert(memcmp(C1, C3, (size_t)(c.M * ldc) * sizeof *C1) == 0,
                   "%s: 1 and 3 threads differ (M %lld N %lld K %lld trans %d%d)", ks[k].name,
                   (long long)c.M, (long long)c.N, (long long)c.K, ta, tb);
+        float *C2 = run_kernel(&ks[k], pool2, ta, tb, c, 1.0f, A, lda, B, ldb, 0.5f, C0);
+        cr_assert(memcmp(C1, C2, (size_t)(c.M * ldc) * sizeof *C1) == 0,
+                  "%s: 1 and 2 threads differ (M %lld N %lld K %lld trans %d%d)", ks[k].name,
+                  (long long)c.M, (long long)c.N, (long long)c.K, ta, tb);
+        free(C2);
         float *Bp = kcpu_aligned_alloc(
             64, (size_t)kcpu_sgemm_packed_b_floats_with(&ks[k], c.N, c.K) * sizeof *Bp);
         cr_assert(Bp);
@@ -212,6 +218,7 @@ Test(gemm_kernels, threads_and_prepacked_a_or_b_give_the_same_bits) {
     }
   }
   kcpu_pool_destroy(pool);
+  kcpu_pool_destroy(pool2);
 }
 
 /* kcpu_gemm_kernel_for: among an ISA's kernels of its own NR, the one that
