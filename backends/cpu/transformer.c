@@ -365,6 +365,57 @@ static void layernorm_params(kcpu_pool *pool, ln_args *s) {
 #define GELU_K 0.7978845608028654f     /* sqrt(2 / pi) */
 #define GELU_A 0.044715f
 
+/* One group of up to eight: form and direction are constants at each call
+ * site below, so each of the four loops is straight-line code. */
+TF_INLINE void gelu8(const float *x, const float *dy, float *y, int64_t m, int tanh_form,
+                     int fwd) {
+  kv8 v, out;
+  kv8_load_n(&v, x, m);
+  if (tanh_form) {
+    /* As shaders/gelu.comp: with e = exp(-2|u|) and r = 1 / (1 + e),
+     * 1 + tanh(u) = 2r (u >= 0) or 2er (u < 0) and 1 - tanh(u)^2 =
+     * 4 e r^2, without the cancellation of 1 + t for u << 0. */
+    kv8 u = GELU_K * (v + GELU_A * v * v * v);
+    kv8 e = -2.0f * (kv8)((kv8i)u & 0x7fffffff);
+    kv8_exp(&e);
+    kv8 r = 1.0f / (1.0f + e);
+    kv8 half_1pt = KV8_SELECT(u < 0.0f, e * r, r);   /* 0.5 (1 + t) */
+    if (fwd) {
+      out = v * half_1pt;
+    } else {
+      kv8 g;
+      kv8_load_n(&g, dy, m);
+      out = g * (half_1pt + 2.0f * v * e * r * r * GELU_K * (1.0f + 3.0f * GELU_A * v * v));
+    }
+    out = KV8_SELECT(v != v, v, out);
+  } else {
+    kv8 cdf = v;
+    kv8_normal_cdf(&cdf);
+    if (fwd) {
+      out = v * cdf;
+    } else {
+      kv8 g, e = -0.5f * v * v;
+      kv8_load_n(&g, dy, m);
+      kv8_exp(&e);
+      out = g * (cdf + v * 0.3989422804014327f * e);
+    }
+  }
+  kv8_store_n(y, &out, m);
+}
+
+/* Whole groups two at a time (two independent chains for the core to
+ * overlap), then the rest one group at a time. */
+#define GELU_LOOP(TANH, FWD)                                                   \
+  do {                                                                         \
+    int64_t i = begin;                                                         \
+    for (; i + 16 <= end; i += 16) {                                           \
+      gelu8(x + i, dy + i, y + i, 8, TANH, FWD);                               \
+      gelu8(x + i + 8, dy + i + 8, y + i + 8, 8, TANH, FWD);                   \
+    }                                                                          \
+    for (; i < end; i += 8)                                                    \
+      gelu8(x + i, dy + i, y + i, min64(8, end - i), TANH, FWD);               \
+  } while (0)
+
 /* Eight elements at a time through vmath.h (glibc's erff, expf and tanhf
  * made GELU a fifth of a GPT training step); the last partial group goes
  * through the same code, so an element's value does not depend on where a
@@ -374,42 +425,12 @@ TF_INLINE void gelu_items_body(const kcpu_node *n, int64_t begin, int64_t end) {
   const float *x = n->in[n->op == KILN_OP_GELU ? 0 : 1].data, *dy = n->in[0].data;
   float *y = n->out.data;
   int tanh_form = n->ip[0] == 1, fwd = n->op == KILN_OP_GELU;
-  for (int64_t i = begin; i < end; i += 8) {
-    int64_t m = min64(8, end - i);
-    kv8 v, out;
-    kv8_load_n(&v, x + i, m);
-    if (tanh_form) {
-      /* As shaders/gelu.comp: with e = exp(-2|u|) and r = 1 / (1 + e),
-       * 1 + tanh(u) = 2r (u >= 0) or 2er (u < 0) and 1 - tanh(u)^2 =
-       * 4 e r^2, without the cancellation of 1 + t for u << 0. */
-      kv8 u = GELU_K * (v + GELU_A * v * v * v);
-      kv8 e = -2.0f * (kv8)((kv8i)u & 0x7fffffff);
-      kv8_exp(&e);
-      kv8 r = 1.0f / (1.0f + e);
-      kv8 half_1pt = KV8_SELECT(u < 0.0f, e * r, r);   /* 0.5 (1 + t) */
-      if (fwd) {
-        out = v * half_1pt;
-      } else {
-        kv8 g;
-        kv8_load_n(&g, dy + i, m);
-        out = g * (half_1pt + 2.0f * v * e * r * r * GELU_K * (1.0f + 3.0f * GELU_A * v * v));
-      }
-      out = KV8_SELECT(v != v, v, out);
-    } else {
-      kv8 cdf = v;
-      kv8_normal_cdf(&cdf);
-      if (fwd) {
-        out = v * cdf;
-      } else {
-        kv8 g, e = -0.5f * v * v;
-        kv8_load_n(&g, dy + i, m);
-        kv8_exp(&e);
-        out = g * (cdf + v * 0.3989422804014327f * e);
-      }
-    }
-    kv8_store_n(y + i, &out, m);
-  }
+  if (tanh_form && fwd) GELU_LOOP(1, 1);
+  else if (tanh_form) GELU_LOOP(1, 0);
+  else if (fwd) GELU_LOOP(0, 1);
+  else GELU_LOOP(0, 0);
 }
+#undef GELU_LOOP
 
 TF_DISPATCH(gelu_items, (const kcpu_node *n, int64_t begin, int64_t end), (n, begin, end))
 
