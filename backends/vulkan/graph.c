@@ -116,6 +116,18 @@ int kvk_op_supported(uint32_t op) {
   return d && d->plan;
 }
 
+/* KILN_OP_SUPPORT_IN_PLACE: the elementwise ops with an input (not FILL),
+ * GELU and its gradient. Their shaders (unary.comp, binary.comp,
+ * gelu.comp) read element i of a same-sized
+ * input and write element i of the output in the same invocation, so an
+ * output placed exactly on such an input is safe; the barriers come from
+ * byte ranges (record), and a RESHAPE onto its own input's bytes records
+ * no dispatch at all. */
+int kvk_op_in_place(uint32_t op) {
+  const kvk_op_desc *d = op_desc(op);
+  return d && d->plan && d->elementwise && d->min_inputs > 0;
+}
+
 /* ---- helpers for the op families ------------------------------------------ */
 
 char *kvk_shape_str(char *buf, size_t size, int ndim, const int64_t *shape) {

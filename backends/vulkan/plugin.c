@@ -69,7 +69,8 @@ static kiln_status vk_device_info(uint32_t index, kiln_device_info *info) {
 }
 
 static int vk_op_support(uint32_t index, uint32_t op, uint32_t dtype) {
-  return index < kvk_physical_count() && dtype == KILN_F32 && kvk_op_supported(op);
+  if (index >= kvk_physical_count() || dtype != KILN_F32 || !kvk_op_supported(op)) return 0;
+  return KILN_OP_SUPPORT_RUNS | (kvk_op_in_place(op) ? KILN_OP_SUPPORT_IN_PLACE : 0);
 }
 
 static kiln_status vk_device_open(uint32_t index, kiln_plugin_device **out) {

@@ -400,6 +400,9 @@ uint32_t kvk_exec_history(const kiln_plugin_exec *exec, uint32_t tensor);
 
 /* graph.c: the plugin table members. */
 int kvk_op_supported(uint32_t op);
+/* Whether op may write its output over a same-sized input (op_support's
+ * KILN_OP_SUPPORT_IN_PLACE). */
+int kvk_op_in_place(uint32_t op);
 kiln_status kvk_graph_compile(kiln_plugin_device *dev, const kiln_plugin_graph *graph,
                               kiln_plugin_exec **out);
 kiln_status kvk_graph_run(kiln_plugin_device *dev, kiln_plugin_exec *exec);
