@@ -55,6 +55,14 @@
  * of CONV_TILE_ALIGN columns. */
 #define CONV_MIN_COLS 128
 #define CONV_TILE_ALIGN 16
+/* Images of fewer output pixels than one GEMM sliver (NR: the CNN's last
+ * layer has 9) go in blocks of about CONV_TINY_COLS columns (9 slivers of
+ * 32), in up to 768 KiB of cols: with 12 images (108 columns in 4 slivers
+ * of 32) conv3's forward pass ran 89-126 GFLOP/s, with 32 (288 columns)
+ * 159-162, its input gradient 84-99 against 105-123 (AVX-512 EPYC, 2
+ * threads, alternating runs). */
+#define CONV_TINY_COLS 288
+#define CONV_TINY_BLOCK_FLOATS (192 * 1024)
 /* Depthwise-style convolutions with at most this many outputs per group use
  * direct loops: a GEMM with so few rows wastes most of its micro-tiles. */
 #define CONV_DIRECT_MAX_OG 2
@@ -110,6 +118,10 @@ static void conv_geom_init(conv_geom *g, const kcpu_node *n, const int64_t *xs, 
   g->nb = 1;
   if (g->P < CONV_MIN_COLS) {
     int64_t want = (CONV_MIN_COLS + g->P - 1) / g->P, fit = max_cols / g->P;
+    if (g->P < kcpu_sgemm_nr()) {   /* an image is less than one sliver */
+      want = (CONV_TINY_COLS + g->P - 1) / g->P;
+      fit = CONV_TINY_BLOCK_FLOATS / g->K / g->P;
+    }
     g->nb = want < fit ? want : fit;
     if (g->nb > g->N) g->nb = g->N;
     if (g->nb < 1) g->nb = 1;
