@@ -774,3 +774,67 @@ Test(nn_train, vulkan_loss_curve_tracks_cpu, .timeout = 900) {
   kiln_mnist_free(&train);
   kiln_mnist_free(&test);
 }
+
+/* One epoch of batch 16 on 116 images (7 full batches and a tail of 4),
+ * then the test loss and predict() on them, with the Vulkan executables
+ * keeping `frames` runs ($KILN_VK_FRAMES). Returns 0 without the device. */
+static int frames_run(const char *frames, const kiln_dataset *ds, loss_curve *curve,
+                      kiln_epoch_stats *ts, kiln_epoch_stats *es, float *logits) {
+  kiln_context *ctx;
+  kiln_device *dev;
+  OK(kiln_context_create(NULL, &ctx));
+  if (kiln_device_open(ctx, "vulkan", -1, &dev) != KILN_OK) {
+    kiln_context_destroy(ctx);
+    cr_skip_test("no vulkan device on this machine (%s)", kiln_last_error());
+    return 0;
+  }
+  setenv("KILN_VK_FRAMES", frames, 1);
+  kiln_model *m;
+  kiln_optimizer_config adam;
+  kiln_trainer *t;
+  OK(kiln_model_mnist_cnn(dev, 1, &m));
+  OK(kiln_optimizer_defaults(KILN_OPTIM_ADAM, &adam));
+  OK(kiln_trainer_create(m, &adam, 16, 1, &t));
+  memset(curve, 0, sizeof *curve);
+  OK(kiln_trainer_fit_epoch(t, ds, record_progress, curve, ts));
+  OK(kiln_trainer_evaluate(t, ds, es));
+  OK(kiln_trainer_predict(t, ds, logits, (size_t)ds->n * 10));
+  unsetenv("KILN_VK_FRAMES");
+  kiln_trainer_destroy(t);
+  kiln_model_destroy(m);
+  kiln_device_close(dev);
+  kiln_context_destroy(ctx);
+  return 1;
+}
+
+/* The trainer reads batches in flight in groups once the device keeps
+ * several runs (4 frames: three batches after one wait). The device does
+ * the same work in the same order whatever the depth, and the host reads
+ * the batches in order, so progress, stats and predictions must match a
+ * depth of 2 (one batch read per step) bit for bit; the ring of batches in
+ * flight wraps around here. */
+Test(nn_train, vulkan_frames_do_not_change_results, .timeout = 600) {
+  kiln_mnist train;
+  OK(kiln_mnist_load(tu_data_path("mnist"), 1, 116, &train));
+  kiln_dataset tr = dataset(&train);
+  loss_curve c2, c4;
+  kiln_epoch_stats ts2, es2, ts4, es4;
+  static float l2[116 * 10], l4[116 * 10];
+  if (frames_run("2", &tr, &c2, &ts2, &es2, l2) && frames_run("4", &tr, &c4, &ts4, &es4, l4)) {
+    cr_assert_eq(c2.n, 8, "progress calls: %d, want 8 (one per batch)", c2.n);
+    cr_assert_eq(c4.n, 8, "progress calls: %d, want 8 (one per batch)", c4.n);
+    for (int i = 0; i < 8; i++) {
+      cr_assert_eq(c4.batch[i], i + 1, "call %d reports batch %lld", i, (long long)c4.batch[i]);
+      cr_assert_eq(c4.step[i], c2.step[i]);
+      cr_assert_eq(c4.samples[i], c2.samples[i]);
+      cr_assert_eq(c4.loss[i], c2.loss[i], "batch %d: running loss %.9g (4 frames) vs %.9g", i + 1,
+                   c4.loss[i], c2.loss[i]);
+    }
+    cr_assert_eq(ts4.loss, ts2.loss, "epoch loss %.9g vs %.9g", ts4.loss, ts2.loss);
+    cr_assert_eq(ts4.accuracy, ts2.accuracy);
+    cr_assert_eq(es4.loss, es2.loss, "evaluation loss %.9g vs %.9g", es4.loss, es2.loss);
+    cr_assert_eq(es4.accuracy, es2.accuracy);
+    cr_assert_eq(memcmp(l4, l2, sizeof l2), 0, "predict() differs between 2 and 4 frames");
+  }
+  kiln_mnist_free(&train);
+}

@@ -1578,9 +1578,10 @@ Test(vulkan, exec_io_each_run_sees_its_inputs) {
             "the Vulkan plugin offers ABI 1.1's exec_write, exec_read and exec_history");
   io_graph ig;
   io_graph_make(&ig);
-  cr_assert_eq(vk.api->exec_history(vk.dev, ig.g.exec, (uint32_t)ig.y), 2);
+  uint32_t depth = vk.api->exec_history(vk.dev, ig.g.exec, (uint32_t)ig.y);
+  cr_assert_eq(depth, 4, "the outputs of the last 4 runs (4 frames)");
   cr_assert_eq(vk.api->exec_history(vk.dev, ig.g.exec, (uint32_t)ig.x), 1, "x is no output");
-  enum { RUNS = 5, E = IO_M * IO_N };
+  enum { RUNS = 6, E = IO_M * IO_N };
   static float x[RUNS][E], y[E];
   float b[IO_N];
   tu_fill_uniform(b, IO_N, 99, -1, 1);
@@ -1597,10 +1598,24 @@ Test(vulkan, exec_io_each_run_sees_its_inputs) {
     snprintf(what, sizeof what, "run %d read back 1", k - 1);
     io_expect(x[k - 1], b, y, what);
   }
-  cr_assert_eq(io_read(&ig, 0, y), KILN_OK, "%s", ph_error());
-  io_expect(x[RUNS - 1], b, y, "the last run");
-  cr_assert_eq(io_read(&ig, 1, y), KILN_OK, "%s", ph_error());
-  io_expect(x[RUNS - 2], b, y, "the run before the last");
+  /* every run still in reach, newest first, as the trainer reads a batch
+   * of them after one wait */
+  for (uint32_t back = 0; back < depth; back++) {
+    cr_assert_eq(io_read(&ig, (int)back, y), KILN_OK, "%s", ph_error());
+    char what[32];
+    snprintf(what, sizeof what, "run %u read back %u", RUNS - 1 - back, back);
+    io_expect(x[RUNS - 1 - back], b, y, what);
+  }
+  /* with more runs in flight than outputs kept, writing the next input
+   * waits for the frame it reuses */
+  for (int k = 0; k < RUNS; k++) {
+    cr_assert_eq(io_write(&ig, ig.x, x[k]), KILN_OK, "%s", ph_error());
+    cr_assert_eq(vk.api->graph_run(vk.dev, ig.g.exec), KILN_OK, "%s", ph_error());
+  }
+  for (uint32_t back = 0; back < depth; back++) {
+    cr_assert_eq(io_read(&ig, (int)back, y), KILN_OK, "%s", ph_error());
+    io_expect(x[RUNS - 1 - back], b, y, "six runs queued, then read");
+  }
   /* Inputs written once stay for every later run, whichever frame it uses. */
   for (int k = 0; k < 3; k++) {
     cr_assert_eq(vk.api->graph_run(vk.dev, ig.g.exec), KILN_OK, "%s", ph_error());
@@ -1646,8 +1661,8 @@ Test(vulkan, exec_io_refusals) {
   ph_clear_error();
   cr_assert_eq(io_read(&ig, 1, y), KILN_INVALID_ARGUMENT, "back 1 before any run");
   cr_assert_not_null(strstr(ph_error(), "out of reach"), "%s", ph_error());
-  cr_assert_eq(vk.api->exec_read(vk.dev, ig.g.exec, (uint32_t)ig.y, 2, y, ny),
-               KILN_INVALID_ARGUMENT, "back 2 with two frames");
+  cr_assert_eq(vk.api->exec_read(vk.dev, ig.g.exec, (uint32_t)ig.y, 4, y, ny),
+               KILN_INVALID_ARGUMENT, "back 4 with four frames");
   cr_assert_eq(vk.api->exec_read(vk.dev, ig.g.exec, (uint32_t)ig.r, 0, y, ny),
                KILN_INVALID_ARGUMENT);
   cr_assert_not_null(strstr(ph_error(), "is not an output"), "%s", ph_error());
@@ -1659,7 +1674,38 @@ Test(vulkan, exec_io_refusals) {
   /* before any run, back 0 reads the bytes as they are (zeros) */
   cr_assert_eq(io_read(&ig, 0, y), KILN_OK, "%s", ph_error());
   for (int i = 0; i < IO_M * IO_N; i++) cr_assert_eq(y[i], 0.0f);
+  /* five runs later, back 4 is still one past the four frames kept */
+  for (int k = 0; k < 5; k++)
+    cr_assert_eq(vk.api->graph_run(vk.dev, ig.g.exec), KILN_OK, "%s", ph_error());
+  cr_assert_eq(io_read(&ig, 3, y), KILN_OK, "%s", ph_error());
+  cr_assert_eq(io_read(&ig, 4, y), KILN_INVALID_ARGUMENT, "back 4 after 5 runs, 4 frames");
+  cr_assert_not_null(strstr(ph_error(), "keeps the last 4"), "%s", ph_error());
   ph_graph_free(&ig.g);
+}
+
+/* $KILN_VK_FRAMES sets how many runs' outputs an executable keeps; a value
+ * out of range fails the compile naming it. */
+Test(vulkan, frames_env) {
+  io_graph ig;
+  setenv("KILN_VK_FRAMES", "2", 1);
+  io_graph_make(&ig);
+  cr_assert_eq(vk.api->exec_history(vk.dev, ig.g.exec, (uint32_t)ig.y), 2);
+  ph_graph_free(&ig.g);
+  static const char *bad[] = {"1", "5", "two", "3x"};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    setenv("KILN_VK_FRAMES", bad[i], 1);
+    ph_graph_init(&ig.g, &vk);
+    int x = ph_tensor(&ig.g, KILN_F32, 1, (int64_t[]){3});
+    int y = ph_tensor(&ig.g, KILN_F32, 1, (int64_t[]){3});
+    ig.g.tensors[x].flags = KILN_PTENSOR_INPUT;
+    ig.g.tensors[y].flags = KILN_PTENSOR_OUTPUT;
+    ph_node(&ig.g, KILN_OP_RELU, 1, (int[]){x}, y, NULL, NULL);
+    ph_clear_error();
+    cr_assert_eq(ph_compile(&ig.g), KILN_INVALID_ARGUMENT, "KILN_VK_FRAMES=%s", bad[i]);
+    cr_assert_not_null(strstr(ph_error(), "KILN_VK_FRAMES"), "%s", ph_error());
+    ph_graph_free(&ig.g);
+  }
+  unsetenv("KILN_VK_FRAMES");
 }
 
 /* ---- $KILN_PROFILE ------------------------------------------------------------ */

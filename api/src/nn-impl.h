@@ -59,7 +59,11 @@ typedef struct nn_graph {
   float xscale;
   kiln_node *logits;          /* [batch, classes] */
   kiln_node *loss;            /* scalar */
+  int64_t runs;               /* runs submitted (the trainer's count, for reading back) */
 } nn_graph;
+
+/* The most batches a trainer keeps in flight (nn_trainer.c: pending). */
+#define NN_FLY 4
 
 struct kiln_trainer {
   kiln_model *m;
@@ -76,7 +80,7 @@ struct kiln_trainer {
   int cast_ok;                /* the device runs KILN_OP_CAST: u8 datasets go up as bytes */
   float *xbuf;                /* [batch, in...] f32, or bytes for a u8 graph */
   int32_t *ybuf;              /* [batch] */
-  int32_t *ybuf_prev;         /* [batch]: the labels of the batch still in flight */
+  int32_t *yfly[NN_FLY];      /* [batch] each: the labels of the batches in flight */
   float *lbuf;                /* [batch, classes] */
 };
 

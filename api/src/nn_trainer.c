@@ -155,11 +155,13 @@ kiln_status kiln_trainer_create(kiln_model *m, const kiln_optimizer_config *opti
   t->cast_ok = kiln_plugin_op_support(m->dev->plugin, m->dev->index, KILN_OP_CAST, KILN_F32) &&
                !(u8_env && strcmp(u8_env, "0") == 0);
   t->ybuf = kiln__malloc((size_t)batch * sizeof *t->ybuf);
-  t->ybuf_prev = kiln__malloc((size_t)batch * sizeof *t->ybuf_prev);
+  int fly_ok = 1;
+  for (int i = 0; i < NN_FLY; i++)
+    fly_ok &= (t->yfly[i] = kiln__malloc((size_t)batch * sizeof *t->yfly[i])) != NULL;
   t->lbuf = kiln__malloc((size_t)batch * (size_t)t->classes * sizeof *t->lbuf);
   t->state1 = kiln__calloc(m->n_params ? m->n_params : 1, sizeof *t->state1);
   t->state2 = kiln__calloc(m->n_params ? m->n_params : 1, sizeof *t->state2);
-  if (!t->xbuf || !t->ybuf || !t->ybuf_prev || !t->lbuf || !t->state1 || !t->state2) goto fail;
+  if (!t->xbuf || !t->ybuf || !fly_ok || !t->lbuf || !t->state1 || !t->state2) goto fail;
   if (optim) {
     t->has_optim = 1;
     t->opt = *optim;
@@ -198,7 +200,7 @@ void kiln_trainer_destroy(kiln_trainer *t) {
   free(t->state2);
   free(t->xbuf);
   free(t->ybuf);
-  free(t->ybuf_prev);
+  for (int i = 0; i < NN_FLY; i++) free(t->yfly[i]);
   free(t->lbuf);
   t->m->n_trainers--;
   free(t);
@@ -254,22 +256,34 @@ static void gather(kiln_trainer *t, const nn_graph *ng, const kiln_dataset *ds,
   }
 }
 
-/* Batches in flight. Where the device keeps the last two runs of the loss
- * and logits (kiln_compiled_output_depth >= 2: Vulkan), batch b+1 is
- * submitted before batch b's outputs are read, so the device always has the
- * next step queued while the host reads the last one and gathers the next
- * one: no stall between steps. Elsewhere (the CPU plugin, whose runs finish
- * before they return) each batch is read right after its run. Results and
- * their order are the same either way. */
+/* Batches in flight. Where the device keeps the last runs of the loss and
+ * logits (kiln_compiled_output_depth D >= 2: Vulkan), batches are submitted
+ * ahead of reading them, so the device always has the next step queued
+ * while the host reads the last ones and gathers the next: no stall between
+ * steps. Once D are unread, all but the newest are read together, newest
+ * first: one wait covers D - 1 steps (a wait costs the host a sleep and a
+ * wake-up, more than the rest of a step on a fast device). Elsewhere (the
+ * CPU plugin, whose runs finish before they return) each batch is read
+ * right after its run. Results and their order are the same either way. */
 typedef struct pending {
   nn_graph *ng;                /* NULL: nothing in flight */
   int count;
   int64_t first;               /* its first sample (for logits) */
+  int64_t run;                 /* its run of ng (ng->runs before the submit) */
 } pending;
 
-static int can_pipeline(nn_graph *ng) {
-  return kiln_compiled_output_depth(ng->c, ng->loss) >= 2 &&
-         kiln_compiled_output_depth(ng->c, ng->logits) >= 2;
+typedef struct flight {
+  pending q[NN_FLY];           /* a ring, oldest at head; q[i]'s labels: t->yfly[i] */
+  int head, n;
+} flight;
+
+/* How many of ng's runs may be in flight: its outputs' depth, at most
+ * NN_FLY (1: read each run at once). */
+static int fly_depth(nn_graph *ng) {
+  int d = kiln_compiled_output_depth(ng->c, ng->loss);
+  int dl = kiln_compiled_output_depth(ng->c, ng->logits);
+  if (dl < d) d = dl;
+  return d < NN_FLY ? d : NN_FLY;
 }
 
 /* Uploads the gathered batch of `count` (xbuf, ybuf) and starts ng on it. */
@@ -278,6 +292,7 @@ static kiln_status submit_batch(kiln_trainer *t, nn_graph *ng, int count) {
   kiln_status st = kiln_compiled_set_input(ng->c, ng->x, t->xbuf, xbytes);
   if (st == KILN_OK) st = kiln_compiled_set_input(ng->c, ng->y, t->ybuf, (size_t)count * 4);
   if (st == KILN_OK) st = kiln_compiled_run(ng->c);
+  if (st == KILN_OK) ng->runs++;
   return st;
 }
 
@@ -310,10 +325,11 @@ typedef struct tally {
   int64_t correct, batches, samples;
 } tally;
 
-/* Reads batch `q`, `back` runs before its graph's latest, with `labels`,
- * into *acc (and its logits into logits + its first sample, if given). */
-static kiln_status read_batch(kiln_trainer *t, const pending *q, int back, const int32_t *labels,
+/* Reads batch `q` with `labels` into *acc (and its logits into logits +
+ * its first sample, if given). */
+static kiln_status read_batch(kiln_trainer *t, const pending *q, const int32_t *labels,
                               tally *acc, float *logits) {
+  int back = (int)(q->ng->runs - 1 - q->run);
   kiln_status st = collect_batch(t, q->ng, q->count, back, labels, &acc->loss_sum, &acc->correct,
                                  logits ? logits + q->first * t->classes : NULL);
   if (st != KILN_OK) return st;
@@ -322,31 +338,56 @@ static kiln_status read_batch(kiln_trainer *t, const pending *q, int back, const
   return KILN_OK;
 }
 
-/* After batch `cur` was submitted (cur.ng NULL: the data is done): reads
- * the batch in flight, then leaves `cur` in flight or reads it too. `seen`
- * is called after each batch read. */
+/* Reads the oldest `k` batches in flight, oldest first, after waiting for
+ * the newest of them: the others are done by then (a queue runs in order),
+ * so the k reads cost one wait. `seen` is called after each. */
 typedef void (*seen_fn)(const tally *acc, void *ctx);
-static kiln_status advance(kiln_trainer *t, pending *fly, pending cur, tally *acc, float *logits,
-                           seen_fn seen, void *ctx) {
-  kiln_status st;
-  if (fly->ng) {
-    int back = fly->ng == cur.ng ? 1 : 0;       /* cur ran since, on the same graph */
-    st = read_batch(t, fly, back, t->ybuf_prev, acc, logits);
+static kiln_status read_oldest(kiln_trainer *t, flight *fl, int k, tally *acc, float *logits,
+                               seen_fn seen, void *ctx) {
+  if (k > 1) {
+    const pending *last = &fl->q[(fl->head + k - 1) % NN_FLY];
+    float loss;
+    kiln_status st = kiln_compiled_get_output_back(last->ng->c, last->ng->loss,
+                                                   (int)(last->ng->runs - 1 - last->run), &loss,
+                                                   sizeof loss);
     if (st != KILN_OK) return st;
-    fly->ng = NULL;
+  }
+  for (int i = 0; i < k; i++) {
+    kiln_status st = read_batch(t, &fl->q[fl->head], t->yfly[fl->head], acc, logits);
+    if (st != KILN_OK) return st;
+    fl->q[fl->head].ng = NULL;
+    fl->head = (fl->head + 1) % NN_FLY;
+    fl->n--;
     if (seen) seen(acc, ctx);
   }
-  if (!cur.ng) return KILN_OK;
-  if (can_pipeline(cur.ng)) {
-    int32_t *y = t->ybuf_prev;
-    t->ybuf_prev = t->ybuf;                     /* cur's labels, kept until it is read */
-    t->ybuf = y;
-    *fly = cur;
-    return KILN_OK;
+  return KILN_OK;
+}
+
+/* After batch `cur` was submitted (cur.ng NULL: the data is done): leaves
+ * it in flight, reading older batches as the depth requires, or reads it
+ * at once; with cur.ng NULL reads everything in flight. */
+static kiln_status advance(kiln_trainer *t, flight *fl, pending cur, tally *acc, float *logits,
+                           seen_fn seen, void *ctx) {
+  if (!cur.ng) return read_oldest(t, fl, fl->n, acc, logits, seen, ctx);
+  /* another graph's batches (the full one's, before the tail) go first */
+  int other = 0;
+  while (other < fl->n && fl->q[(fl->head + other) % NN_FLY].ng != cur.ng) other++;
+  kiln_status st = read_oldest(t, fl, other, acc, logits, seen, ctx);
+  if (st != KILN_OK) return st;
+  int depth = fly_depth(cur.ng);
+  if (depth < 2) {
+    st = read_batch(t, &cur, t->ybuf, acc, logits);
+    if (st == KILN_OK && seen) seen(acc, ctx);
+    return st;
   }
-  st = read_batch(t, &cur, 0, t->ybuf, acc, logits);
-  if (st == KILN_OK && seen) seen(acc, ctx);
-  return st;
+  int slot = (fl->head + fl->n) % NN_FLY;
+  int32_t *y = t->yfly[slot];
+  t->yfly[slot] = t->ybuf;                      /* cur's labels, kept until it is read */
+  t->ybuf = y;
+  fl->q[slot] = cur;
+  fl->n++;
+  /* the next run reuses the oldest one's frame: read all but the newest */
+  return fl->n >= depth ? read_oldest(t, fl, fl->n - 1, acc, logits, seen, ctx) : KILN_OK;
 }
 
 /* fit_epoch's progress report after each batch read. */
@@ -423,7 +464,7 @@ kiln_status kiln_trainer_fit_epoch(kiln_trainer *t, const kiln_dataset *ds,
   fc.p.n_batches = n_batches;
   fc.p.n_samples = n;
   tally acc = {0};
-  pending fly = {0};
+  flight fly = {0};
   for (int64_t b = 0; b <= n_batches; b++) {   /* b == n_batches: drain */
     pending cur = {0};
     if (b < n_batches) {
@@ -432,10 +473,11 @@ kiln_status kiln_trainer_fit_epoch(kiln_trainer *t, const kiln_dataset *ds,
       st = graph_for(t, 1, count, ds, &ng);
       if (st != KILN_OK) goto fail;
       gather(t, ng, ds, perm + done, 0, count);
+      int64_t run = ng->runs;
       st = submit_batch(t, ng, count);
       if (st != KILN_OK) goto fail;
       t->step++;
-      cur = (pending){ng, count, done};
+      cur = (pending){ng, count, done, run};
       done += count;
     }
     st = advance(t, &fly, cur, &acc, NULL, progress ? fit_seen : NULL, &fc);
@@ -462,7 +504,7 @@ static kiln_status forward_all(kiln_trainer *t, const kiln_dataset *ds, kiln_epo
   if (st != KILN_OK) return st;
   double t0 = now_s();
   tally acc = {0};
-  pending fly = {0};
+  flight fly = {0};
   for (int64_t done = 0;;) {
     pending cur = {0};
     if (done < ds->n) {
@@ -470,8 +512,9 @@ static kiln_status forward_all(kiln_trainer *t, const kiln_dataset *ds, kiln_epo
       nn_graph *ng;
       if ((st = graph_for(t, 0, count, ds, &ng)) != KILN_OK) return st;
       gather(t, ng, ds, NULL, done, count);
+      int64_t run = ng->runs;
       if ((st = submit_batch(t, ng, count)) != KILN_OK) return st;
-      cur = (pending){ng, count, done};
+      cur = (pending){ng, count, done, run};
       done += count;
     }
     if ((st = advance(t, &fly, cur, &acc, logits, NULL, NULL)) != KILN_OK) return st;

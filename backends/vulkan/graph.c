@@ -469,6 +469,26 @@ static kiln_status chunk_size(uint32_t *out) {
   return KILN_OK;
 }
 
+/* How many frames an executable cycles through: $KILN_VK_FRAMES (2 to
+ * KVK_FRAMES) or KVK_FRAMES. More frames let a host keep more runs queued
+ * and read their outputs together, one wait for several steps (kiln's
+ * trainer does); each costs a recorded copy of the graph's command buffers
+ * and of its staged inputs and outputs. */
+static kiln_status frame_count(uint32_t *out) {
+  *out = KVK_FRAMES;
+  const char *e = getenv("KILN_VK_FRAMES");
+  if (!e || !*e) return KILN_OK;
+  char *end;
+  long v = strtol(e, &end, 10);
+  if (*end || v < 2 || v > KVK_FRAMES) {
+    kvk_host->set_error("vulkan: graph_compile: KILN_VK_FRAMES='%s' is not a frame count "
+                        "(2 to %d)", e, KVK_FRAMES);
+    return KILN_INVALID_ARGUMENT;
+  }
+  *out = (uint32_t)v;
+  return KILN_OK;
+}
+
 static kiln_status begin_cmd(kiln_plugin_device *dev, VkCommandBuffer *cmd) {
   VkCommandBufferAllocateInfo cai = {
       .sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO,
@@ -598,7 +618,8 @@ kiln_status kvk_graph_compile(kiln_plugin_device *dev, const kiln_plugin_graph *
   exec->n_dispatches = plan.n;
   st = chunk_size(&exec->chunk);
   if (st != KILN_OK) goto fail;
-  exec->n_frames = KVK_FRAMES;
+  st = frame_count(&exec->n_frames);
+  if (st != KILN_OK) goto fail;
   if (kvk_profile_enabled()) {
     /* one frame: a run's timestamps are read before the next run resets them */
     exec->n_frames = 1;

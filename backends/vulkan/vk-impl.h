@@ -326,7 +326,7 @@ kiln_status kvk_transformer_plan(kvk_plan *p, int index, const kvk_node *n);  /*
  * run's frame, exec_read a memcpy out of the run's frame after its fence.
  * Inputs and outputs too large to stage (or persistent, or both input and
  * output) go through buffer_write / buffer_read instead. */
-#define KVK_FRAMES 2
+#define KVK_FRAMES 4       /* $KILN_VK_FRAMES: 2 to KVK_FRAMES */
 #define KVK_CHUNK 512
 
 typedef struct kvk_profile kvk_profile;   /* profile.c */
@@ -356,7 +356,7 @@ typedef struct kvk_io {
 } kvk_io;
 
 struct kiln_plugin_exec {
-  uint32_t n_frames;            /* KVK_FRAMES, or 1 when profiling */
+  uint32_t n_frames;            /* KVK_FRAMES ($KILN_VK_FRAMES), or 1 when profiling */
   kvk_frame frame[KVK_FRAMES];
   uint64_t runs;                /* graph_run calls so far */
   uint32_t chunk;               /* most dispatches per command buffer */

@@ -512,7 +512,8 @@ CF_BAD_GRAPH_PROBE(probe_compile_bad_dtype, edit_bad_dtype, "graph_compile(dtype
  * table has them: y = x + b with x, b INPUT and y OUTPUT. Each run must see
  * the inputs last written (also when a run follows without new writes), a
  * read of `back` 1 (where the history reaches it) must return the run
- * before the latest, and misuse must be refused with a message. */
+ * before the latest, every run the history claims (up to 8) must read back
+ * as it ran, and misuse must be refused with a message. */
 static const char *probe_exec_io(cf_plugin *p, uint32_t dev, char *why, size_t n) {
   (void)dev;
   const kiln_plugin_api *a = p->api;
@@ -557,9 +558,10 @@ static const char *probe_exec_io(cf_plugin *p, uint32_t dev, char *why, size_t n
       .node_stride = sizeof(kiln_plugin_node), .nodes = &node};
   kiln_plugin_exec *e = NULL;
   const char *fail = NULL;
-  float x[3][E], bias[E], y[E];
+  enum { DEEP = 8 };
+  float x[DEEP][E], bias[E], y[E];
   for (int i = 0; i < E; i++) {
-    for (int k = 0; k < 3; k++) x[k][i] = (float)(i * (k + 1)) - 11.0f;
+    for (int k = 0; k < DEEP; k++) x[k][i] = (float)(i * (k + 1)) - 11.0f;
     bias[i] = 0.5f * (float)i;
   }
   /* checks y against x[k] + bias; sets why and jumps out on a mismatch */
@@ -582,6 +584,17 @@ static const char *probe_exec_io(cf_plugin *p, uint32_t dev, char *why, size_t n
     CF_OK_OR(a->graph_run(p->dev, e), "graph_run without new inputs");
     CF_OK_OR(a->exec_read(p->dev, e, 2, 0, y, sizeof y), "exec_read(y, back 0)");
     CF_EXPECT_Y(2, "a run without new inputs");
+  }
+  uint32_t deep = depth < DEEP ? depth : DEEP;
+  for (uint32_t k = 0; k < deep; k++) {
+    CF_OK_OR(a->exec_write(p->dev, e, 0, x[k], sizeof x[k]), "exec_write(x)");
+    CF_OK_OR(a->graph_run(p->dev, e), "graph_run");
+  }
+  for (uint32_t back = 0; back < deep; back++) {
+    char what[64];
+    snprintf(what, sizeof what, "exec_read(y, back %u) of %u runs queued", back, deep);
+    CF_OK_OR(a->exec_read(p->dev, e, 2, back, y, sizeof y), what);
+    CF_EXPECT_Y(deep - 1 - back, what);
   }
   const char *r = cf_expect_refusal(CF_CALL(a->exec_read(p->dev, e, 0, 0, y, sizeof y)),
                                     "exec_read(an input tensor)", why, n);
