@@ -1294,6 +1294,115 @@ Test(profile, silent_without_the_variable) {
   free(out);
 }
 
+/* ---- a matmul fused with the add of its product (plugin.c, fuse_accumulate) --
+ * t = a @ b then out = t + acc (or acc + t), t read by nothing else: the
+ * GEMM adds into out itself. The bits must be those of the two nodes
+ * (KILN_CPU_FUSE=0 runs them apart), the profile must say the add was
+ * fused (else this would pass without testing it), and the layouts that
+ * must not be fused are not: K past one GEMM pass, t read later or read by
+ * the host. */
+
+typedef struct acc_case {
+  const char *what;
+  int64_t M, N, K;
+  int ta;               /* a is [K, M] (dW = h^T dgates) */
+  int acc_first;        /* out = acc + t */
+  int in_place;         /* out is acc's bytes */
+  int t_output;         /* t flagged OUTPUT: the host reads it */
+  int t_read_later;     /* a third node reads t */
+  int want_fused;
+} acc_case;
+
+/* Builds and runs the case (fuse 0: under KILN_CPU_FUSE=0) on a, b, acc;
+ * reads out into `out` (and t into `t` when the host may read it).
+ * Returns whether the profile reported a fused node. */
+static int acc_run(const acc_case *c, int fuse, const float *a, const float *b, const float *acc,
+                   float *out, float *t) {
+  ph_graph g;
+  ph_graph_init(&g, &P);
+  int ia = ph_tensor(&g, KILN_F32, 2, c->ta ? (int64_t[]){c->K, c->M} : (int64_t[]){c->M, c->K});
+  int ib = ph_tensor(&g, KILN_F32, 2, (int64_t[]){c->K, c->N});
+  int iacc = ph_tensor(&g, KILN_F32, 2, (int64_t[]){c->M, c->N});
+  int it = ph_tensor(&g, KILN_F32, 2, (int64_t[]){c->M, c->N});
+  int iout = c->in_place ? iacc : ph_tensor(&g, KILN_F32, 2, (int64_t[]){c->M, c->N});
+  int ir = c->t_read_later ? ph_tensor(&g, KILN_F32, 2, (int64_t[]){c->M, c->N}) : -1;
+  g.tensors[it].flags = c->t_output ? KILN_PTENSOR_OUTPUT : 0;
+  ph_node(&g, KILN_OP_MATMUL, 2, (int[]){ia, ib}, it, (int64_t[8]){c->ta, 0}, NULL);
+  ph_node(&g, KILN_OP_ADD, 2, c->acc_first ? (int[]){iacc, it} : (int[]){it, iacc}, iout, NULL,
+          NULL);
+  if (ir >= 0) ph_node(&g, KILN_OP_RELU, 1, (int[]){it}, ir, NULL, NULL);
+  if (!fuse) setenv("KILN_CPU_FUSE", "0", 1);
+  setenv("KILN_PROFILE", "1", 1);
+  kiln_status st = ph_compile(&g);
+  unsetenv("KILN_PROFILE");
+  unsetenv("KILN_CPU_FUSE");
+  cr_assert_eq(st, KILN_OK, "%s: compile: %s", c->what, ph_error());
+  cr_assert_eq(ph_write(&g, ia, a), KILN_OK, "%s", ph_error());
+  cr_assert_eq(ph_write(&g, ib, b), KILN_OK, "%s", ph_error());
+  cr_assert_eq(ph_write(&g, iacc, acc), KILN_OK, "%s", ph_error());
+  cr_assert_eq(ph_run(&g), KILN_OK, "%s: run: %s", c->what, ph_error());
+  cr_assert_eq(ph_read(&g, iout, out), KILN_OK, "%s", ph_error());
+  if (c->t_output || c->t_read_later)
+    cr_assert_eq(ph_read(&g, it, t), KILN_OK, "%s", ph_error());
+  tu_capture cap;
+  tu_stderr_begin(&cap);
+  ph_graph_free(&g);   /* prints the profile */
+  char *report = tu_stderr_end(&cap);
+  cr_assert_not_null(report);
+  int fused = strstr(report, "fused into the node before") != NULL;
+  free(report);
+  return fused;
+}
+
+static void check_acc(const acc_case *c) {
+  int64_t na = c->M * c->K, nb = c->K * c->N, nc = c->M * c->N;
+  float *a = rnd(na, 501, -1, 1), *b = rnd(nb, 502, -1, 1), *acc = rnd(nc, 503, -4, 4);
+  float *out[2], *t[2];
+  for (int k = 0; k < 2; k++) {
+    out[k] = malloc((size_t)nc * sizeof(float));
+    t[k] = malloc((size_t)nc * sizeof(float));
+    cr_assert(out[k] && t[k]);
+  }
+  int fused = acc_run(c, 1, a, b, acc, out[0], t[0]);
+  cr_assert_eq(fused, c->want_fused, "%s: the profile %s the add fused", c->what,
+               c->want_fused ? "does not say" : "says");
+  cr_assert_not(acc_run(c, 0, a, b, acc, out[1], t[1]), "%s: fused under KILN_CPU_FUSE=0",
+                c->what);
+  cr_assert_eq(memcmp(out[0], out[1], (size_t)nc * sizeof(float)), 0,
+               "%s: fused and unfused sums differ", c->what);
+  if (c->t_output || c->t_read_later)
+    cr_assert_eq(memcmp(t[0], t[1], (size_t)nc * sizeof(float)), 0, "%s: the product differs",
+                 c->what);
+  double *ref = malloc((size_t)nc * sizeof *ref), *scale = malloc((size_t)nc * sizeof *scale);
+  cr_assert(ref && scale);
+  for (int64_t i = 0; i < c->M; i++)
+    for (int64_t j = 0; j < c->N; j++) {
+      double s = 0, m = 0;
+      for (int64_t k = 0; k < c->K; k++) {
+        double x = c->ta ? a[k * c->M + i] : a[i * c->K + k];
+        s += x * b[k * c->N + j];
+        m += fabs(x * b[k * c->N + j]);
+      }
+      ref[i * c->N + j] = s + acc[i * c->N + j];
+      scale[i * c->N + j] = m + fabs(acc[i * c->N + j]);
+    }
+  check_close(c->what, out[0], ref, scale, nc, 1e-5, 1e-6);
+  free(ref), free(scale), free(a), free(b), free(acc);
+  for (int k = 0; k < 2; k++) free(out[k]), free(t[k]);
+}
+
+static void check_matmul_accumulate(void) {
+  static const acc_case cases[] = {
+      {"in place, t + acc", 37, 45, 29, 0, 0, 1, 0, 0, 1},
+      {"in place, acc + t, a transposed (dW)", 64, 48, 50, 1, 1, 1, 0, 0, 1},
+      {"out apart from acc", 50, 128, 384, 0, 0, 0, 0, 0, 1},
+      {"K past one pass (385)", 13, 17, 385, 0, 0, 1, 0, 0, 0},
+      {"t read by a later node", 9, 11, 7, 0, 0, 1, 0, 1, 0},
+      {"t read by the host", 9, 11, 7, 0, 0, 1, 1, 0, 0},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) check_acc(&cases[i]);
+}
+
 /* ---- suites: the same checks with 2 threads and with 1 ------------------- */
 
 #define OP_TEST(suite, name, fn, opener) \
@@ -1314,6 +1423,7 @@ Test(profile, silent_without_the_variable) {
   OP_TEST(suite, optimizers, t_optim, opener)                       \
   OP_TEST(suite, graph_aliasing, t_graphs, opener)                  \
   OP_TEST(suite, shared_packed_b, t_shared_b, opener)               \
+  OP_TEST(suite, matmul_accumulate, check_matmul_accumulate, opener) \
   OP_TEST(suite, validation_ops, t_validation, opener)              \
   OP_TEST(suite, validation_optimizers, t_validation_optim, opener) \
   OP_TEST(suite, validation_tensors, t_validation_tensors, opener)  \

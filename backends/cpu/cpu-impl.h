@@ -99,6 +99,11 @@ typedef struct kcpu_node {
    * as soon as that range holds its final values, while they are still in
    * cache (kcpu_node_done), and the fused node's own step does nothing. */
   const struct kcpu_node *epi;
+  /* MATMUL fused with the ADD after it (plugin.c, fuse_accumulate; NULL:
+   * none): the GEMM adds its product into acc_out (beta = 1), after
+   * copying acc_in there unless they are the same bytes, and its own
+   * output is not written. */
+  const kcpu_tensor *acc_in, *acc_out;
 } kcpu_node;
 
 /* ---- instruction sets (isa.c) --------------------------------------------
@@ -145,6 +150,10 @@ static inline int kcpu_isa_x86_simd(void) {
 void kcpu_sgemm(kcpu_pool *pool, int trans_a, int trans_b, int64_t M, int64_t N, int64_t K,
                 float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
                 float beta, float *C, int64_t ldc);
+/* The most K that kcpu_sgemm sums in one pass: up to it, C = P + beta * C
+ * with the whole product P rounded once, so beta = 1 gives the bits of a
+ * GEMM into a fresh C followed by C + acc. */
+int64_t kcpu_sgemm_kc(void);
 
 /* B packed whole, for kcpu_sgemm_packed: kcpu_sgemm_packed_b_floats(N, K)
  * floats, filled by kcpu_sgemm_pack_b from op(B) [K, N] (B as for

@@ -495,6 +495,8 @@ void kcpu_sgemm_apacked_with(const kcpu_gemm_kernel *gk, kcpu_pool *pool, int64_
 
 /* ---- the kernel of kcpu_isa_active --------------------------------------- */
 
+int64_t kcpu_sgemm_kc(void) { return KC; }
+
 int64_t kcpu_sgemm_packed_a_floats(int64_t M, int64_t K) {
   return kcpu_sgemm_packed_a_floats_with(kcpu_gemm_kernel_for(kcpu_isa_active, M), M, K);
 }

@@ -13,6 +13,8 @@
  * A 2-D B that several nodes multiply is packed once per run (plugin.c
  * sets packed_b); the results are the same.
  */
+#include <string.h>
+
 #include "cpu-impl.h"
 
 /* Below this many multiply-adds per batch, parallelise over batches. */
@@ -106,11 +108,24 @@ void kcpu_matmul(kcpu_pool *pool, const kcpu_node *n) {
   p.M = y->shape[y->ndim - 2];
   p.N = y->shape[y->ndim - 1];
   p.K = a->shape[a->ndim - 1 - p.ta];
+  float *Y = y->data, beta = 0.0f;
+  if (n->acc_out) {    /* y = this product + acc_in, into acc_out (2-D only) */
+    if (n->acc_in->data != n->acc_out->data)
+      memcpy(n->acc_out->data, n->acc_in->data, (size_t)y->numel * sizeof(float));
+    Y = n->acc_out->data;
+    beta = 1.0f;
+  }
   if (n->packed_b) {   /* B shared with other matmuls of the graph (plugin.c) */
     if (y->numel == 0) return;
     if (n->pack_b) kcpu_sgemm_pack_b(pool, p.tb, p.N, p.K, b->data, p.tb ? p.K : p.N, n->packed_b);
-    kcpu_sgemm_packed(pool, p.ta, p.M, p.N, p.K, 1.0f, a->data, p.ta ? p.M : p.K, n->packed_b, 0.0f,
-                      y->data, p.N);
+    kcpu_sgemm_packed(pool, p.ta, p.M, p.N, p.K, 1.0f, a->data, p.ta ? p.M : p.K, n->packed_b, beta,
+                      Y, p.N);
+    return;
+  }
+  if (n->acc_out) {
+    if (y->numel == 0) return;
+    kcpu_sgemm(pool, p.ta, p.tb, p.M, p.N, p.K, 1.0f, a->data, p.ta ? p.M : p.K, b->data,
+               p.tb ? p.K : p.N, beta, Y, p.N);
     return;
   }
   p.nb = y->ndim - 2;

@@ -757,6 +757,61 @@ static void fuse_epilogues(kiln_plugin_exec *exec) {
   }
 }
 
+/* Whether a step from `from` on reads bytes of t before a step overwrites
+ * all of them (conservatively: any overlap counts as a read). */
+static int read_later(const kiln_plugin_exec *exec, uint32_t from, const kcpu_tensor *t) {
+  const char *t0 = t->data, *t1 = t0 + (size_t)t->numel * 4;
+  for (uint32_t j = from; j < exec->n_steps; j++) {
+    const kcpu_step *s = &exec->steps[j];
+    for (int k = 0; k < s->node.n_inputs; k++)
+      if (overlaps(&s->node.in[k], t)) return 1;
+    const char *o0 = s->node.out.data, *o1 = o0 + (size_t)s->node.out.numel * 4;
+    if (!s->scratch && o0 <= t0 && o1 >= t1) return 0;
+  }
+  return 0;
+}
+
+/* A 2-D MATMUL whose product only the next step reads, an ADD of that
+ * product and an accumulator of its shape (autodiff's sum of a weight's
+ * gradients, one per use: an LSTM's dW over its time steps), computes the
+ * sum itself: the GEMM adds into the ADD's output (beta = 1) instead of
+ * writing the product for the ADD to read back, and the ADD's step does
+ * nothing. With K within one GEMM pass (kcpu_sgemm_kc) the product is
+ * rounded once and added once, as the ADD did: the same bits. The product
+ * must not be an output or persistent, and the sum must not overlap the
+ * GEMM's operands (it is written while they are read). */
+static void fuse_accumulate(kiln_plugin_exec *exec, const kiln_plugin_graph *graph) {
+  if (fuse_off()) return;
+  for (uint32_t i = 0; i + 1 < exec->n_steps; i++) {
+    kcpu_step *s = &exec->steps[i], *e = &exec->steps[i + 1];
+    kcpu_node *p = &s->node;
+    const kcpu_node *q = &e->node;
+    if (p->op != KILN_OP_MATMUL || !kcpu_matmul_shares_b(p) || q->op != KILN_OP_ADD ||
+        q->n_inputs != 2 || s->fused || e->fused || s->scratch || e->scratch || p->epi ||
+        p->out.numel == 0)
+      continue;
+    int64_t K = p->in[0].shape[p->ip[0] ? 0 : 1];
+    if (K < 1 || K > kcpu_sgemm_kc()) continue;
+    int t = q->in[0].data == p->out.data && q->in[0].numel == p->out.numel   ? 0
+            : q->in[1].data == p->out.data && q->in[1].numel == p->out.numel ? 1
+                                                                             : -1;
+    if (t < 0) continue;
+    const kcpu_tensor *acc = &q->in[1 - t];
+    if (!kcpu_same_shape(acc, &p->out) || !kcpu_same_shape(&q->out, &p->out) ||
+        overlaps(acc, &p->out) || !same_or_apart(&q->out, acc) || overlaps(&q->out, &p->in[0]) ||
+        overlaps(&q->out, &p->in[1]))
+      continue;
+    const kiln_plugin_node *pn = kiln_plugin_graph_node(graph, i);
+    if (kiln_plugin_graph_tensor(graph, pn->output)->flags &
+        (KILN_PTENSOR_OUTPUT | KILN_PTENSOR_PERSISTENT))
+      continue;
+    if (read_later(exec, i + 2, &p->out)) continue;
+    p->acc_in = acc;
+    p->acc_out = &q->out;
+    e->fused = 1;
+  }
+}
+
 static kiln_status cpu_graph_compile(kiln_plugin_device *dev, const kiln_plugin_graph *graph,
                                      kiln_plugin_exec **out) {
   kiln_status st;
@@ -789,6 +844,7 @@ static kiln_status cpu_graph_compile(kiln_plugin_device *dev, const kiln_plugin_
   exec->n_steps = graph->n_nodes;
   share_packed_b(exec);
   fuse_epilogues(exec);
+  fuse_accumulate(exec, graph);
   if (kcpu_profile_enabled())   /* without memory for it, no profile */
     exec->prof_ns = kcpu_calloc(exec->n_steps ? exec->n_steps : 1, sizeof *exec->prof_ns);
   *out = exec;
