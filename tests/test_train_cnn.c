@@ -705,11 +705,13 @@ static void record_progress(const kiln_progress *p, void *user) {
   c->n++;
 }
 
-/* Trains the CNN (seed 1, Adam, batch 64) for one epoch of `ds` on
+/* Trains the CNN (seed 1, Adam, `batch`) for one epoch of `ds` on
  * `backend`, recording the progress; fills the epoch's and a test
- * evaluation's stats. Returns 0 (after cr_skip_test) without the device. */
-static int cnn_epoch_on(const char *backend, const kiln_dataset *ds, const kiln_dataset *te,
-                        loss_curve *curve, kiln_epoch_stats *ts, kiln_epoch_stats *es) {
+ * evaluation's stats, and with logits non-NULL predicts te into it.
+ * Returns 0 (after cr_skip_test) without the device. */
+static int cnn_epoch_on(const char *backend, int batch, const kiln_dataset *ds,
+                        const kiln_dataset *te, loss_curve *curve, kiln_epoch_stats *ts,
+                        kiln_epoch_stats *es, float *logits) {
   kiln_context *ctx;
   kiln_device *dev;
   OK(kiln_context_create(NULL, &ctx));
@@ -724,10 +726,11 @@ static int cnn_epoch_on(const char *backend, const kiln_dataset *ds, const kiln_
   kiln_trainer *t;
   OK(kiln_model_mnist_cnn(dev, 1, &m));
   OK(kiln_optimizer_defaults(KILN_OPTIM_ADAM, &adam));
-  OK(kiln_trainer_create(m, &adam, 64, 1, &t));
+  OK(kiln_trainer_create(m, &adam, batch, 1, &t));
   memset(curve, 0, sizeof *curve);
   OK(kiln_trainer_fit_epoch(t, ds, record_progress, curve, ts));
   OK(kiln_trainer_evaluate(t, te, es));
+  if (logits) OK(kiln_trainer_predict(t, te, logits, (size_t)te->n * 10));
   kiln_trainer_destroy(t);
   kiln_model_destroy(m);
   kiln_device_close(dev);
@@ -748,8 +751,8 @@ Test(nn_train, vulkan_loss_curve_tracks_cpu, .timeout = 900) {
   kiln_dataset tr = dataset(&train), te = dataset(&test);
   loss_curve cc, vc;
   kiln_epoch_stats cts, ces, vts, ves;
-  cnn_epoch_on("cpu", &tr, &te, &cc, &cts, &ces);
-  if (cnn_epoch_on("vulkan", &tr, &te, &vc, &vts, &ves)) {
+  cnn_epoch_on("cpu", 64, &tr, &te, &cc, &cts, &ces, NULL);
+  if (cnn_epoch_on("vulkan", 64, &tr, &te, &vc, &vts, &ves, NULL)) {
     cr_assert_eq(vc.n, 4, "progress calls: %d, want 4 (one per batch)", vc.n);
     cr_assert_eq(cc.n, 4);
     static const int64_t samples[4] = {64, 128, 192, 200};
@@ -776,35 +779,15 @@ Test(nn_train, vulkan_loss_curve_tracks_cpu, .timeout = 900) {
 }
 
 /* One epoch of batch 16 on 116 images (7 full batches and a tail of 4),
- * then the test loss and predict() on them, with the Vulkan executables
- * keeping `frames` runs ($KILN_VK_FRAMES). Returns 0 without the device. */
+ * then the loss of and predict() on the same images, with the Vulkan
+ * executables keeping `frames` runs ($KILN_VK_FRAMES). Returns 0 without
+ * the device. */
 static int frames_run(const char *frames, const kiln_dataset *ds, loss_curve *curve,
                       kiln_epoch_stats *ts, kiln_epoch_stats *es, float *logits) {
-  kiln_context *ctx;
-  kiln_device *dev;
-  OK(kiln_context_create(NULL, &ctx));
-  if (kiln_device_open(ctx, "vulkan", -1, &dev) != KILN_OK) {
-    kiln_context_destroy(ctx);
-    cr_skip_test("no vulkan device on this machine (%s)", kiln_last_error());
-    return 0;
-  }
   setenv("KILN_VK_FRAMES", frames, 1);
-  kiln_model *m;
-  kiln_optimizer_config adam;
-  kiln_trainer *t;
-  OK(kiln_model_mnist_cnn(dev, 1, &m));
-  OK(kiln_optimizer_defaults(KILN_OPTIM_ADAM, &adam));
-  OK(kiln_trainer_create(m, &adam, 16, 1, &t));
-  memset(curve, 0, sizeof *curve);
-  OK(kiln_trainer_fit_epoch(t, ds, record_progress, curve, ts));
-  OK(kiln_trainer_evaluate(t, ds, es));
-  OK(kiln_trainer_predict(t, ds, logits, (size_t)ds->n * 10));
+  int ran = cnn_epoch_on("vulkan", 16, ds, ds, curve, ts, es, logits);
   unsetenv("KILN_VK_FRAMES");
-  kiln_trainer_destroy(t);
-  kiln_model_destroy(m);
-  kiln_device_close(dev);
-  kiln_context_destroy(ctx);
-  return 1;
+  return ran;
 }
 
 /* The trainer reads batches in flight in groups once the device keeps
