@@ -1294,24 +1294,40 @@ Test(profile, silent_without_the_variable) {
   free(out);
 }
 
-/* ---- a matmul fused with the add of its product (plugin.c, fuse_accumulate) --
- * t = a @ b then out = t + acc (or acc + t), t read by nothing else: the
- * GEMM adds into out itself. The bits must be those of the two nodes
- * (KILN_CPU_FUSE=0 runs them apart), the profile must say the add was
- * fused (else this would pass without testing it), and the layouts that
- * must not be fused are not: K past one GEMM pass, t read later or read by
- * the host. */
+/* ---- a node fused with the add of its result (plugin.c, fuse_accumulate) ---
+ * t = a @ b (or t = slice_backward(a), a zero-padded into t) then out =
+ * t + acc (or acc + t), t read by nothing else: the node adds into out
+ * itself. The bits must be those of the two nodes (KILN_CPU_FUSE=0 runs
+ * them apart; acc holds negative zeros, which acc + 0 turns into +0), the
+ * profile must say the add was fused (else this would pass without testing
+ * it), and the layouts that must not be fused are not: K past one GEMM
+ * pass, t read later or read by the host. */
 
 typedef struct acc_case {
   const char *what;
-  int64_t M, N, K;
-  int ta;               /* a is [K, M] (dW = h^T dgates) */
+  int64_t M, N, K;      /* t [M, N]; matmul: a [M, K] @ b [K, N] */
+  int ta;               /* matmul: a is [K, M] (dW = h^T dgates) */
+  int slice_axis;       /* 0 or 1: t = slice_backward(a) along it, at K, of length L */
+  int64_t L;
   int acc_first;        /* out = acc + t */
   int in_place;         /* out is acc's bytes */
   int t_output;         /* t flagged OUTPUT: the host reads it */
   int t_read_later;     /* a third node reads t */
   int want_fused;
 } acc_case;
+
+static int acc_is_slice(const acc_case *c) { return c->L > 0; }
+
+/* a's shape: [M, K] or [K, M] (matmul), the slice of t (slice_backward). */
+static void acc_a_shape(const acc_case *c, int64_t sh[2]) {
+  if (acc_is_slice(c)) {
+    sh[0] = c->slice_axis == 0 ? c->L : c->M;
+    sh[1] = c->slice_axis == 0 ? c->N : c->L;
+  } else {
+    sh[0] = c->ta ? c->K : c->M;
+    sh[1] = c->ta ? c->M : c->K;
+  }
+}
 
 /* Builds and runs the case (fuse 0: under KILN_CPU_FUSE=0) on a, b, acc;
  * reads out into `out` (and t into `t` when the host may read it).
@@ -1320,14 +1336,20 @@ static int acc_run(const acc_case *c, int fuse, const float *a, const float *b, 
                    float *out, float *t) {
   ph_graph g;
   ph_graph_init(&g, &P);
-  int ia = ph_tensor(&g, KILN_F32, 2, c->ta ? (int64_t[]){c->K, c->M} : (int64_t[]){c->M, c->K});
-  int ib = ph_tensor(&g, KILN_F32, 2, (int64_t[]){c->K, c->N});
-  int iacc = ph_tensor(&g, KILN_F32, 2, (int64_t[]){c->M, c->N});
-  int it = ph_tensor(&g, KILN_F32, 2, (int64_t[]){c->M, c->N});
-  int iout = c->in_place ? iacc : ph_tensor(&g, KILN_F32, 2, (int64_t[]){c->M, c->N});
-  int ir = c->t_read_later ? ph_tensor(&g, KILN_F32, 2, (int64_t[]){c->M, c->N}) : -1;
+  int64_t ash[2], mn[2] = {c->M, c->N};
+  acc_a_shape(c, ash);
+  int ia = ph_tensor(&g, KILN_F32, 2, ash);
+  int ib = acc_is_slice(c) ? -1 : ph_tensor(&g, KILN_F32, 2, (int64_t[]){c->K, c->N});
+  int iacc = ph_tensor(&g, KILN_F32, 2, mn);
+  int it = ph_tensor(&g, KILN_F32, 2, mn);
+  int iout = c->in_place ? iacc : ph_tensor(&g, KILN_F32, 2, mn);
+  int ir = c->t_read_later ? ph_tensor(&g, KILN_F32, 2, mn) : -1;
   g.tensors[it].flags = c->t_output ? KILN_PTENSOR_OUTPUT : 0;
-  ph_node(&g, KILN_OP_MATMUL, 2, (int[]){ia, ib}, it, (int64_t[8]){c->ta, 0}, NULL);
+  if (acc_is_slice(c))
+    ph_node(&g, KILN_OP_SLICE_BACKWARD, 1, (int[]){ia}, it, (int64_t[8]){c->slice_axis, c->K, c->L},
+            NULL);
+  else
+    ph_node(&g, KILN_OP_MATMUL, 2, (int[]){ia, ib}, it, (int64_t[8]){c->ta, 0}, NULL);
   ph_node(&g, KILN_OP_ADD, 2, c->acc_first ? (int[]){iacc, it} : (int[]){it, iacc}, iout, NULL,
           NULL);
   if (ir >= 0) ph_node(&g, KILN_OP_RELU, 1, (int[]){it}, ir, NULL, NULL);
@@ -1338,7 +1360,7 @@ static int acc_run(const acc_case *c, int fuse, const float *a, const float *b, 
   unsetenv("KILN_CPU_FUSE");
   cr_assert_eq(st, KILN_OK, "%s: compile: %s", c->what, ph_error());
   cr_assert_eq(ph_write(&g, ia, a), KILN_OK, "%s", ph_error());
-  cr_assert_eq(ph_write(&g, ib, b), KILN_OK, "%s", ph_error());
+  if (ib >= 0) cr_assert_eq(ph_write(&g, ib, b), KILN_OK, "%s", ph_error());
   cr_assert_eq(ph_write(&g, iacc, acc), KILN_OK, "%s", ph_error());
   cr_assert_eq(ph_run(&g), KILN_OK, "%s: run: %s", c->what, ph_error());
   cr_assert_eq(ph_read(&g, iout, out), KILN_OK, "%s", ph_error());
@@ -1354,9 +1376,32 @@ static int acc_run(const acc_case *c, int fuse, const float *a, const float *b, 
   return fused;
 }
 
+/* t's element (i, j) as the two nodes define it, in double. */
+static double acc_t_ref(const acc_case *c, const float *a, const float *b, int64_t i, int64_t j,
+                        double *mag) {
+  if (acc_is_slice(c)) {
+    int64_t r = c->slice_axis == 0 ? i - c->K : j - c->K;
+    if (r < 0 || r >= c->L) return *mag = 0;
+    double v = c->slice_axis == 0 ? a[r * c->N + j] : a[i * c->L + r];
+    *mag = fabs(v);
+    return v;
+  }
+  double s = 0, m = 0;
+  for (int64_t k = 0; k < c->K; k++) {
+    double x = c->ta ? a[k * c->M + i] : a[i * c->K + k];
+    s += x * b[k * c->N + j];
+    m += fabs(x * b[k * c->N + j]);
+  }
+  *mag = m;
+  return s;
+}
+
 static void check_acc(const acc_case *c) {
-  int64_t na = c->M * c->K, nb = c->K * c->N, nc = c->M * c->N;
+  int64_t ash[2];
+  acc_a_shape(c, ash);
+  int64_t na = ash[0] * ash[1], nb = acc_is_slice(c) ? 1 : c->K * c->N, nc = c->M * c->N;
   float *a = rnd(na, 501, -1, 1), *b = rnd(nb, 502, -1, 1), *acc = rnd(nc, 503, -4, 4);
+  for (int64_t i = 0; i < nc; i += 7) acc[i] = -0.0f;
   float *out[2], *t[2];
   for (int k = 0; k < 2; k++) {
     out[k] = malloc((size_t)nc * sizeof(float));
@@ -1371,19 +1416,13 @@ static void check_acc(const acc_case *c) {
   cr_assert_eq(memcmp(out[0], out[1], (size_t)nc * sizeof(float)), 0,
                "%s: fused and unfused sums differ", c->what);
   if (c->t_output || c->t_read_later)
-    cr_assert_eq(memcmp(t[0], t[1], (size_t)nc * sizeof(float)), 0, "%s: the product differs",
-                 c->what);
+    cr_assert_eq(memcmp(t[0], t[1], (size_t)nc * sizeof(float)), 0, "%s: t differs", c->what);
   double *ref = malloc((size_t)nc * sizeof *ref), *scale = malloc((size_t)nc * sizeof *scale);
   cr_assert(ref && scale);
   for (int64_t i = 0; i < c->M; i++)
     for (int64_t j = 0; j < c->N; j++) {
-      double s = 0, m = 0;
-      for (int64_t k = 0; k < c->K; k++) {
-        double x = c->ta ? a[k * c->M + i] : a[i * c->K + k];
-        s += x * b[k * c->N + j];
-        m += fabs(x * b[k * c->N + j]);
-      }
-      ref[i * c->N + j] = s + acc[i * c->N + j];
+      double m, v = acc_t_ref(c, a, b, i, j, &m);
+      ref[i * c->N + j] = v + acc[i * c->N + j];
       scale[i * c->N + j] = m + fabs(acc[i * c->N + j]);
     }
   check_close(c->what, out[0], ref, scale, nc, 1e-5, 1e-6);
@@ -1391,14 +1430,19 @@ static void check_acc(const acc_case *c) {
   for (int k = 0; k < 2; k++) free(out[k]), free(t[k]);
 }
 
-static void check_matmul_accumulate(void) {
+static void check_add_fusion(void) {
+  /* what, M, N, K, ta, slice_axis, L, acc_first, in_place, t_output, t_read_later, fused */
   static const acc_case cases[] = {
-      {"in place, t + acc", 37, 45, 29, 0, 0, 1, 0, 0, 1},
-      {"in place, acc + t, a transposed (dW)", 64, 48, 50, 1, 1, 1, 0, 0, 1},
-      {"out apart from acc", 50, 128, 384, 0, 0, 0, 0, 0, 1},
-      {"K past one pass (385)", 13, 17, 385, 0, 0, 1, 0, 0, 0},
-      {"t read by a later node", 9, 11, 7, 0, 0, 1, 0, 1, 0},
-      {"t read by the host", 9, 11, 7, 0, 0, 1, 1, 0, 0},
+      {"matmul in place, t + acc", 37, 45, 29, 0, 0, 0, 0, 1, 0, 0, 1},
+      {"matmul in place, acc + t, a transposed (dW)", 64, 48, 50, 1, 0, 0, 1, 1, 0, 0, 1},
+      {"matmul, out apart from acc", 50, 128, 384, 0, 0, 0, 0, 0, 0, 0, 1},
+      {"matmul, K past one pass (385)", 13, 17, 385, 0, 0, 0, 0, 1, 0, 0, 0},
+      {"matmul, t read by a later node", 9, 11, 7, 0, 0, 0, 0, 1, 0, 1, 0},
+      {"matmul, t read by the host", 9, 11, 7, 0, 0, 0, 0, 1, 1, 0, 0},
+      {"slice_backward in place, a gate of [50, 4x128]", 50, 512, 256, 0, 1, 128, 0, 1, 0, 0, 1},
+      {"slice_backward, acc + t, out apart, axis 0", 23, 19, 5, 0, 0, 11, 1, 0, 0, 0, 1},
+      {"slice_backward at the start, odd sizes", 7, 33, 0, 0, 1, 13, 0, 1, 0, 0, 1},
+      {"slice_backward, t read by a later node", 7, 33, 20, 0, 1, 13, 0, 1, 0, 1, 0},
   };
   for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) check_acc(&cases[i]);
 }
@@ -1423,7 +1467,7 @@ static void check_matmul_accumulate(void) {
   OP_TEST(suite, optimizers, t_optim, opener)                       \
   OP_TEST(suite, graph_aliasing, t_graphs, opener)                  \
   OP_TEST(suite, shared_packed_b, t_shared_b, opener)               \
-  OP_TEST(suite, matmul_accumulate, check_matmul_accumulate, opener) \
+  OP_TEST(suite, add_fusion, check_add_fusion, opener)              \
   OP_TEST(suite, validation_ops, t_validation, opener)              \
   OP_TEST(suite, validation_optimizers, t_validation_optim, opener) \
   OP_TEST(suite, validation_tensors, t_validation_tensors, opener)  \

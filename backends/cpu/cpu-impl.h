@@ -99,10 +99,10 @@ typedef struct kcpu_node {
    * as soon as that range holds its final values, while they are still in
    * cache (kcpu_node_done), and the fused node's own step does nothing. */
   const struct kcpu_node *epi;
-  /* MATMUL fused with the ADD after it (plugin.c, fuse_accumulate; NULL:
-   * none): the GEMM adds its product into acc_out (beta = 1), after
-   * copying acc_in there unless they are the same bytes, and its own
-   * output is not written. */
+  /* MATMUL or SLICE_BACKWARD fused with the ADD after it (plugin.c,
+   * fuse_accumulate; NULL: none): the node writes acc_out = its result +
+   * acc_in (the GEMM with beta = 1, after copying acc_in there unless they
+   * are the same bytes), and its own output is not written. */
   const kcpu_tensor *acc_in, *acc_out;
 } kcpu_node;
 

@@ -771,36 +771,43 @@ static int read_later(const kiln_plugin_exec *exec, uint32_t from, const kcpu_te
   return 0;
 }
 
-/* A 2-D MATMUL whose product only the next step reads, an ADD of that
- * product and an accumulator of its shape (autodiff's sum of a weight's
- * gradients, one per use: an LSTM's dW over its time steps), computes the
- * sum itself: the GEMM adds into the ADD's output (beta = 1) instead of
- * writing the product for the ADD to read back, and the ADD's step does
- * nothing. With K within one GEMM pass (kcpu_sgemm_kc) the product is
- * rounded once and added once, as the ADD did: the same bits. The product
- * must not be an output or persistent, and the sum must not overlap the
- * GEMM's operands (it is written while they are read). */
+/* A node whose result only the next step reads, an ADD of that result
+ * and an accumulator of its shape (autodiff's sum of a tensor's gradients,
+ * one per use), computes the sum itself, and the ADD's step does nothing:
+ * - a 2-D MATMUL (an LSTM's dW over its time steps): the GEMM adds into the
+ *   ADD's output (beta = 1) instead of writing the product for the ADD to
+ *   read back. With K within one GEMM pass (kcpu_sgemm_kc) the product is
+ *   rounded once and added once, as the ADD did: the same bits.
+ * - a SLICE_BACKWARD (the gradient of one of an LSTM's four gates, or of
+ *   q, k or v): acc + dy inside the slice and acc + 0 outside, the ADD's
+ *   own sums, without the zero-padded tensor in between.
+ * The result must not be an output or persistent, and the sum must not
+ * overlap the node's inputs (it is written while they are read). */
 static void fuse_accumulate(kiln_plugin_exec *exec, const kiln_plugin_graph *graph) {
   if (fuse_off()) return;
   for (uint32_t i = 0; i + 1 < exec->n_steps; i++) {
     kcpu_step *s = &exec->steps[i], *e = &exec->steps[i + 1];
     kcpu_node *p = &s->node;
     const kcpu_node *q = &e->node;
-    if (p->op != KILN_OP_MATMUL || !kcpu_matmul_shares_b(p) || q->op != KILN_OP_ADD ||
-        q->n_inputs != 2 || s->fused || e->fused || s->scratch || e->scratch || p->epi ||
-        p->out.numel == 0)
+    int mm = p->op == KILN_OP_MATMUL && kcpu_matmul_shares_b(p);
+    if ((!mm && p->op != KILN_OP_SLICE_BACKWARD) || q->op != KILN_OP_ADD || q->n_inputs != 2 ||
+        s->fused || e->fused || s->scratch || e->scratch || p->epi || p->out.numel == 0)
       continue;
-    int64_t K = p->in[0].shape[p->ip[0] ? 0 : 1];
-    if (K < 1 || K > kcpu_sgemm_kc()) continue;
+    if (mm) {
+      int64_t K = p->in[0].shape[p->ip[0] ? 0 : 1];
+      if (K < 1 || K > kcpu_sgemm_kc()) continue;
+    }
     int t = q->in[0].data == p->out.data && q->in[0].numel == p->out.numel   ? 0
             : q->in[1].data == p->out.data && q->in[1].numel == p->out.numel ? 1
                                                                              : -1;
     if (t < 0) continue;
     const kcpu_tensor *acc = &q->in[1 - t];
     if (!kcpu_same_shape(acc, &p->out) || !kcpu_same_shape(&q->out, &p->out) ||
-        overlaps(acc, &p->out) || !same_or_apart(&q->out, acc) || overlaps(&q->out, &p->in[0]) ||
-        overlaps(&q->out, &p->in[1]))
+        overlaps(acc, &p->out) || !same_or_apart(&q->out, acc))
       continue;
+    int apart = 1;
+    for (int k = 0; k < p->n_inputs; k++) apart &= !overlaps(&q->out, &p->in[k]);
+    if (!apart) continue;
     const kiln_plugin_node *pn = kiln_plugin_graph_node(graph, i);
     if (kiln_plugin_graph_tensor(graph, pn->output)->flags &
         (KILN_PTENSOR_OUTPUT | KILN_PTENSOR_PERSISTENT))

@@ -157,6 +157,21 @@ static void slice_slabs(void *arg, int64_t begin, int64_t end) {
   float *y = s->n->out.data;
   int fwd = s->n->op == KILN_OP_SLICE;
   size_t bytes = (size_t)(s->L * s->R) * sizeof *y;
+  if (s->n->acc_out) {
+    /* fused with the ADD after it (plugin.c, fuse_accumulate): acc + dx,
+     * element by element as the ADD did (acc + 0 outside the slice) */
+    const float *acc = s->n->acc_in->data;
+    float *out = s->n->acc_out->data;
+    int64_t row = s->D * s->R, lo = s->start * s->R, hi = (s->start + s->L) * s->R;
+    for (int64_t a = begin; a < end; a++) {
+      const float *ar = acc + a * row, *d = x + a * s->L * s->R;
+      float *o = out + a * row;
+      for (int64_t j = 0; j < lo; j++) o[j] = ar[j] + 0.0f;
+      for (int64_t j = lo; j < hi; j++) o[j] = ar[j] + d[j - lo];
+      for (int64_t j = hi; j < row; j++) o[j] = ar[j] + 0.0f;
+    }
+    return;
+  }
   for (int64_t a = begin; a < end; a++) {
     float *full = (float *)(fwd ? x : y) + (a * s->D + s->start) * s->R;
     float *part = (float *)(fwd ? y : x) + a * s->L * s->R;
