@@ -60,6 +60,7 @@ typedef struct nn_graph {
   kiln_node *logits;          /* [batch, classes] */
   kiln_node *loss;            /* scalar */
   int64_t runs;               /* runs submitted (the trainer's count, for reading back) */
+  int depth;                  /* runs it keeps in flight (nn_trainer.c: fly_depth) */
 } nn_graph;
 
 /* The most batches a trainer keeps in flight (nn_trainer.c: pending). */

@@ -47,6 +47,15 @@ static void graph_free(nn_graph *ng) {
   memset(ng, 0, sizeof *ng);
 }
 
+/* How many of ng's runs may be in flight: its outputs' depth, at most
+ * NN_FLY (1: read each run at once). */
+static int fly_depth(const nn_graph *ng) {
+  int d = kiln_compiled_output_depth(ng->c, ng->loss);
+  int dl = kiln_compiled_output_depth(ng->c, ng->logits);
+  if (dl < d) d = dl;
+  return d < NN_FLY ? d : NN_FLY;
+}
+
 /* Builds and compiles the training (train = 1) or evaluation graph for
  * `batch` samples into ng: its input x f32, or (u8) bytes that the graph
  * scales by xscale (KILN_OP_CAST) into the model's f32 input. */
@@ -101,6 +110,7 @@ static kiln_status graph_build(kiln_trainer *t, int train, int batch, int u8, fl
   }
   if (kiln_graph_status(g) != KILN_OK) goto graph_error;
   if ((st = kiln_graph_compile(g, m->dev, &ng->c)) != KILN_OK) goto fail;
+  ng->depth = fly_depth(ng);
   ng->batch = batch;
   ng->u8 = u8;
   ng->xscale = xscale;
@@ -260,9 +270,10 @@ static void gather(kiln_trainer *t, const nn_graph *ng, const kiln_dataset *ds,
  * logits (kiln_compiled_output_depth D >= 2: Vulkan), batches are submitted
  * ahead of reading them, so the device always has the next step queued
  * while the host reads the last ones and gathers the next: no stall between
- * steps. Once D are unread, all but the newest are read together, newest
- * first: one wait covers D - 1 steps (a wait costs the host a sleep and a
- * wake-up, more than the rest of a step on a fast device). Elsewhere (the
+ * steps. Once D are unread, all but the newest are read together after
+ * one wait for the newest of them: one wait covers D - 1 steps (a wait
+ * costs the host a sleep and a wake-up, more than the rest of a step on a
+ * fast device). Elsewhere (the
  * CPU plugin, whose runs finish before they return) each batch is read
  * right after its run. Results and their order are the same either way. */
 typedef struct pending {
@@ -272,19 +283,13 @@ typedef struct pending {
   int64_t run;                 /* its run of ng (ng->runs before the submit) */
 } pending;
 
+/* How many runs of its graph came after batch q's. */
+static int runs_back(const pending *q) { return (int)(q->ng->runs - 1 - q->run); }
+
 typedef struct flight {
   pending q[NN_FLY];           /* a ring, oldest at head; q[i]'s labels: t->yfly[i] */
   int head, n;
 } flight;
-
-/* How many of ng's runs may be in flight: its outputs' depth, at most
- * NN_FLY (1: read each run at once). */
-static int fly_depth(nn_graph *ng) {
-  int d = kiln_compiled_output_depth(ng->c, ng->loss);
-  int dl = kiln_compiled_output_depth(ng->c, ng->logits);
-  if (dl < d) d = dl;
-  return d < NN_FLY ? d : NN_FLY;
-}
 
 /* Uploads the gathered batch of `count` (xbuf, ybuf) and starts ng on it. */
 static kiln_status submit_batch(kiln_trainer *t, nn_graph *ng, int count) {
@@ -329,9 +334,8 @@ typedef struct tally {
  * its first sample, if given). */
 static kiln_status read_batch(kiln_trainer *t, const pending *q, const int32_t *labels,
                               tally *acc, float *logits) {
-  int back = (int)(q->ng->runs - 1 - q->run);
-  kiln_status st = collect_batch(t, q->ng, q->count, back, labels, &acc->loss_sum, &acc->correct,
-                                 logits ? logits + q->first * t->classes : NULL);
+  kiln_status st = collect_batch(t, q->ng, q->count, runs_back(q), labels, &acc->loss_sum,
+                                 &acc->correct, logits ? logits + q->first * t->classes : NULL);
   if (st != KILN_OK) return st;
   acc->batches++;
   acc->samples += q->count;
@@ -347,9 +351,8 @@ static kiln_status read_oldest(kiln_trainer *t, flight *fl, int k, tally *acc, f
   if (k > 1) {
     const pending *last = &fl->q[(fl->head + k - 1) % NN_FLY];
     float loss;
-    kiln_status st = kiln_compiled_get_output_back(last->ng->c, last->ng->loss,
-                                                   (int)(last->ng->runs - 1 - last->run), &loss,
-                                                   sizeof loss);
+    kiln_status st = kiln_compiled_get_output_back(last->ng->c, last->ng->loss, runs_back(last),
+                                                   &loss, sizeof loss);
     if (st != KILN_OK) return st;
   }
   for (int i = 0; i < k; i++) {
@@ -374,7 +377,7 @@ static kiln_status advance(kiln_trainer *t, flight *fl, pending cur, tally *acc,
   while (other < fl->n && fl->q[(fl->head + other) % NN_FLY].ng != cur.ng) other++;
   kiln_status st = read_oldest(t, fl, other, acc, logits, seen, ctx);
   if (st != KILN_OK) return st;
-  int depth = fly_depth(cur.ng);
+  int depth = cur.ng->depth;
   if (depth < 2) {
     st = read_batch(t, &cur, t->ybuf, acc, logits);
     if (st == KILN_OK && seen) seen(acc, ctx);

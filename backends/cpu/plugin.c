@@ -778,9 +778,9 @@ static int read_later(const kiln_plugin_exec *exec, uint32_t from, const kcpu_te
  *   ADD's output (beta = 1) instead of writing the product for the ADD to
  *   read back. With K within one GEMM pass (kcpu_sgemm_kc) the product is
  *   rounded once and added once, as the ADD did: the same bits.
- * - a SLICE_BACKWARD (the gradient of one of an LSTM's four gates, or of
- *   q, k or v): acc + dy inside the slice and acc + 0 outside, the ADD's
- *   own sums, without the zero-padded tensor in between.
+ * - a SLICE_BACKWARD (the gradient of one of an LSTM's four gates): acc +
+ *   dy inside the slice and acc + 0 outside, the ADD's own sums, without
+ *   the zero-padded tensor in between.
  * The result must not be an output or persistent, and the sum must not
  * overlap the node's inputs (it is written while they are read). */
 static void fuse_accumulate(kiln_plugin_exec *exec, const kiln_plugin_graph *graph) {

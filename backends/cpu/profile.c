@@ -54,7 +54,8 @@ void kcpu_profile_report(const kcpu_node *const *nodes, const uint64_t *ns, uint
     rows[r].nodes++;
     rows[r].ns += ns[i];
     /* a node fused into its predecessor: its time is counted there */
-    rows[r].fused += i > 0 && (nodes[i - 1]->epi == nodes[i] || nodes[i - 1]->acc_out == &nodes[i]->out);
+    rows[r].fused += i > 0 && (nodes[i - 1]->epi == nodes[i] ||
+                               nodes[i - 1]->acc_out == &nodes[i]->out);
   }
   qsort(rows, (size_t)n_rows, sizeof *rows, by_time_desc);
   double run_ms = (double)total / (double)runs * 1e-6;

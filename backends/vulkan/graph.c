@@ -452,21 +452,29 @@ void kvk_graph_free(kiln_plugin_device *dev, kiln_plugin_exec *exec) {
   free(exec);
 }
 
-/* The most dispatches per command buffer: $KILN_VK_SUBMIT_CHUNK or
- * KVK_CHUNK. A bad value fails the compile naming the variable. */
-static kiln_status chunk_size(uint32_t *out) {
-  *out = KVK_CHUNK;
-  const char *e = getenv("KILN_VK_SUBMIT_CHUNK");
+/* *out = $name as a whole number in [lo, hi], or def when it is unset or
+ * empty. Anything else fails the compile naming the variable and `what`
+ * it should be. */
+static kiln_status env_count(const char *name, long lo, long hi, uint32_t def, const char *what,
+                             uint32_t *out) {
+  *out = def;
+  const char *e = getenv(name);
   if (!e || !*e) return KILN_OK;
   char *end;
   long v = strtol(e, &end, 10);
-  if (*end || v < 1 || v > (1L << 30)) {
-    kvk_host->set_error("vulkan: graph_compile: KILN_VK_SUBMIT_CHUNK='%s' is not a dispatch count "
-                        "(a whole number >= 1)", e);
+  if (*end || v < lo || v > hi) {
+    kvk_host->set_error("vulkan: graph_compile: %s='%s' is not %s", name, e, what);
     return KILN_INVALID_ARGUMENT;
   }
   *out = (uint32_t)v;
   return KILN_OK;
+}
+
+/* The most dispatches per command buffer: $KILN_VK_SUBMIT_CHUNK or
+ * KVK_CHUNK. */
+static kiln_status chunk_size(uint32_t *out) {
+  return env_count("KILN_VK_SUBMIT_CHUNK", 1, 1L << 30, KVK_CHUNK,
+                   "a dispatch count (a whole number >= 1)", out);
 }
 
 /* How many frames an executable cycles through: $KILN_VK_FRAMES (2 to
@@ -474,19 +482,11 @@ static kiln_status chunk_size(uint32_t *out) {
  * and read their outputs together, one wait for several steps (kiln's
  * trainer does); each costs a recorded copy of the graph's command buffers
  * and of its staged inputs and outputs. */
+#define KVK_STR_(x) #x
+#define KVK_STR(x) KVK_STR_(x)
 static kiln_status frame_count(uint32_t *out) {
-  *out = KVK_FRAMES;
-  const char *e = getenv("KILN_VK_FRAMES");
-  if (!e || !*e) return KILN_OK;
-  char *end;
-  long v = strtol(e, &end, 10);
-  if (*end || v < 2 || v > KVK_FRAMES) {
-    kvk_host->set_error("vulkan: graph_compile: KILN_VK_FRAMES='%s' is not a frame count "
-                        "(2 to %d)", e, KVK_FRAMES);
-    return KILN_INVALID_ARGUMENT;
-  }
-  *out = (uint32_t)v;
-  return KILN_OK;
+  return env_count("KILN_VK_FRAMES", 2, KVK_FRAMES, KVK_FRAMES,
+                   "a frame count (2 to " KVK_STR(KVK_FRAMES) ")", out);
 }
 
 static kiln_status begin_cmd(kiln_plugin_device *dev, VkCommandBuffer *cmd) {
