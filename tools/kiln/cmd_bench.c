@@ -589,9 +589,9 @@ done:
 /* Full training steps of `kiln train char-lstm` / `char-gpt`'s default
  * model on random characters (65 of them, as tinyshakespeare): each
  * repetition runs `iters` steps back to back. The step's data is uploaded
- * and its loss read back every step, as training does: one step late where
- * the device keeps two runs (loss_lag.h), the last one before the clock
- * stops. */
+ * and every step's loss read back, as training does: late, several after
+ * one wait, where the device keeps several runs (loss_lag.h), the last one
+ * before the clock stops. */
 typedef struct token_bench {
   char_graph *cg;
   gpt_graph *gg;
@@ -614,8 +614,8 @@ static int token_steps(token_bench *tb, int iters) {
     kiln_status st = tb->cg ? char_graph_submit(tb->cg, tb->x, tb->y)
                             : gpt_graph_submit(tb->gg, tb->x, tb->y);
     if (st != KILN_OK) return 0;
-    int64_t its[2];
-    float losses[2];
+    int64_t its[LOSS_LAG_MAX];
+    float losses[LOSS_LAG_MAX];
     int n = loss_lag_after(&lag, tb, token_loss, i + 1, i + 1 == iters, its, losses);
     if (n < 0) return 0;
     for (int j = 0; j < n; j++)

@@ -384,8 +384,8 @@ int kiln_cmd_train_char(int argc, char **argv) {
     kiln_text_stream_batch(&text, 0, o.batch, o.seq, k, x, y);
     int sync = (o.eval_every && it % o.eval_every == 0) || it == o.iters;
     double t0 = now_s();
-    int64_t its[2];
-    float losses[2];
+    int64_t its[LOSS_LAG_MAX];
+    float losses[LOSS_LAG_MAX];
     if (char_graph_submit(tg, x, y) != KILN_OK) goto fail_run;
     int n_due = loss_lag_after(&lag, tg, read_loss, it, sync, its, losses);
     if (n_due < 0) goto fail_run;

@@ -418,8 +418,8 @@ int kiln_cmd_train_gpt(int argc, char **argv) {
     if (kiln_text_random_windows(&text, 0, o.batch, o.block, o.seed, (uint64_t)iter, x, y) != KILN_OK) goto fail_run;
     int sync = (o.eval_every && it % o.eval_every == 0) || it == o.iters;
     double t0 = now_s();
-    int64_t its[2];
-    float losses[2];
+    int64_t its[LOSS_LAG_MAX];
+    float losses[LOSS_LAG_MAX];
     if (gpt_graph_submit(tg, x, y) != KILN_OK) goto fail_run;
     int n_due = loss_lag_after(&lag, tg, read_loss, it, sync, its, losses);
     if (n_due < 0) goto fail_run;

@@ -1,5 +1,5 @@
 /*
- * loss_lag.c - a training loop's per-step losses, read one step late
+ * loss_lag.c - a training loop's per-step losses, read some steps late
  * (loss_lag.h).
  */
 #include <stdio.h>
@@ -7,27 +7,24 @@
 #include "loss_lag.h"
 
 void loss_lag_init(loss_lag *q, int depth) {
-  q->deep = depth >= 2;
+  q->depth = depth < 1 ? 1 : depth > LOSS_LAG_MAX ? LOSS_LAG_MAX : depth;
+  q->deep = q->depth >= 2;
   q->pending = 0;
-  q->it = 0;
 }
 
 int loss_lag_after(loss_lag *q, void *graph, loss_read_fn read, int64_t it, int sync,
-                   int64_t its[2], float losses[2]) {
-  int n = 0;
-  if (q->pending) {                    /* the step before: one run back */
-    if (read(graph, 1, &losses[n]) != KILN_OK) return -1;
-    its[n++] = q->it;
-    q->pending = 0;
-  }
-  if (q->deep && !sync) {
-    q->pending = 1;
-    q->it = it;
-    return n;
-  }
-  if (read(graph, 0, &losses[n]) != KILN_OK) return -1;
-  its[n++] = it;
-  return n;
+                   int64_t its[LOSS_LAG_MAX], float losses[LOSS_LAG_MAX]) {
+  q->it[q->pending++] = it;            /* the newest: back 0 */
+  int k = sync || !q->deep ? q->pending : q->pending >= q->depth ? q->pending - 1 : 0;
+  if (k == 0) return 0;
+  /* the newest of the k first: one wait, and the older ones are done */
+  if (read(graph, q->pending - k, &losses[k - 1]) != KILN_OK) return -1;
+  for (int j = 0; j < k - 1; j++)
+    if (read(graph, q->pending - 1 - j, &losses[j]) != KILN_OK) return -1;
+  for (int j = 0; j < k; j++) its[j] = q->it[j];
+  for (int j = k; j < q->pending; j++) q->it[j - k] = q->it[j];
+  q->pending -= k;
+  return k;
 }
 
 static void fmt_eta(char *buf, size_t size, double s) {

@@ -1,13 +1,16 @@
 /*
- * loss_lag.h - a training loop's per-step losses, read one step late.
+ * loss_lag.h - a training loop's per-step losses, read some steps late.
  *
- * Where the device keeps the last two runs of a graph's loss
- * (kiln_compiled_output_depth >= 2: Vulkan), the loop submits step i+1
- * before it reads step i's loss, so the device always has the next step
- * queued while the host reads, prints and prepares the next batch: no stall
- * per step. Elsewhere (the CPU plugin, whose runs finish before they
- * return) each loss is read right after its run. The losses, and the order
- * they come in, are the same either way.
+ * Where the device keeps the last D runs of a graph's loss
+ * (kiln_compiled_output_depth D >= 2: Vulkan keeps 4), the loop submits
+ * steps ahead of reading their losses, so the device always has the next
+ * step queued while the host reads, prints and prepares the next batch: no
+ * stall per step. Once D losses are unread, all but the newest are read
+ * after one wait for the newest of them, so the host sleeps and wakes once
+ * per D - 1 steps (libkiln's trainer does the same). Elsewhere (the CPU
+ * plugin, whose runs finish before they return) each loss is read right
+ * after its run. The losses, and the order they come in, are the same
+ * either way.
  *
  *   loss_lag q;
  *   loss_lag_init(&q, depth);
@@ -27,23 +30,28 @@
 
 #include "kiln/kiln.h"
 
-/* Reads the loss of graph's run `back` runs before its latest (0 or 1). */
+#define LOSS_LAG_MAX 4   /* most steps in flight */
+
+/* Reads the loss of graph's run `back` runs before its latest (back < the
+ * depth given to loss_lag_init). */
 typedef kiln_status (*loss_read_fn)(void *graph, int back, float *loss);
 
 typedef struct loss_lag {
-  int deep;          /* read one step late */
-  int pending;       /* a step was submitted whose loss is unread */
-  int64_t it;        /* that step */
+  int depth;                  /* steps in flight at most (1: each read at once) */
+  int deep;                   /* depth >= 2: losses are read late */
+  int pending;                /* submitted steps whose loss is unread */
+  int64_t it[LOSS_LAG_MAX];   /* those steps, oldest first */
 } loss_lag;
 
-/* depth: kiln_compiled_output_depth of the loss. */
+/* depth: kiln_compiled_output_depth of the loss (at most LOSS_LAG_MAX is
+ * used). */
 void loss_lag_init(loss_lag *q, int depth);
 
 /* After step `it` of graph was submitted: reads the losses that are due,
- * oldest first, into its[] and losses[] (at most 2). Returns how many, or
- * -1 when a read failed (read's own message stands). */
+ * oldest first, into its[] and losses[] (at most LOSS_LAG_MAX). Returns how
+ * many, or -1 when a read failed (read's own message stands). */
 int loss_lag_after(loss_lag *q, void *graph, loss_read_fn read, int64_t it, int sync,
-                   int64_t its[2], float losses[2]);
+                   int64_t its[LOSS_LAG_MAX], float losses[LOSS_LAG_MAX]);
 
 /* A loop's running loss, printed every 10 steps and at the last one. */
 typedef struct loss_progress {
