@@ -136,6 +136,19 @@ int ckpt_vocab(const kiln_safetensors *f, const char *path, const uint8_t **v, i
   return 1;
 }
 
+int ckpt_read_vocab(const char *path, uint8_t vocab[256], int *V, char *err, size_t errsz) {
+  kiln_safetensors *f;
+  if (kiln_safetensors_open(path, &f) != KILN_OK) {
+    snprintf(err, errsz, "%s", kiln_last_error());
+    return 0;
+  }
+  const uint8_t *v;
+  int ok = ckpt_vocab(f, path, &v, V, err, errsz);
+  if (ok) memcpy(vocab, v, (size_t)*V);
+  kiln_safetensors_close(f);
+  return ok;
+}
+
 kiln_status ckpt_take_adam(const kiln_safetensors *f, const char *path, const ckpt_adam *a,
                            char *err, size_t errsz) {
   char name[160];

@@ -26,6 +26,9 @@ int ckpt_meta_int(const kiln_safetensors *f, const char *key, long lo, long hi, 
  * ascending. 1 with *v pointing into f, else 0 with the message in err. */
 int ckpt_vocab(const kiln_safetensors *f, const char *path, const uint8_t **v, int *V, char *err,
                size_t errsz);
+/* The vocabulary of the checkpoint at path, copied into vocab (ckpt_vocab's
+ * checks, and a file that does not open says why in err). */
+int ckpt_read_vocab(const char *path, uint8_t vocab[256], int *V, char *err, size_t errsz);
 
 /* Adam(W)'s state under the names PyTorch's optimizer would give: for each
  * parameter name NAME, "optimizer.NAME.exp_avg" and ".exp_avg_sq", then

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "char_model.h"
+#include "ckpt_io.h"
 #include "loss_lag.h"
 #include "commands.h"
 #include "kiln/data.h"
@@ -221,31 +222,6 @@ static int resume_settings(const char *model, char_opts *o) {
   return ok;
 }
 
-/* The vocabulary stored in a checkpoint, to encode the text the same way. */
-static int checkpoint_vocab(const char *path, uint8_t *vocab, int *V) {
-  kiln_safetensors *f;
-  kiln_st_tensor e;
-  if (kiln_safetensors_open(path, &f) != KILN_OK) return 0;
-  int ok = kiln_safetensors_find(f, "vocab", &e) == KILN_OK && e.dtype == KILN_U8 && e.ndim == 1 &&
-           e.shape[0] >= 1 && e.shape[0] <= 256;
-  if (ok) {
-    memcpy(vocab, e.data, (size_t)e.shape[0]);
-    *V = (int)e.shape[0];
-  }
-  kiln_safetensors_close(f);
-  return ok;
-}
-
-/* Cross-entropy of the validation split under the training split's
- * character frequencies (add-one smoothed): the loss to beat. */
-static double unigram_baseline(const kiln_text *t) {
-  double count[256] = {0}, total = (double)t->n_train + t->vocab_size;
-  for (int64_t i = 0; i < t->n_train; i++) count[t->tokens[i]] += 1.0;
-  double loss = 0.0;
-  for (int64_t i = t->n_train; i < t->n; i++) loss -= log((count[t->tokens[i]] + 1.0) / total);
-  return loss / (double)(t->n - t->n_train);
-}
-
 /* loss_lag's view of a training graph. */
 static kiln_status read_loss(void *tg, int back, float *loss) { return char_graph_loss(tg, back, loss); }
 
@@ -295,8 +271,9 @@ int kiln_cmd_train_char(int argc, char **argv) {
   }
   uint8_t vocab[256];
   int V = 0;
-  if (o.resume && !checkpoint_vocab(o.resume, vocab, &V)) {
-    fprintf(stderr, "kiln train %s: checkpoint %s has no valid 'vocab' tensor\n", model, o.resume);
+  char err[512];
+  if (o.resume && !ckpt_read_vocab(o.resume, vocab, &V, err, sizeof err)) {
+    fprintf(stderr, "kiln train %s: %s\n", model, err);
     return 1;
   }
   if (kiln_text_load(path, o.resume ? vocab : NULL, V, &text) != KILN_OK) {
@@ -361,7 +338,7 @@ int kiln_cmd_train_char(int argc, char **argv) {
     goto done;
   }
 
-  double baseline = unigram_baseline(&text);
+  double baseline = loss_unigram_baseline(&text);
   printf("kiln train %s: %s device \"%s\", %lld parameters (%d layers of %d, vocabulary %d)\n", model,
          backend, devname, (long long)char_model_numel(m), o.layers, o.hidden, text.vocab_size);
   printf("  %s: %lld characters, %lld train / %lld validation; batch %d x seq %d, %lld batches per pass\n",

@@ -30,6 +30,7 @@
 
 #include "commands.h"
 #include "gpt_model.h"
+#include "ckpt_io.h"
 #include "loss_lag.h"
 #include "kiln/data.h"
 #include "kiln/text.h"
@@ -246,31 +247,6 @@ static int resume_settings(gpt_opts *o) {
   return ok;
 }
 
-/* The vocabulary stored in a checkpoint, to encode the text the same way. */
-static int checkpoint_vocab(const char *path, uint8_t *vocab, int *V) {
-  kiln_safetensors *f;
-  kiln_st_tensor e;
-  if (kiln_safetensors_open(path, &f) != KILN_OK) return 0;
-  int ok = kiln_safetensors_find(f, "vocab", &e) == KILN_OK && e.dtype == KILN_U8 && e.ndim == 1 &&
-           e.shape[0] >= 1 && e.shape[0] <= 256;
-  if (ok) {
-    memcpy(vocab, e.data, (size_t)e.shape[0]);
-    *V = (int)e.shape[0];
-  }
-  kiln_safetensors_close(f);
-  return ok;
-}
-
-/* Cross-entropy of the validation split under the training split's
- * character frequencies (add-one smoothed): the loss to beat. */
-static double unigram_baseline(const kiln_text *t) {
-  double count[256] = {0}, total = (double)t->n_train + t->vocab_size;
-  for (int64_t i = 0; i < t->n_train; i++) count[t->tokens[i]] += 1.0;
-  double loss = 0.0;
-  for (int64_t i = t->n_train; i < t->n; i++) loss -= log((count[t->tokens[i]] + 1.0) / total);
-  return loss / (double)(t->n - t->n_train);
-}
-
 /* loss_lag's view of a training graph. */
 static kiln_status read_loss(void *tg, int back, float *loss) { return gpt_graph_loss(tg, back, loss); }
 
@@ -331,8 +307,9 @@ int kiln_cmd_train_gpt(int argc, char **argv) {
   }
   uint8_t vocab[256];
   int V = 0;
-  if (o.resume && !checkpoint_vocab(o.resume, vocab, &V)) {
-    fprintf(stderr, "kiln train " MODEL ": checkpoint %s has no valid 'vocab' tensor\n", o.resume);
+  char err[512];
+  if (o.resume && !ckpt_read_vocab(o.resume, vocab, &V, err, sizeof err)) {
+    fprintf(stderr, "kiln train " MODEL ": %s\n", err);
     return 1;
   }
   if (kiln_text_load(path, o.resume ? vocab : NULL, V, &text) != KILN_OK) {
@@ -402,7 +379,7 @@ int kiln_cmd_train_gpt(int argc, char **argv) {
          o.block, (long long)nb_val);
   printf("  AdamW lr %g -> %g (warmup %lld, cosine to %lld), weight decay %g, clip %g, dropout %g, seed %llu; "
          "unigram baseline %.4f nats/char\n", o.lr, o.min_lr, (long long)o.warmup, (long long)o.decay_iters,
-         o.weight_decay, o.clip, o.dropout, (unsigned long long)o.seed, unigram_baseline(&text));
+         o.weight_decay, o.clip, o.dropout, (unsigned long long)o.seed, loss_unigram_baseline(&text));
   if (o.resume) printf("  resumed from %s at iteration %lld\n", o.resume, (long long)iter);
   fflush(stdout);
 

@@ -2,6 +2,7 @@
  * loss_lag.c - a training loop's per-step losses, read some steps late
  * (loss_lag.h).
  */
+#include <math.h>
 #include <stdio.h>
 
 #include "loss_lag.h"
@@ -25,6 +26,14 @@ int loss_lag_after(loss_lag *q, void *graph, loss_read_fn read, int64_t it, int 
   for (int j = k; j < q->pending; j++) q->it[j - k] = q->it[j];
   q->pending -= k;
   return k;
+}
+
+double loss_unigram_baseline(const kiln_text *t) {
+  double count[256] = {0}, total = (double)t->n_train + t->vocab_size;
+  for (int64_t i = 0; i < t->n_train; i++) count[t->tokens[i]] += 1.0;
+  double loss = 0.0;
+  for (int64_t i = t->n_train; i < t->n; i++) loss -= log((count[t->tokens[i]] + 1.0) / total);
+  return loss / (double)(t->n - t->n_train);
 }
 
 static void fmt_eta(char *buf, size_t size, double s) {

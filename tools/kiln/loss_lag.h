@@ -29,6 +29,7 @@
 #include <stdint.h>
 
 #include "kiln/kiln.h"
+#include "kiln/text.h"
 
 #define LOSS_LAG_MAX 4   /* most steps in flight */
 
@@ -52,6 +53,11 @@ void loss_lag_init(loss_lag *q, int depth);
  * many, or -1 when a read failed (read's own message stands). */
 int loss_lag_after(loss_lag *q, void *graph, loss_read_fn read, int64_t it, int sync,
                    int64_t its[LOSS_LAG_MAX], float losses[LOSS_LAG_MAX]);
+
+/* Cross-entropy of t's validation split under its training split's
+ * character frequencies (add-one smoothed): the loss a character model
+ * must beat. */
+double loss_unigram_baseline(const kiln_text *t);
 
 /* A loop's running loss, printed every 10 steps and at the last one. */
 typedef struct loss_progress {
