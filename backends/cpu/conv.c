@@ -117,11 +117,9 @@ static void conv_geom_init(conv_geom *g, const kcpu_node *n, const int64_t *xs, 
   if (max_cols < CONV_TILE_ALIGN) max_cols = CONV_TILE_ALIGN;
   g->nb = 1;
   if (g->P < CONV_MIN_COLS) {
-    int64_t want = (CONV_MIN_COLS + g->P - 1) / g->P, fit = max_cols / g->P;
-    if (g->P < kcpu_sgemm_nr()) {   /* an image is less than one sliver */
-      want = (CONV_TINY_COLS + g->P - 1) / g->P;
-      fit = CONV_TINY_BLOCK_FLOATS / g->K / g->P;
-    }
+    int tiny = g->P < kcpu_sgemm_nr();   /* an image is less than one sliver */
+    int64_t want = ((tiny ? CONV_TINY_COLS : CONV_MIN_COLS) + g->P - 1) / g->P;
+    int64_t fit = (tiny ? CONV_TINY_BLOCK_FLOATS / g->K : max_cols) / g->P;
     g->nb = want < fit ? want : fit;
     if (g->nb > g->N) g->nb = g->N;
     if (g->nb < 1) g->nb = 1;
